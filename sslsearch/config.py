@@ -1,0 +1,280 @@
+"""Trial and experiment configuration: frozen dataclasses, YAML loading, one-line errors.
+
+One place for each default: :class:`TrialConfig` holds the settings every method shares (data,
+backbone, optimisation, augmentation, evaluation); each method module holds a frozen ``Config``
+dataclass with its own. YAML keys that are not fields are rejected with a message naming the file,
+the key and the valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from sslsearch.errors import ConfigError
+
+T = TypeVar("T")
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENTS_DIR = PACKAGE_ROOT / "experiments"
+SPACES_DIR = PACKAGE_ROOT / "search_spaces"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialConfig:
+    """Everything one pretrain-then-probe trial needs, method hyperparameters aside."""
+
+    # --- the method (its own hyperparameters live in sslsearch/methods/<method>.py: Config) ---
+    method: str = "simclr"
+    method_params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # --- data ---
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    val_fraction: float = 0.1  # held out of the training set: selection happens here, never on test
+    split_seed: int = 0  # fixed across a sweep, so every trial is judged on the same validation set
+    max_train_samples: int | None = None  # a seeded stratified subset, for quick runs
+    image_size: int | None = None  # ImageFolder resize; None keeps the dataset's size
+    # --- encoder ---
+    backbone: str = "small_cnn"
+    backbone_width: int = 0  # 0: the architecture's default width
+    # --- optimisation ---
+    epochs: int = 20
+    batch_size: int = 256
+    optimizer: str = "adamw"
+    base_lr: float = 2e-3  # per 256 examples: lr = base_lr × batch_size / 256
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # SGD / LARS momentum
+    warmup_epochs: float = 1.0
+    final_lr_ratio: float = 0.0  # the cosine ends at base_lr × this ratio
+    # --- augmentation (the SimCLR recipe; strength is searchable) ---
+    crop_min_scale: float | None = None  # None: 0.2 for ≤ 32 px images, 0.08 for larger
+    jitter_strength: float = 1.0  # scales brightness/contrast/saturation 0.4 and hue 0.1
+    flip_p: float = 0.5
+    grayscale_p: float = 0.2
+    blur_p: float | None = None  # None: 0.5 for images ≥ 64 px, else 0
+    solarize_p: float = 0.0  # applied to the second view only (BYOL / Barlow / VICReg option)
+    # --- evaluation ---
+    knn_k: int = 200  # capped by the size of the feature bank
+    knn_t: float = 0.1
+    probe: bool = True  # linear probe on frozen features after pretraining
+    probe_epochs: int = 100  # full-batch steps of the probe, per weight-decay candidate
+    # --- runtime ---
+    seed: int = 0
+    device: str = "auto"  # auto: cuda when present, else cpu
+    compile: bool = False  # torch.compile the backbone (pays off on GPU for long runs)
+    check_finite_every: int = 50  # steps between non-finite-loss checks (each is one host sync)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """How a sweep searches: budget, scheduler, resources (an experiment's ``search:`` block)."""
+
+    num_samples: int = 8
+    max_concurrent: int = 2
+    metric: str = "val_knn_acc"
+    mode: str = "max"
+    grace_period: int = 3  # ASHA never stops a trial before this many epochs (slow starters)
+    reduction_factor: int = 2
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_failures: int = 1  # retries for infrastructure failures only
+    stop_on_collapse: bool = True
+    collapse_patience: int = 2
+    collapse_std_ratio: float = 0.1  # std of normalised embeddings × √d below this → collapsed
+    collapse_rank_ratio: float = 0.02  # effective rank / d below this → collapsed
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """A fixed setup: trial defaults + search settings, loaded from ``experiments/*.yaml``."""
+
+    trial: TrialConfig
+    search: SearchConfig
+    description: str = ""
+    source: str = "<defaults>"
+
+
+# ------------------------------------------------------------------------------------------------
+# Generic, typed construction of a frozen dataclass from a mapping, with one-line errors.
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _check_value(value: Any, tp: Any) -> Any:
+    """Return ``value`` coerced to ``tp`` (int → float only), or raise TypeError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(tp):
+            try:
+                return _check_value(value, arm)
+            except TypeError:
+                continue
+        raise TypeError
+    if tp is type(None):
+        if value is None:
+            return None
+        raise TypeError
+    if tp is Any:
+        return value
+    if origin in (Mapping, dict) or tp in (Mapping, dict):
+        if isinstance(value, Mapping):
+            return dict(value)
+        raise TypeError
+    if origin is tuple:
+        if isinstance(value, list | tuple):
+            args = typing.get_args(tp)
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_check_value(v, args[0]) for v in value)
+            if len(args) == len(value):
+                return tuple(_check_value(v, a) for v, a in zip(value, args, strict=True))
+        raise TypeError
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise TypeError
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise TypeError
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise TypeError
+    raise TypeError
+
+
+def build_dataclass(cls: type[T], values: Mapping[str, Any], *, source: str, where: str = "") -> T:
+    """``cls(**values)``; unknown keys and wrong types raise a one-line :class:`ConfigError`.
+
+    ``source`` names the file (or flag) the values came from, ``where`` the key path inside it.
+    """
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{source}: {where or 'the document'} must be a mapping of keys to "
+                          f"values, found {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    prefix = f"{where}." if where else ""
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown key {prefix}{key!s}; valid keys: "
+                              f"{', '.join(sorted(fields))}")
+        try:
+            kwargs[key] = _check_value(value, hints[key])
+        except TypeError:
+            raise ConfigError(f"{source}: {prefix}{key} must be {_type_name(hints[key])}, "
+                              f"found {value!r}") from None
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {where or cls.__name__}: {exc}") from None
+
+
+def _check_trial(cfg: TrialConfig, source: str) -> None:
+    """Range checks that a type cannot express."""
+    def bad(field: str, allowed: str) -> ConfigError:
+        return ConfigError(f"{source}: trial.{field} = {getattr(cfg, field)!r} is out of range; "
+                           f"allowed: {allowed}")
+    if cfg.epochs < 1:
+        raise bad("epochs", "an integer ≥ 1")
+    if cfg.batch_size < 2:
+        raise bad("batch_size", "an integer ≥ 2 (contrastive losses need negatives)")
+    if cfg.base_lr <= 0:
+        raise bad("base_lr", "a number > 0")
+    if cfg.weight_decay < 0:
+        raise bad("weight_decay", "a number ≥ 0")
+    if not 0 < cfg.val_fraction <= 0.5:
+        raise bad("val_fraction", "0 < val_fraction ≤ 0.5")
+    if cfg.warmup_epochs < 0 or cfg.warmup_epochs > cfg.epochs:
+        raise bad("warmup_epochs", f"0 ≤ warmup_epochs ≤ epochs ({cfg.epochs})")
+    if cfg.crop_min_scale is not None and not 0 < cfg.crop_min_scale <= 1:
+        raise bad("crop_min_scale", "0 < crop_min_scale ≤ 1")
+    for p in ("flip_p", "grayscale_p", "solarize_p"):
+        if not 0 <= getattr(cfg, p) <= 1:
+            raise bad(p, "a probability in [0, 1]")
+    if cfg.knn_k < 1 or cfg.knn_t <= 0:
+        raise bad("knn_k" if cfg.knn_k < 1 else "knn_t", "knn_k ≥ 1 and knn_t > 0")
+    if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
+        raise bad("device", "auto, cpu, cuda or cuda:N")
+
+
+def trial_config(values: Mapping[str, Any], *, source: str = "<trial>",
+                 base: TrialConfig | None = None) -> TrialConfig:
+    """A validated :class:`TrialConfig`: ``base`` (or the defaults) updated with ``values``.
+
+    The method and its parameters are checked against the method's own ``Config`` dataclass.
+    """
+    merged = dataclasses.asdict(base) if base is not None else {}
+    merged.update(values)
+    cfg = build_dataclass(TrialConfig, merged, source=source, where="trial")
+    _check_trial(cfg, source)
+    from sslsearch.methods import method_config  # late: methods import config for TrialConfig
+
+    method_config(cfg.method, cfg.method_params, source=source)
+    return cfg
+
+
+def read_yaml(path: Path) -> Any:
+    """``yaml.safe_load`` of ``path`` with a one-line error for a missing file or bad YAML."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" (line {mark.line + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"{path}: not valid YAML{line}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file") from None
+
+
+def resolve_file(name: str | Path, folder: Path, kind: str) -> Path:
+    """A path as given, else a bare name (with or without ``.yaml``) looked up in ``folder``."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path.resolve()
+    for candidate in (folder / str(name), folder / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate.resolve()
+    known = sorted(p.stem for p in folder.glob("*.yaml"))
+    raise ConfigError(f"{kind} file {str(name)!r} not found (looked in . and {folder}); "
+                      f"known: {', '.join(known) or 'none'}")
+
+
+def load_experiment(name: str | Path | None = None) -> Experiment:
+    """Load ``experiments/<name>.yaml`` (default ``quick``) or a path to an experiment YAML."""
+    path = resolve_file(name or "quick", EXPERIMENTS_DIR, "experiment")
+    doc = read_yaml(path)
+    if doc is None:
+        raise ConfigError(f"{path}: the file is empty; expected keys: description, trial, search")
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping with keys description, trial, search; "
+                          f"found {type(doc).__name__}")
+    unknown = set(doc) - {"description", "trial", "search"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {sorted(map(str, unknown))[0]}; "
+                          "valid keys: description, search, trial")
+    description = doc.get("description", "")
+    if not isinstance(description, str):
+        raise ConfigError(f"{path}: description must be a string")
+    trial = trial_config(doc.get("trial") or {}, source=str(path))
+    search = build_dataclass(SearchConfig, doc.get("search") or {}, source=str(path),
+                             where="search")
+    return Experiment(trial=trial, search=search, description=description.strip(),
+                      source=str(path))

@@ -1,0 +1,55 @@
+"""The SSL methods: one module per method, the module name is the registry key.
+
+Each module ``sslsearch/methods/<name>.py`` defines a frozen dataclass ``Config`` (the method's
+hyperparameters and their defaults) and a class ``Method`` (a subclass of
+:class:`sslsearch.methods.base.Method`).
+Adding a method means adding that one module: there is no central table to edit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Mapping
+from functools import cache
+from types import ModuleType
+from typing import Any
+
+from sslsearch.errors import ConfigError
+
+_NOT_METHODS = {"base"}
+
+
+@cache
+def available() -> tuple[str, ...]:
+    """The registered method names (the modules of this package that are methods)."""
+    names = []
+    for info in pkgutil.iter_modules(__path__):
+        if info.name in _NOT_METHODS or info.name.startswith("_"):
+            continue
+        names.append(info.name)
+    return tuple(sorted(names))
+
+
+def get(name: str) -> ModuleType:
+    """The module of method ``name``; an unknown name raises :class:`ConfigError` listing all."""
+    if name not in available():
+        raise ConfigError(f"method {name!r} is unknown; choose one of: {', '.join(available())}")
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def method_config(name: str, params: Mapping[str, Any] | None = None, *,
+                  source: str = "<config>") -> Any:
+    """The method's frozen ``Config`` from ``params`` (unknown keys and bad types rejected)."""
+    from sslsearch.config import build_dataclass
+
+    module = get(name)
+    cfg = build_dataclass(module.Config, dict(params or {}), source=source,
+                          where=f"method_params[{name}]")
+    check = getattr(cfg, "check", None)
+    if check is not None:
+        try:
+            check()
+        except ValueError as exc:
+            raise ConfigError(f"{source}: method_params[{name}]: {exc}") from None
+    return cfg

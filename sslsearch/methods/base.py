@@ -1,0 +1,68 @@
+"""The interface every SSL method implements (about fifty lines, on purpose).
+
+A method owns the heads (projector ``g``, predictor ``h``) and any state (EMA target, queue,
+prototypes) as submodules and buffers, so ``state_dict()`` checkpoints all of it. The loss itself is
+a pure function in the method's module; ``forward`` wires tensors into it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+from sslsearch.networks import Backbone
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """Where training stands: passed to every ``forward`` and ``after_step`` call."""
+
+    step: int  # global optimiser step, from 0
+    total_steps: int
+    epoch: int  # from 0
+    steps_per_epoch: int
+
+    @property
+    def progress(self) -> float:
+        """Fraction of training done, in [0, 1] (drives momentum ramps)."""
+        return self.step / max(1, self.total_steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What the method is told about the data."""
+
+    kind: str  # "image" or "tabular"
+    num_classes: int
+
+
+class Method(nn.Module):
+    """Base class: ``backbone`` is the encoder ``f`` whose features are evaluated."""
+
+    supervised: ClassVar[bool] = False  # True: the loss uses class labels (SupCon)
+
+    def __init__(self, cfg: Any, backbone: Backbone, task: Task) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone
+        self.task = task
+
+    def forward(self, x1: Tensor, x2: Tensor, y: Tensor, step: Step) -> dict[str, Tensor]:
+        """The loss on two augmented views of a batch: ``{"loss": scalar, <named terms>...}``.
+
+        Extra entries are logged as ``train_<name>`` (averaged over the epoch, on the device).
+        """
+        raise NotImplementedError
+
+    def embed(self, x: Tensor) -> Tensor:
+        """The embedding whose collapse is monitored (default: ``g(f(x))``)."""
+        projector = self.get_submodule("projector")
+        return projector(self.backbone(x))  # type: ignore[no-any-return]
+
+    def after_step(self, step: Step) -> None:
+        """Called after each optimiser step: EMA target updates, queue pushes, ..."""
+
+    def before_optimizer_step(self, step: Step) -> None:
+        """Called between ``backward`` and ``optimizer.step`` (e.g. SwAV freezes prototypes)."""

@@ -1,0 +1,55 @@
+"""SimCLR (Chen et al., 2020, "A Simple Framework for Contrastive Learning of Visual
+Representations"): two views, a 2-layer MLP projector with BN, the NT-Xent loss over 2N views."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sslsearch.methods.base import Method as BaseMethod
+from sslsearch.methods.base import Step, Task
+from sslsearch.networks import Backbone, mlp
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    temperature: float = 0.2  # τ; libraries disagree (0.1 VISSL, 0.2 solo-learn, 0.5 lightly)
+    proj_hidden_dim: int = 2048
+    proj_output_dim: int = 128
+
+    def check(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, found {self.temperature}")
+
+
+def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
+    """NT-Xent, the normalised temperature-scaled cross-entropy of SimCLR.
+
+    With ``z = [z1; z2]`` (2N rows), ``s_ij = sim(z_i, z_j)`` the cosine similarity and ``j(i)`` the
+    other view of sample ``i``::
+
+        ℓ(i) = −log( exp(s_{i,j(i)}/τ) / Σ_{k≠i} exp(s_ik/τ) ),   L = 1/(2N) Σ_i ℓ(i)
+
+    The denominator holds the positive and the 2N−2 negatives; the anchor itself is left out.
+    """
+    n = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]), dim=1)  # z: 2N x d
+    logits = z @ z.T / temperature  # logits: 2N x 2N
+    self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    targets = torch.arange(2 * n, device=z.device).roll(n)  # i ↔ i + N
+    return F.cross_entropy(logits, targets)
+
+
+class Method(BaseMethod):
+    def __init__(self, cfg: Config, backbone: Backbone, task: Task) -> None:
+        super().__init__(cfg, backbone, task)
+        self.projector = mlp([backbone.out_dim, cfg.proj_hidden_dim, cfg.proj_output_dim])
+
+    def forward(self, x1: Tensor, x2: Tensor, y: Tensor, step: Step) -> dict[str, Tensor]:
+        z1 = self.projector(self.backbone(x1))
+        z2 = self.projector(self.backbone(x2))
+        return {"loss": nt_xent_loss(z1, z2, self.cfg.temperature)}

@@ -1,0 +1,114 @@
+"""Optimisers (SGD, LARS, AdamW) and the learning-rate schedule.
+
+The learning rate is given per 256 examples, as in the SimCLR/BYOL/VICReg papers:
+``lr = base_lr × batch_size / 256``, warmed up linearly, then decayed by a cosine (seed 003).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sslsearch.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "lars", "adamw")
+
+
+def scaled_lr(base_lr: float, batch_size: int) -> float:
+    """The linear scaling rule: ``base_lr`` is the rate for a batch of 256."""
+    return base_lr * batch_size / 256
+
+
+def lr_at(step: int, *, total_steps: int, warmup_steps: int, peak_lr: float,
+          final_lr: float = 0.0) -> float:
+    """Linear warm-up from 0 to ``peak_lr`` over ``warmup_steps``, then cosine to ``final_lr``."""
+    if step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return final_lr + (peak_lr - final_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _exclude_from_decay(name: str, p: Tensor) -> bool:
+    # Biases and BatchNorm/LayerNorm scales are 1-D: neither weight decay nor LARS' trust ratio
+    # applies to them (as in the official Barlow Twins / VICReg code).
+    return p.ndim <= 1 or name.endswith(".bias")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two groups: weights (decayed, LARS-adapted) and biases/norm parameters (neither)."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if _exclude_from_decay(name, p) else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay, "lars_adapt": True},
+        {"params": no_decay, "weight_decay": 0.0, "lars_adapt": False},
+    ]
+
+
+class LARS(torch.optim.Optimizer):
+    """LARS (You et al., 2017) as in the official Barlow Twins / VICReg implementations.
+
+    For each weight tensor ``w`` with gradient ``g``: ``u = g + wd·w``; trust ratio
+    ``q = η‖w‖/‖u‖`` (1 where a norm is 0); ``μ ← momentum·μ + q·u``; ``w ← w − lr·μ``. Groups with
+    ``lars_adapt=False`` (biases, norms) skip the trust ratio.
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float, weight_decay: float = 0.0,
+                 momentum: float = 0.9, eta: float = 0.001) -> None:
+        defaults = {"lr": lr, "weight_decay": weight_decay, "momentum": momentum, "eta": eta,
+                    "lars_adapt": True}
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                update = p.grad.add(p, alpha=group["weight_decay"])
+                if group["lars_adapt"]:
+                    w_norm = torch.linalg.vector_norm(p)
+                    u_norm = torch.linalg.vector_norm(update)
+                    one = torch.ones_like(w_norm)
+                    # torch.where keeps this on the device: no host sync per parameter.
+                    q = torch.where(w_norm > 0,
+                                    torch.where(u_norm > 0, group["eta"] * w_norm / u_norm, one),
+                                    one)
+                    update = update.mul(q)
+                state = self.state[p]
+                if "mu" not in state:
+                    state["mu"] = torch.zeros_like(p)
+                mu = state["mu"]
+                mu.mul_(group["momentum"]).add_(update)
+                p.add_(mu, alpha=-group["lr"])
+        return loss
+
+
+def build_optimizer(name: str, model: nn.Module, *, lr: float, weight_decay: float,
+                    momentum: float = 0.9) -> torch.optim.Optimizer:
+    """``name`` in :data:`OPTIMIZERS`; biases and norm parameters are never weight-decayed."""
+    groups = param_groups(model, weight_decay)
+    if name == "sgd":
+        for g in groups:
+            g.pop("lars_adapt")
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    if name == "lars":
+        return LARS(groups, lr=lr, momentum=momentum)
+    if name == "adamw":
+        for g in groups:
+            g.pop("lars_adapt")
+        return torch.optim.AdamW(groups, lr=lr)
+    raise ConfigError(f"optimizer {name!r} is unknown; choose one of: {', '.join(OPTIMIZERS)}")
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = lr

@@ -1,0 +1,365 @@
+"""The main command: a hyperparameter search over SSL methods.
+
+    python -m sslsearch.run --space vicreg.yaml
+
+Ray Tune runs the trials (``sslsearch.train`` inside ``sslsearch.trainable``), Optuna's TPE
+proposes them, ASHA stops poor ones early, and every trial is a child run of the sweep's parent run
+in MLflow. ``--resume`` continues an interrupted sweep. Bad input exits with code 2 and one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import shlex
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sslsearch.config import (
+    SPACES_DIR,
+    Experiment,
+    SearchConfig,
+    build_dataclass,
+    load_experiment,
+    resolve_file,
+)
+from sslsearch.errors import ConfigError
+
+DEFAULT_STORAGE = "sslsearch_results"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, exit code 2, no usage dump
+        print(f"error: {self.prog}: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, found {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, found {text!r}")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, found {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, found {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _parser = _Parser(
+        prog="python -m sslsearch.run",
+        description="Search SSL methods and their hyperparameters (Ray Tune + Optuna TPE + ASHA), "
+                    "logging every trial to MLflow.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--space", required=False,
+                   help="search-space YAML: a path, or a name under search_spaces/ "
+                        "(e.g. vicreg.yaml, all_methods). Required unless --resume.")
+    p.add_argument("--experiment", default="quick",
+                   help="experiment YAML (fixed setup): a path or a name under experiments/")
+    p.add_argument("--num-samples", type=_positive_int,
+                   help="number of trials (default: the experiment's search.num_samples)")
+    p.add_argument("--max-concurrent", type=_positive_int,
+                   help="trials running at once (default: the experiment's)")
+    p.add_argument("--epochs", type=_positive_int,
+                   help="pretraining epochs per trial (default: the experiment's)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the TPE sampler and of every trial")
+    p.add_argument("--tracking-uri",
+                   help="MLflow tracking URI: sqlite:///PATH, http://HOST:PORT (a server), ... "
+                        "(default: sqlite:///<cwd>/mlflow.db)")
+    p.add_argument("--mlflow-experiment", default="sslsearch",
+                   help="MLflow experiment name the sweep's runs go to")
+    p.add_argument("--storage", default=DEFAULT_STORAGE,
+                   help="folder (or s3://... URI) for trial checkpoints and sweep state; "
+                        "shared storage (NFS/S3) on a multi-node cluster")
+    p.add_argument("--name", help="sweep name (default: <space>-<time>-<random>)")
+    p.add_argument("--resume", nargs="?", const="", metavar="NAME_OR_PATH",
+                   help="continue an interrupted sweep: its folder, its name under --storage, "
+                        "or nothing for the newest sweep there")
+    p.add_argument("--address",
+                   help="an existing Ray cluster (auto or ray://HOST:PORT; default: "
+                        "$RAY_ADDRESS, else a local Ray on 127.0.0.1)")
+    p.add_argument("--cpus-per-trial", type=_nonneg_float,
+                   help="CPUs reserved per trial (default: the experiment's)")
+    p.add_argument("--gpus-per-trial", type=_nonneg_float,
+                   help="GPUs per trial; fractions pack trials on one GPU, e.g. 0.25 "
+                        "(default: the experiment's)")
+    p.add_argument("--data-dir", help="dataset folder, overriding the experiment's")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
+    _ = _parser
+    return p
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def _apply_overrides(exp: Experiment, args: argparse.Namespace) -> Experiment:
+    search = dict(dataclasses.asdict(exp.search))
+    for flag, key in (("num_samples", "num_samples"), ("max_concurrent", "max_concurrent"),
+                      ("cpus_per_trial", "cpus_per_trial"), ("gpus_per_trial", "gpus_per_trial")):
+        if getattr(args, flag) is not None:
+            search[key] = getattr(args, flag)
+    search_cfg = build_dataclass(SearchConfig, search, source="command line", where="search")
+    trial = exp.trial
+    changes: dict[str, Any] = {"seed": args.seed}
+    if args.epochs is not None:
+        changes["epochs"] = args.epochs
+        changes["warmup_epochs"] = min(trial.warmup_epochs, float(args.epochs))
+    if args.data_dir is not None:
+        changes["data_dir"] = args.data_dir
+    data_dir = changes.get("data_dir", trial.data_dir)
+    if data_dir is not None:  # trials chdir into their own folders: make it absolute now
+        path = Path(data_dir).expanduser().resolve()
+        if not path.is_dir():
+            raise ConfigError(f"data_dir {data_dir!r}: no such folder")
+        changes["data_dir"] = str(path)
+    trial = dataclasses.replace(trial, **changes)
+    return dataclasses.replace(exp, trial=trial, search=search_cfg)
+
+
+def _storage(text: str) -> str:
+    if "://" in text:
+        return text.rstrip("/")
+    return str(Path(text).expanduser().resolve())
+
+
+def _find_resume_folder(args: argparse.Namespace, storage: str) -> Path:
+    if "://" in storage:
+        raise ConfigError("--resume with a remote --storage needs a local path to the sweep")
+    if args.resume:
+        given = Path(args.resume).expanduser()
+        if given.is_dir():
+            return given.resolve()
+        return Path(storage) / str(args.resume)
+    candidates = sorted(Path(storage).glob("*/sslsearch_sweep.json"),
+                        key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise ConfigError(f"--resume: no sweep found under {storage}")
+    folder: Path = candidates[-1].parent
+    return folder
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def summarize(results: Any, metric: str, mode: str) -> tuple[str, list[dict[str, Any]]]:
+    """A Markdown table: the best trial of each method, and all trials ranked."""
+    rows = []
+    for r in results:
+        m = r.metrics or {}
+        if metric not in m:
+            continue
+        cfg = r.config or {}
+        method = cfg.get("method", "?")
+        params = {k: v for k, v in cfg.items()
+                  if not k.startswith("_") and k != "method"}
+        rows.append({"trial_id": m.get("trial_id", "?"), "method": method, "params": params,
+                     "epochs": int(m.get("epoch", 0)), metric: m.get(metric),
+                     "probe_val_acc": m.get("probe_val_acc"),
+                     "probe_test_acc": m.get("probe_test_acc"),
+                     "status": m.get("failure_reason") or (
+                         "finished" if "probe_val_acc" in m else "stopped early"),
+                     "config": cfg, "path": r.path, "checkpoint": r.checkpoint})
+    sign = -1 if mode == "max" else 1
+
+    def key(row: dict[str, Any]) -> tuple[int, float]:
+        # Selection is on validation: the probe's val accuracy once trained, else the kNN monitor.
+        failed = row["status"] not in ("finished", "stopped early")
+        probe = row["probe_val_acc"]
+        return (int(failed), sign * (probe if probe is not None else -1.0) if mode == "max"
+                else sign * row[metric])
+
+    rows.sort(key=lambda r: (r["probe_val_acc"] is None, *key(r)))
+    lines = ["| method | trial | epochs | status | val kNN | probe val | probe test | parameters |",
+             "|---|---|---|---|---|---|---|---|"]
+    best_per_method: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        best_per_method.setdefault(row["method"], row)
+
+    def line(row: dict[str, Any]) -> str:
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(row["params"].items()))
+        return (f"| {row['method']} | {row['trial_id']} | {row['epochs']} | {row['status']} | "
+                f"{_fmt(row[metric])} | {_fmt(row['probe_val_acc'])} | "
+                f"{_fmt(row['probe_test_acc'])} | {params} |")
+
+    text = ["## Best trial per method (selected on validation)", "", *lines,
+            *(line(r) for r in best_per_method.values()), "", "## All trials", "", *lines,
+            *(line(r) for r in rows)]
+    return "\n".join(text) + "\n", rows
+
+
+def _export_best(best: dict[str, Any], out: Path, exp: Experiment) -> Path:
+    """The best trial's config as a ready-to-run experiment YAML."""
+    from sslsearch.space import trial_from_config
+
+    cfg = dataclasses.asdict(trial_from_config(best["config"]))
+    cfg["method_params"] = {k: list(v) if isinstance(v, tuple) else v
+                            for k, v in cfg["method_params"].items()}
+    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
+    doc = {"description": f"Best trial {best['trial_id']} of sweep {out.parent.name}: "
+                          f"probe val acc {_fmt(best['probe_val_acc'])}. Re-run with "
+                          f"`python -m sslsearch.train --experiment {out}`.",
+           "trial": cfg, "search": dataclasses.asdict(exp.search)}
+    out.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        return _main(args, argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: resume with --resume", file=sys.stderr)
+        return 130
+
+
+def _main(args: argparse.Namespace, argv: list[str]) -> int:
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    from sslsearch import sweep, tracking
+    from sslsearch.space import load_space
+
+    storage = _storage(args.storage)
+    address = args.address or os.environ.get("RAY_ADDRESS") or None
+    resume_info: dict[str, Any] | None = None
+    if args.resume is not None:
+        folder = _find_resume_folder(args, storage)
+        resume_info = sweep.read_sweep_file(folder)
+        if args.space:
+            space_path = resolve_file(args.space, SPACES_DIR, "space")
+            if sweep.space_digest(space_path.read_text()) != resume_info["space_digest"]:
+                raise ConfigError(f"--resume {folder}: that sweep searched "
+                                  f"{resume_info['space_path']}, not {space_path} (or the file "
+                                  "changed since); drop --space to resume it as it was")
+        space_path = Path(resume_info["space_path"])
+        exp = load_experiment(resume_info["experiment_path"])
+        exp = _apply_overrides(exp, argparse.Namespace(
+            **{**vars(args), **resume_info["overrides"]}))
+        name = folder.name
+        storage = str(folder.parent)
+        tracking_uri = resume_info["tracking_uri"]
+        mlflow_experiment = resume_info["mlflow_experiment"]
+    else:
+        if not args.space:
+            raise ConfigError("--space is required (a file under search_spaces/, e.g. "
+                              "--space vicreg.yaml), unless --resume")
+        space_path = resolve_file(args.space, SPACES_DIR, "space")
+        exp = _apply_overrides(load_experiment(args.experiment), args)
+        name = args.name or sweep.new_sweep_id(space_path.stem)
+        tracking_uri = tracking.normalize_uri(args.tracking_uri)
+        mlflow_experiment = args.mlflow_experiment
+    space = load_space(space_path, exp.trial)
+    tracking.check_reachable(tracking_uri)
+    folder_path = Path(storage) / name if "://" not in storage else None
+
+    overrides = {k: getattr(args, k) for k in ("num_samples", "max_concurrent", "epochs", "seed",
+                                                "cpus_per_trial", "gpus_per_trial", "data_dir")}
+    settings = sweep.SweepSettings(name=name, storage=storage, tracking_uri=tracking_uri,
+                                   mlflow_experiment=mlflow_experiment, seed=exp.trial.seed,
+                                   address=address)
+    tracker = tracking.Tracker(tracking_uri, mlflow_experiment, name)
+    if resume_info is None:
+        info = {"space_path": str(space_path), "space_digest":
+                sweep.space_digest(space_path.read_text()), "experiment_path": exp.source,
+                "tracking_uri": tracking_uri, "mlflow_experiment": mlflow_experiment,
+                "overrides": overrides, "metric": exp.search.metric, "mode": exp.search.mode,
+                "cpus_per_trial": exp.search.cpus_per_trial,
+                "gpus_per_trial": exp.search.gpus_per_trial, "command": argv}
+        tracker.log_sweep(
+            params={"space": space_path.name, "experiment": Path(exp.source).name,
+                    "num_samples": exp.search.num_samples, "epochs": exp.trial.epochs,
+                    "metric": exp.search.metric, "seed": exp.trial.seed},
+            tags={**tracking.sweep_tags(), "command": sweep.python_command(argv)},
+            texts={"space.yaml": space_path.read_text(),
+                   "experiment.yaml": Path(exp.source).read_text(),
+                   "command.txt": sweep.python_command([shlex.quote(a) for a in argv]) + "\n"})
+
+    print(f"sweep {name}: space {space_path.name} ({', '.join(space.method_names)}), "
+          f"experiment {Path(exp.source).name}, {exp.search.num_samples} trials × "
+          f"≤ {exp.trial.epochs} epochs, ≤ {exp.search.max_concurrent} at once", flush=True)
+    print(f"  results: {storage}/{name}\n  MLflow:  {tracking_uri}", flush=True)
+    t0 = time.time()
+    sweep.init_ray(address)
+    if resume_info is None:
+        tuner = sweep.build_tuner(exp, space, settings)
+        if folder_path is not None:
+            sweep.write_sweep_file(folder_path, info)
+    else:
+        assert folder_path is not None
+        tuner = sweep.restore_tuner(folder_path)
+    results = tuner.fit()
+    elapsed = time.time() - t0
+
+    summary, rows = summarize(results, exp.search.metric, exp.search.mode)
+    tracker = tracking.Tracker(tracking_uri, mlflow_experiment, name)  # fresh after the fit
+    header = (f"# Sweep {name}\n\nspace `{space_path.name}`, experiment "
+              f"`{Path(exp.source).name}`, {len(rows)} trials, {elapsed:.0f} s\n\n")
+    tracker.log_parent_text(header + summary, "summary.md")
+    finished = [r for r in rows if r["status"] == "finished"]
+    if finished and folder_path is not None:
+        best = finished[0]
+        best_yaml = _export_best(best, folder_path / "best_experiment.yaml", exp)
+        tracker.log_parent_file(best_yaml)
+        (folder_path / "summary.md").write_text(header + summary)
+        _log_best_encoder(tracker, best)
+    tracker.end_sweep("FINISHED")
+    print()
+    print(summary)
+    if finished and folder_path is not None:
+        print(f"best config: {folder_path / 'best_experiment.yaml'}")
+    print(f"MLflow runs: mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 "
+          f"--port 5000, then open {tracker.runs_link()}")
+    print(f"done in {elapsed:.0f} s")
+    return 0
+
+
+def _log_best_encoder(tracker: Any, best: dict[str, Any]) -> None:
+    """The best trial's encoder weights (``backbone.*`` of its last checkpoint) as an artifact."""
+    import tempfile
+
+    import torch
+
+    from sslsearch.train import load_checkpoint
+
+    checkpoint = best.get("checkpoint")
+    if checkpoint is None:
+        return
+    with checkpoint.as_directory() as folder:
+        state = load_checkpoint(Path(folder))
+    if state is None:
+        return
+    encoder = {k.removeprefix("backbone."): v for k, v in state["model"].items()
+               if k.startswith("backbone.")}
+    run_id = tracker.child(best["config"].get("_trial_id", best["trial_id"]), "", {})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "encoder.pt"
+        torch.save(encoder, path)
+        tracker.log_child_file(run_id, path)
+        tracker.log_parent_file(path, "best")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""Search-space YAML → an Optuna define-by-run function (conditional per method).
+
+The format (one file per method under ``search_spaces/``, plus ``all_methods.yaml``)::
+
+    method: vicreg                       # or {choice: [simclr, vicreg, ...]}
+    trial:                               # TrialConfig fields shared by every method
+      base_lr: {loguniform: [5.0e-4, 5.0e-3]}
+      batch_size: {choice: [64, 128, 256]}
+    methods:                             # per method: fields of that method's Config
+      vicreg:
+        sim_coeff: {uniform: [1, 50]}
+
+Distributions: ``uniform``, ``loguniform``, ``int``, ``logint`` (``[low, high]``), ``choice``
+(``[v1, v2, ...]``), ``quantized`` (``[low, high, step]``); a plain value is a constant. A method's
+parameters are only suggested when that method is drawn (Optuna's conditional, define-by-run
+spaces), and every error names the file, the key path, what was found and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sslsearch import methods
+from sslsearch.config import (
+    SPACES_DIR,
+    TrialConfig,
+    _check_value,
+    read_yaml,
+    resolve_file,
+    trial_config,
+)
+from sslsearch.errors import ConfigError
+
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "logint", "choice", "quantized")
+TOP_KEYS = ("description", "method", "methods", "trial")
+# Trial fields a space may not set: they are the space's own structure, or per-sweep settings.
+_RESERVED = ("method", "method_params")
+
+
+@dataclasses.dataclass(frozen=True)
+class Dist:
+    """One distribution: ``kind`` in DISTRIBUTIONS, ``args`` its validated arguments."""
+
+    kind: str
+    args: tuple[Any, ...]
+
+    def suggest(self, trial: Any, name: str) -> Any:
+        """Draw from an ``optuna.Trial`` (or Ray's captor of one)."""
+        if self.kind == "uniform":
+            return trial.suggest_float(name, self.args[0], self.args[1])
+        if self.kind == "loguniform":
+            return trial.suggest_float(name, self.args[0], self.args[1], log=True)
+        if self.kind == "int":
+            return trial.suggest_int(name, self.args[0], self.args[1])
+        if self.kind == "logint":
+            return trial.suggest_int(name, self.args[0], self.args[1], log=True)
+        if self.kind == "quantized":
+            return trial.suggest_float(name, self.args[0], self.args[1], step=self.args[2])
+        # choice: Optuna's categorical takes scalars only, so list values (e.g. layer widths) are
+        # drawn by their printed form and mapped back.
+        labels = [_label(v) for v in self.args]
+        picked = trial.suggest_categorical(name, labels)
+        return self.args[labels.index(picked)]
+
+    def corners(self) -> list[Any]:
+        """Values that must all be valid for the field: the bounds, or every choice."""
+        if self.kind == "choice":
+            return list(self.args)
+        if self.kind == "quantized":
+            low, high, step = self.args
+            return [low, low + math.floor((high - low) / step + 1e-9) * step]
+        return [self.args[0], self.args[1]]
+
+
+def _label(value: Any) -> Any:
+    return value if isinstance(value, str | int | float | bool) or value is None else str(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """A validated space; calling it with an Optuna trial returns the trial's config.
+
+    Picklable (Ray Tune checkpoints the searcher, and this function with it, for resume).
+    """
+
+    source: str
+    method: Dist | str
+    trial: Mapping[str, Dist | Any]
+    methods: Mapping[str, Mapping[str, Dist | Any]]
+    base: Mapping[str, Any]  # the experiment's trial defaults (TrialConfig as a dict)
+
+    @property
+    def method_names(self) -> tuple[str, ...]:
+        return tuple(self.method.args) if isinstance(self.method, Dist) else (self.method,)
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        """Define-by-run: suggest the method, the shared parameters, then that method's own.
+
+        Keys: ``method``, TrialConfig field names, and ``<method>.<field>`` for method parameters;
+        constants come back in the same dict (Ray merges them into the trial's config).
+        """
+        constants: dict[str, Any] = {"_base": dict(self.base)}
+        if isinstance(self.method, Dist):
+            method = self.method.suggest(trial, "method")
+        else:
+            method = constants["method"] = self.method
+        for key, spec in self.trial.items():
+            if isinstance(spec, Dist):
+                spec.suggest(trial, key)
+            else:
+                constants[key] = spec
+        for key, spec in self.methods.get(method, {}).items():
+            if isinstance(spec, Dist):
+                spec.suggest(trial, f"{method}.{key}")
+            else:
+                constants[f"{method}.{key}"] = spec
+        return constants
+
+
+def trial_from_config(config: Mapping[str, Any], *, source: str = "<trial>") -> TrialConfig:
+    """The :class:`TrialConfig` of a suggested config (the inverse of ``SearchSpace.__call__``)."""
+    base = dict(config.get("_base", {}))
+    method = config["method"]
+    prefix = f"{method}."
+    params = dict(base.get("method_params", {})) if base.get("method") == method else {}
+    overrides: dict[str, Any] = {"method": method}
+    for key, value in config.items():
+        if key.startswith("_") or key == "method":
+            continue
+        if key.startswith(prefix):
+            params[key.removeprefix(prefix)] = value
+        elif "." not in key:
+            overrides[key] = value
+    overrides["method_params"] = params
+    base.pop("method_params", None)
+    base.pop("method", None)
+    return trial_config({**base, **overrides}, source=source)
+
+
+# ------------------------------------------------------------------------------------------------
+# Parsing and validation
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _parse_dist(spec: Mapping[str, Any], src: str, path: str) -> Dist:
+    if len(spec) != 1:
+        raise ConfigError(f"{src}: {path} must have exactly one distribution key, found "
+                          f"{sorted(map(str, spec))}; allowed: {', '.join(DISTRIBUTIONS)}")
+    kind, args = next(iter(spec.items()))
+    if kind not in DISTRIBUTIONS:
+        raise ConfigError(f"{src}: {path}: unknown distribution {kind!r}; allowed: "
+                          f"{', '.join(DISTRIBUTIONS)}")
+    where = f"{src}: {path}.{kind}"
+    if kind == "choice":
+        if not isinstance(args, list) or not args:
+            raise ConfigError(f"{where} must be a non-empty list of values, found {args!r}")
+        labels = [_label(v) for v in args]
+        if len(set(map(repr, labels))) != len(labels):
+            raise ConfigError(f"{where} lists a value twice: {args!r}")
+        return Dist(kind, tuple(args))
+    n = 3 if kind == "quantized" else 2
+    shape = "[low, high, step]" if n == 3 else "[low, high]"
+    if not isinstance(args, list) or len(args) != n or not all(_number(a) for a in args):
+        raise ConfigError(f"{where} must be {shape} (numbers), found {args!r}")
+    low, high = args[0], args[1]
+    if kind in ("int", "logint") and not all(isinstance(a, int) for a in args):
+        raise ConfigError(f"{where} must be integer bounds {shape}, found {args!r}")
+    if low > high:
+        raise ConfigError(f"{where}: low {low} > high {high}; allowed: low ≤ high")
+    if kind in ("loguniform", "logint") and low <= 0:
+        raise ConfigError(f"{where}: a log scale needs low > 0, found low = {low}")
+    if kind == "quantized" and args[2] <= 0:
+        raise ConfigError(f"{where}: step must be > 0, found {args[2]}")
+    if kind in ("uniform", "loguniform", "quantized"):
+        args = [float(a) for a in args]
+    return Dist(kind, tuple(args))
+
+
+def _parse_entry(value: Any, src: str, path: str) -> Dist | Any:
+    if isinstance(value, Mapping):
+        return _parse_dist(value, src, path)
+    return value
+
+
+def _check_field(cls: type, key: str, spec: Dist | Any, src: str, path: str) -> None:
+    """Every value the spec can produce must have the field's type."""
+    hint = typing.get_type_hints(cls)[key]
+    values = spec.corners() if isinstance(spec, Dist) else [spec]
+    if isinstance(spec, Dist) and spec.kind in ("uniform", "loguniform", "quantized"):
+        values = [float(v) for v in values]
+    for v in values:
+        try:
+            _check_value(v, hint)
+        except TypeError:
+            what = f"{spec.kind} gives {v!r}" if isinstance(spec, Dist) else f"found {v!r}"
+            raise ConfigError(f"{src}: {path} must be {getattr(hint, '__name__', hint)}; "
+                              f"{what}") from None
+
+
+def parse_space(doc: Any, source: str, base: TrialConfig | None = None) -> SearchSpace:
+    """Validate a parsed YAML document; raise :class:`ConfigError` (one line) on any problem."""
+    base = base or TrialConfig()
+    if doc is None:
+        raise ConfigError(f"{source}: the file is empty; expected keys: method, trial, methods")
+    if not isinstance(doc, Mapping):
+        raise ConfigError(f"{source}: expected a mapping with keys method, trial, methods; "
+                          f"found {type(doc).__name__}")
+    for key in doc:
+        if key not in TOP_KEYS:
+            raise ConfigError(f"{source}: unknown key {key!s}; valid keys: {', '.join(TOP_KEYS)}")
+    if "method" not in doc:
+        raise ConfigError(f"{source}: missing key method (a method name or "
+                          f"{{choice: [...]}} of: {', '.join(methods.available())})")
+    method = _parse_entry(doc["method"], source, "method")
+    names = method.args if isinstance(method, Dist) else (method,)
+    if isinstance(method, Dist) and method.kind != "choice":
+        raise ConfigError(f"{source}: method must be a name or {{choice: [...]}}, "
+                          f"found {method.kind}")
+    for name in names:
+        if not isinstance(name, str) or name not in methods.available():
+            raise ConfigError(f"{source}: method {name!r} is unknown; choose from: "
+                              f"{', '.join(methods.available())}")
+
+    trial_doc = doc.get("trial") or {}
+    if not isinstance(trial_doc, Mapping):
+        raise ConfigError(f"{source}: trial must be a mapping of TrialConfig fields")
+    fields = {f.name for f in dataclasses.fields(TrialConfig)} - set(_RESERVED)
+    trial: dict[str, Any] = {}
+    for key, value in trial_doc.items():
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown key trial.{key!s}; valid keys: "
+                              f"{', '.join(sorted(fields))}")
+        trial[key] = _parse_entry(value, source, f"trial.{key}")
+        _check_field(TrialConfig, key, trial[key], source, f"trial.{key}")
+
+    methods_doc = doc.get("methods") or {}
+    if not isinstance(methods_doc, Mapping):
+        raise ConfigError(f"{source}: methods must map method names to their parameters")
+    per_method: dict[str, dict[str, Any]] = {}
+    for name, params in methods_doc.items():
+        if name not in names:
+            raise ConfigError(f"{source}: methods.{name!s} is not a method this space draws; "
+                              f"allowed: {', '.join(names)}")
+        params = params or {}
+        if not isinstance(params, Mapping):
+            raise ConfigError(f"{source}: methods.{name} must map parameter names to values")
+        cfg_cls = methods.get(name).Config
+        valid = {f.name for f in dataclasses.fields(cfg_cls)}
+        per_method[name] = {}
+        for key, value in params.items():
+            if key not in valid:
+                raise ConfigError(f"{source}: unknown key methods.{name}.{key!s}; valid keys: "
+                                  f"{', '.join(sorted(valid))}")
+            spec = _parse_entry(value, source, f"methods.{name}.{key}")
+            _check_field(cfg_cls, key, spec, source, f"methods.{name}.{key}")
+            per_method[name][key] = spec
+
+    space = SearchSpace(source, method, trial, per_method, dataclasses.asdict(base))
+    _check_values(space)
+    return space
+
+
+def _check_values(space: SearchSpace) -> None:
+    """Build a trial config at every bound of every parameter: range errors surface now."""
+    for name in space.method_names:
+        fixed = {"method": name}
+        consts = {k: v for k, v in space.trial.items() if not isinstance(v, Dist)}
+        mconsts = {f"{name}.{k}": v for k, v in space.methods.get(name, {}).items()
+                   if not isinstance(v, Dist)}
+        probes: list[dict[str, Any]] = [{}]
+        for key, spec in space.trial.items():
+            if isinstance(spec, Dist):
+                probes += [{key: v} for v in spec.corners()]
+        for key, spec in space.methods.get(name, {}).items():
+            if isinstance(spec, Dist):
+                probes += [{f"{name}.{key}": v} for v in spec.corners()]
+        for probe in probes:
+            config = {"_base": space.base, **fixed, **consts, **mconsts, **probe}
+            trial_from_config(config, source=space.source)
+
+
+def load_space(name: str | Path, base: TrialConfig | None = None) -> SearchSpace:
+    """Load a space YAML: a path, or a bare name under ``search_spaces/``."""
+    path = resolve_file(name, SPACES_DIR, "space")
+    return parse_space(read_yaml(path), str(path), base)
+
+
+def optuna_sampler(seed: int) -> Any:
+    """The seeded multivariate TPE sampler; ``group=True`` handles the conditional sub-spaces."""
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                      n_startup_trials=4)

@@ -1,0 +1,245 @@
+"""The sweep: Ray Tune's ``Tuner`` with Optuna's TPE, ASHA, a collapse stopper, retries, resume.
+
+All paths are made absolute before Ray starts (each trial runs in its own working directory).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from sslsearch.config import Experiment, SearchConfig
+from sslsearch.errors import ConfigError
+from sslsearch.space import SearchSpace, optuna_sampler
+from sslsearch.tracking import MLflowTrialCallback
+from sslsearch.trainable import trainable
+
+SWEEP_FILE = "sslsearch_sweep.json"
+
+
+class CollapseStopper(tune.Stopper):
+    """Stop a trial whose embeddings have collapsed for ``patience`` consecutive epochs.
+
+    Collapsed: std of the L2-normalised embeddings × √d below ``std_ratio`` (≈ 1 when spread, 0
+    when every embedding is the same), or effective rank / d below ``rank_ratio``. The stopper
+    marks the result with ``failure_reason: collapsed`` so the searcher and MLflow record why.
+    """
+
+    def __init__(self, std_ratio: float, rank_ratio: float, patience: int) -> None:
+        self.std_ratio, self.rank_ratio, self.patience = std_ratio, rank_ratio, patience
+        self._streak: dict[str, int] = {}
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        std = result.get("embed_std_ratio")
+        rank = result.get("effective_rank_ratio")
+        if std is None or rank is None:
+            return False
+        collapsed = std < self.std_ratio or rank < self.rank_ratio
+        self._streak[trial_id] = self._streak.get(trial_id, 0) + 1 if collapsed else 0
+        if self._streak[trial_id] >= self.patience:
+            # The same dict reaches the callbacks and becomes the trial's last result.
+            result["failure_reason"] = "collapsed"
+            result["failure_message"] = (f"embeddings collapsed for {self.patience} epochs: "
+                                         f"std×√d {std:.3g}, rank/d {rank:.3g}")
+            return True
+        return False
+
+    def stop_all(self) -> bool:
+        return False
+
+
+class SSLOptunaSearch(OptunaSearch):
+    """OptunaSearch that records a trial ended for a reason (NaN, OOM, collapse) as FAILED.
+
+    Such a trial's last result carries a finite placeholder metric and ``failure_reason``; Optuna
+    is told it failed instead of learning the placeholder as a real value.
+    """
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
+                          error: bool = False) -> None:
+        if result and result.get("failure_reason"):
+            super().on_trial_complete(trial_id, None, error=True)
+        else:
+            super().on_trial_complete(trial_id, result, error)
+
+
+class Progress(tune.Callback):
+    """One line per finished epoch and per finished trial, instead of Ray's tables."""
+
+    def __init__(self, metric: str, total: int) -> None:
+        self.metric, self.total = metric, total
+        self.done = 0
+        self.t0 = time.time()
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial,
+                        result: dict[str, Any], **info: Any) -> None:
+        if "epoch" in result:
+            print(f"  [{time.time() - self.t0:6.0f}s] {trial.trial_id} "
+                  f"{trial.config.get('method', '?'):>8} epoch {int(result['epoch']):3d}  "
+                  f"{self.metric} {result.get(self.metric, float('nan')):.4f}", flush=True)
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial,
+                          **info: Any) -> None:
+        self.done += 1
+        last = trial.last_result or {}
+        why = last.get("failure_reason")
+        state = f"ended: {why}" if why else (
+            "finished" if "probe_test_acc" in last else "stopped early by ASHA")
+        print(f"trial {trial.trial_id} {state} ({self.done}/{self.total} done)", flush=True)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial,
+                       **info: Any) -> None:
+        self.done += 1
+        print(f"trial {trial.trial_id} errored ({self.done}/{self.total} done); "
+              f"see {trial.error_file}", flush=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSettings:
+    """What a sweep needs beyond the experiment and the space; all paths absolute."""
+
+    name: str
+    storage: str  # an absolute path or a URI (s3://, gs://, ...)
+    tracking_uri: str
+    mlflow_experiment: str
+    seed: int = 0
+    address: str | None = None
+
+    @property
+    def folder(self) -> str:
+        return f"{self.storage.rstrip('/')}/{self.name}"
+
+
+def space_digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def new_sweep_id(space_name: str) -> str:
+    return f"{space_name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Start (or join) Ray with its dashboard off; a local head stays on 127.0.0.1."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Trials print nothing themselves; Ray's own INFO chatter would drown the progress lines.
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
+                              "log_to_driver": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
+
+
+def build_tuner(exp: Experiment, space: SearchSpace, settings: SweepSettings) -> tune.Tuner:
+    search: SearchConfig = exp.search
+    resources = {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial}
+    fn = tune.with_resources(
+        tune.with_parameters(trainable, metric=search.metric, mode=search.mode), resources)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # multivariate TPE is marked experimental by Optuna
+        searcher = SSLOptunaSearch(space, metric=search.metric, mode=search.mode,
+                                   sampler=optuna_sampler(settings.seed))
+    epochs = exp.trial.epochs
+    scheduler = ASHAScheduler(time_attr="training_iteration", metric=search.metric,
+                              mode=search.mode, max_t=epochs,
+                              grace_period=min(search.grace_period, epochs),
+                              reduction_factor=search.reduction_factor)
+    stop = (CollapseStopper(search.collapse_std_ratio, search.collapse_rank_ratio,
+                            search.collapse_patience) if search.stop_on_collapse else None)
+    callbacks = [
+        MLflowTrialCallback(settings.tracking_uri, settings.mlflow_experiment, settings.name,
+                            epochs),
+        Progress(search.metric, search.num_samples),
+    ]
+    return tune.Tuner(
+        fn,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler, num_samples=search.num_samples,
+            max_concurrent_trials=search.max_concurrent,
+            # One actor runs trial after trial: no 2–4 s actor start-up per trial, and the
+            # per-process dataset cache (data.load_dataset_cached) is hit after the first trial.
+            reuse_actors=True,
+            trial_dirname_creator=_trial_dirname),
+        run_config=tune.RunConfig(
+            name=settings.name, storage_path=settings.storage, stop=stop, callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=search.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=0),
+    )
+
+
+def _trial_dirname(trial: Trial) -> str:
+    # Ray's default folder name repeats every parameter: unreadable, and too long for some FS.
+    return f"{trial.config.get('method', 'trial')}_{trial.trial_id}"
+
+
+def write_sweep_file(folder: Path, info: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"{SWEEP_FILE}.tmp"
+    tmp.write_text(json.dumps(info, indent=2))
+    os.replace(tmp, folder / SWEEP_FILE)
+
+
+def read_sweep_file(folder: Path) -> dict[str, Any]:
+    """The sweep record of an experiment folder, refusing folders that are unsafe to restore.
+
+    Ray unpickles the folder's state on restore: a folder another user owns or anyone can write
+    to could run their code as us.
+    """
+    if not folder.is_dir():
+        raise ConfigError(f"--resume {folder}: no such folder")
+    record = folder / SWEEP_FILE
+    if not record.is_file() or not (folder / "tuner.pkl").is_file():
+        raise ConfigError(f"--resume {folder}: holds no sslsearch sweep "
+                          f"(no {SWEEP_FILE} / tuner.pkl)")
+    for path in (folder, record, folder / "tuner.pkl"):
+        st = path.stat()
+        if hasattr(os, "getuid") and st.st_uid != os.getuid():
+            raise ConfigError(f"--resume {folder}: {path.name} is owned by another user "
+                              f"(uid {st.st_uid}); refusing to unpickle it")
+        if st.st_mode & 0o002:
+            raise ConfigError(f"--resume {folder}: {path.name} is world-writable; "
+                              "refusing to unpickle it")
+    try:
+        info: dict[str, Any] = json.loads(record.read_text())
+    except json.JSONDecodeError:
+        raise ConfigError(f"--resume {folder}: {SWEEP_FILE} is corrupt") from None
+    return info
+
+
+def restore_tuner(folder: Path) -> tune.Tuner:
+    return tune.Tuner.restore(str(folder), trainable=_restorable_trainable(folder),
+                              resume_unfinished=True, resume_errored=True,
+                              restart_errored=False)
+
+
+def _restorable_trainable(folder: Path) -> Any:
+    info = json.loads((folder / SWEEP_FILE).read_text())
+    resources = {"cpu": info["cpus_per_trial"], "gpu": info["gpus_per_trial"]}
+    return tune.with_resources(
+        tune.with_parameters(trainable, metric=info["metric"], mode=info["mode"]), resources)
+
+
+def run_sweep(tuner: tune.Tuner) -> tune.ResultGrid:
+    return tuner.fit()
+
+
+def python_command(argv: Sequence[str]) -> str:
+    return " ".join([Path(sys.executable).name, "-m", "sslsearch.run", *argv])

@@ -1,0 +1,298 @@
+"""MLflow tracking — the only module that imports mlflow.
+
+One parent run per sweep, one child run per trial. Child runs are keyed by a ``sslsearch.trial_id``
+tag and looked up before one is created, so a resumed sweep never duplicates a run (Ray's own
+``MLflowLoggerCallback`` keeps that map in memory and does, after ``Tuner.restore``); runs left
+RUNNING by a killed driver are closed when the sweep ends.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+from ray.tune.experiment import Trial
+
+from sslsearch.errors import ConfigError
+
+PARENT = "parent"
+CHILD = "trial"
+TAG_ROLE = "sslsearch.role"
+TAG_SWEEP = "sslsearch.sweep_id"
+TAG_TRIAL = "sslsearch.trial_id"
+# Ray's bookkeeping keys are not metrics of the trial.
+_SKIP = {"training_iteration", "timestamp", "time_since_restore", "iterations_since_restore",
+         "done", "pid", "time_total_s", "time_this_iter_s", "epoch"}
+
+
+def default_tracking_uri(cwd: Path | None = None) -> str:
+    """An absolute sqlite URI in the working directory (each Ray trial chdirs elsewhere)."""
+    return f"sqlite:///{(cwd or Path.cwd()).resolve() / 'mlflow.db'}"
+
+
+def normalize_uri(uri: str | None) -> str:
+    """Make a user's tracking URI absolute; refuse schemes MLflow 3 will not take as a backend."""
+    if not uri:
+        return default_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        return f"sqlite:///{path.expanduser().resolve()}"
+    if uri.startswith(("http://", "https://", "databricks")):
+        return uri.rstrip("/")
+    if "://" not in uri:  # a bare path: a sqlite file there
+        return f"sqlite:///{Path(uri).expanduser().resolve()}"
+    if uri.startswith(("postgresql", "mysql", "mssql")):
+        return uri
+    raise ConfigError(f"--tracking-uri {uri!r}: unsupported scheme; use sqlite:///PATH, "
+                      "http(s)://HOST:PORT, or a database URI (postgresql://...)")
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any trial starts, when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=timeout) as response:
+            if response.status != 200:
+                raise ConfigError(f"--tracking-uri {uri}: the server answered HTTP "
+                                  f"{response.status} at /health; is it an MLflow server?")
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConfigError(f"--tracking-uri {uri}: MLflow server unreachable ({reason}); start it "
+                          "with `mlflow server --host 127.0.0.1 --port 5000` or omit the flag "
+                          "for a local sqlite file") from None
+
+
+def _params(values: Mapping[str, Any], prefix: str = "") -> list[Param]:
+    out = []
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            out += _params(value, f"{prefix}{key}.")
+        else:
+            out.append(Param(f"{prefix}{key}", str(value)[:6000]))
+    return out
+
+
+class Tracker:
+    """The sweep's parent run and its children, through one ``MlflowClient``."""
+
+    def __init__(self, uri: str, experiment: str, sweep_id: str) -> None:
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        self.sweep_id = sweep_id
+        exp = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = (exp.experiment_id if exp is not None
+                              else self.client.create_experiment(experiment))
+        self._children: dict[str, str] = {}
+        self.parent_id = self._find_or_create_parent()
+
+    def _search(self, filter_string: str) -> list[Any]:
+        return list(self.client.search_runs([self.experiment_id], filter_string=filter_string,
+                                             max_results=1000))
+
+    def _find_or_create_parent(self) -> str:
+        found = self._search(f"tags.`{TAG_SWEEP}` = '{self.sweep_id}' and "
+                             f"tags.`{TAG_ROLE}` = '{PARENT}'")
+        if found:
+            run_id: str = found[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(self.experiment_id, run_name=self.sweep_id,
+                                     tags={TAG_ROLE: PARENT, TAG_SWEEP: self.sweep_id})
+        return str(run.info.run_id)
+
+    # --- parent ---------------------------------------------------------------------------
+    def log_sweep(self, params: Mapping[str, Any], tags: Mapping[str, str],
+                  texts: Mapping[str, str]) -> None:
+        """Params/tags/text artifacts of the sweep (space, experiment, command line, versions)."""
+        existing = self.client.get_run(self.parent_id).data.params
+        fresh = [p for p in _params(params) if p.key not in existing]
+        self.client.log_batch(self.parent_id, params=fresh,
+                              tags=[RunTag(k, v) for k, v in tags.items()])
+        for name, text in texts.items():
+            self.client.log_text(self.parent_id, text, name)
+
+    def log_parent_file(self, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.parent_id, str(path), artifact_path)
+
+    def log_parent_text(self, text: str, name: str) -> None:
+        self.client.log_text(self.parent_id, text, name)
+
+    def end_sweep(self, status: str = "FINISHED") -> None:
+        """Close the parent, and any child still RUNNING (its trial never finished) as KILLED."""
+        for run in self._search(f"tags.`{TAG_SWEEP}` = '{self.sweep_id}' and "
+                                f"tags.`{TAG_ROLE}` = '{CHILD}' and "
+                                "attributes.status = 'RUNNING'"):
+            self.client.set_tag(run.info.run_id, "failure_reason", "interrupted")
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+        self.client.set_terminated(self.parent_id, status=status)
+
+    # --- children -------------------------------------------------------------------------
+    def child(self, trial_id: str, name: str, params: Mapping[str, Any]) -> str:
+        """The child run of ``trial_id``: found by its tag, created (with params) only if absent."""
+        if trial_id in self._children:
+            return self._children[trial_id]
+        found = self._search(f"tags.`{TAG_TRIAL}` = '{trial_id}' and "
+                             f"tags.`{TAG_SWEEP}` = '{self.sweep_id}'")
+        if found:
+            run_id = str(found[0].info.run_id)
+            if found[0].info.status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+        else:
+            run = self.client.create_run(
+                self.experiment_id, run_name=name,
+                tags={TAG_ROLE: CHILD, TAG_SWEEP: self.sweep_id, TAG_TRIAL: trial_id,
+                      "mlflow.parentRunId": self.parent_id})
+            run_id = str(run.info.run_id)
+            self.client.log_batch(run_id, params=_params(params))
+        self._children[trial_id] = run_id
+        return run_id
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if k not in _SKIP and isinstance(v, int | float) and not isinstance(v, bool)
+                 and math.isfinite(float(v))]
+        if batch:
+            self.client.log_batch(run_id, metrics=batch)
+
+    def finish_child(self, run_id: str, status: str, tags: Mapping[str, str]) -> None:
+        if tags:
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        self.client.set_terminated(run_id, status=status)
+
+    def log_child_text(self, run_id: str, text: str, name: str) -> None:
+        self.client.log_text(run_id, text, name)
+
+    def log_child_file(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def child_runs(self) -> list[Any]:
+        return self._search(f"tags.`{TAG_SWEEP}` = '{self.sweep_id}' and "
+                            f"tags.`{TAG_ROLE}` = '{CHILD}'")
+
+    def runs_link(self) -> str:
+        """The runs table in MLflow 3's "Model training" view (the GenAI view hides it)."""
+        base = self.uri if self.uri.startswith("http") else "http://127.0.0.1:5000"
+        return f"{base}/#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
+
+
+def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The trial's parameters as logged: the suggested values plus the experiment's settings."""
+    from sslsearch.space import trial_from_config
+
+    cfg = trial_from_config(config)
+    flat = {k: v for k, v in vars(cfg).items() if k != "method_params"}
+    flat.update({f"method_params.{k}": v for k, v in cfg.method_params.items()})
+    from sslsearch import methods
+
+    flat["supervised"] = bool(getattr(methods.get(cfg.method).Method, "supervised", False)
+                              or cfg.method_params.get("use_labels", False))
+    return flat
+
+
+class MLflowTrialCallback(Callback):
+    """Driver-side Tune callback: a child run per trial, metrics each epoch, status at the end."""
+
+    def __init__(self, uri: str, experiment: str, sweep_id: str, max_epochs: int) -> None:
+        self.uri, self.experiment, self.sweep_id = uri, experiment, sweep_id
+        self.max_epochs = max_epochs
+        self._tracker: Tracker | None = None
+
+    @property
+    def tracker(self) -> Tracker:
+        # Created lazily: Ray pickles its callbacks into the experiment folder (for
+        # ``Tuner.restore``), and a live client with a database connection does not pickle.
+        if self._tracker is None:
+            self._tracker = Tracker(self.uri, self.experiment, self.sweep_id)
+        return self._tracker
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_tracker"] = None
+        return state
+
+    def _run(self, trial: Trial) -> str:
+        return self.tracker.child(trial.trial_id, f"{trial.config.get('method')}-{trial.trial_id}",
+                                  trial_params(trial.config))
+
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial,
+                       **info: Any) -> None:
+        import dataclasses
+
+        import yaml
+
+        from sslsearch.space import trial_from_config
+
+        run_id = self._run(trial)
+        cfg = dataclasses.asdict(trial_from_config(trial.config))
+        cfg["method_params"] = dict(cfg["method_params"])
+        self.tracker.log_child_text(run_id, yaml.safe_dump({"trial": cfg}, sort_keys=False),
+                                    "trial_config.yaml")
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial,
+                        result: dict[str, Any], **info: Any) -> None:
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        self.tracker.log_metrics(self._run(trial), result, step)
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial,
+                          **info: Any) -> None:
+        last = trial.last_result or {}
+        tags: dict[str, str] = {"trial_status": "completed"}
+        status = "FINISHED"
+        if last.get("failure_reason"):
+            status = "FAILED"
+            tags = {"trial_status": "failed", "failure_reason": str(last["failure_reason"]),
+                    "failure_message": str(last.get("failure_message", ""))[:5000]}
+        elif int(last.get("epoch", 0)) < self.max_epochs:
+            tags = {"trial_status": "stopped_early",
+                    "stopped_by": str(last.get("stopped_by", "scheduler"))}
+        self.tracker.finish_child(self._run(trial), status, tags)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial,
+                       **info: Any) -> None:
+        error = ""
+        if trial.error_file and Path(trial.error_file).is_file():
+            error = Path(trial.error_file).read_text()[-2000:]
+        self.tracker.finish_child(self._run(trial), "FAILED",
+                                  {"trial_status": "error", "failure_reason": "error",
+                                   "failure_message": error})
+
+
+def sweep_tags() -> dict[str, str]:
+    """Package versions and git commit: what produced the sweep."""
+    import subprocess
+
+    import mlflow
+    import optuna
+    import ray
+    import torch
+
+    tags = {"version.torch": torch.__version__, "version.ray": ray.__version__,
+            "version.optuna": optuna.__version__, "version.mlflow": mlflow.__version__}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=5, check=False).stdout.strip()
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from sslsearch import __version__
+
+    tags["version.sslsearch"] = __version__
+    return tags
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, default=str)

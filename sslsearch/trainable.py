@@ -1,0 +1,59 @@
+"""Ray Tune glue: a trial's config → :func:`sslsearch.train.run`, each epoch → ``tune.report``.
+
+Every epoch is reported with its checkpoint, so a trial that Ray restarts (a lost node, a resumed
+sweep) continues from its last finished epoch. A :class:`~sslsearch.errors.TrialFailure` (non-finite
+loss, out of memory) ends the trial at once with a recorded reason instead of an error, so Ray does
+not retry it: retries are for infrastructure failures only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from sslsearch import train
+from sslsearch.errors import TrialFailure
+from sslsearch.space import trial_from_config
+
+FAILURE_FILE = "failure.json"
+
+
+def trainable(config: dict[str, Any], metric: str = "val_knn_acc", mode: str = "max") -> None:
+    """The function trainable: one pretrain-then-probe trial."""
+    # Ray logs every persisted checkpoint at INFO from inside the trial; one line per epoch per
+    # trial buries the progress output.
+    for name in ("ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    cfg = trial_from_config(config)
+    work = Path(tempfile.mkdtemp(prefix="sslsearch-ckpt-"))
+    try:
+        restored = tune.get_checkpoint()
+        if restored is not None:
+            with restored.as_directory() as folder:
+                for name in (train.CHECKPOINT, train.PREVIOUS):
+                    if (Path(folder) / name).is_file():
+                        shutil.copy2(Path(folder) / name, work / name)
+
+        def report(metrics: dict[str, float], folder: Path | None) -> None:
+            checkpoint = tune.Checkpoint.from_directory(str(folder)) if folder else None
+            tune.report(metrics, checkpoint=checkpoint)
+
+        try:
+            train.run(cfg, report=report, checkpoint_dir=work)
+        except TrialFailure as failure:
+            record = {"reason": failure.reason, "message": str(failure)}
+            trial_dir = tune.get_context().get_trial_dir()
+            if trial_dir:
+                (Path(trial_dir) / FAILURE_FILE).write_text(json.dumps(record))
+            # A finite worst value (never NaN: a NaN leaves the Optuna trial RUNNING forever and
+            # ASHA never stops it); the searcher sees `failure_reason` and records a failed trial.
+            tune.report({metric: 0.0 if mode == "max" else float("1e30"),
+                         "failure_reason": failure.reason, "failure_message": str(failure)})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

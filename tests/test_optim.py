@@ -1,0 +1,71 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from sslsearch.errors import ConfigError
+from sslsearch.optim import LARS, build_optimizer, lr_at, param_groups, scaled_lr
+
+
+def test_linear_scaling_rule() -> None:
+    assert scaled_lr(0.3, 512) == pytest.approx(0.6)
+    assert scaled_lr(0.3, 128) == pytest.approx(0.15)
+
+
+def test_warmup_then_cosine() -> None:
+    kw = {"total_steps": 110, "warmup_steps": 10, "peak_lr": 1.0, "final_lr": 0.1}
+    assert lr_at(0, **kw) == pytest.approx(0.1)
+    assert lr_at(9, **kw) == pytest.approx(1.0)
+    assert lr_at(10, **kw) == pytest.approx(1.0)
+    assert lr_at(60, **kw) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_at(110, **kw) == pytest.approx(0.1)
+    values = [lr_at(s, **kw) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_biases_and_norms_are_excluded_from_decay() -> None:
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    decay, no_decay = param_groups(model, 0.1)
+    assert [p.shape for p in decay["params"]] == [torch.Size([3, 4])]
+    assert len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0.0
+    assert no_decay["lars_adapt"] is False
+
+
+def test_lars_step_matches_formula() -> None:
+    w = nn.Parameter(torch.tensor([[3.0, 4.0]]))  # ‖w‖ = 5
+    w.grad = torch.tensor([[0.6, 0.8]])
+    opt = LARS([{"params": [w], "weight_decay": 0.0, "lars_adapt": True}], lr=0.1, eta=0.001)
+    opt.step()
+    # u = g (‖u‖ = 1), q = η‖w‖/‖u‖ = 0.005, μ = q·u, w ← w − lr·μ
+    torch.testing.assert_close(w.data, torch.tensor([[3.0, 4.0]]) - 0.1 * 0.005 * w.grad)
+
+
+def test_lars_skips_adaptation_for_excluded_group() -> None:
+    b = nn.Parameter(torch.tensor([1.0]))
+    b.grad = torch.tensor([2.0])
+    opt = LARS([{"params": [b], "weight_decay": 0.0, "lars_adapt": False}], lr=0.5)
+    opt.step()
+    assert b.item() == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("name", ["sgd", "lars", "adamw"])
+def test_each_optimizer_reduces_a_quadratic(name: str) -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    x, y = torch.randn(64, 3), torch.randn(64, 1)
+    opt = build_optimizer(name, model, lr=0.05, weight_decay=0.0)
+    first = last = math.inf
+    for i in range(50):
+        loss = (model(x) - y).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = loss.item() if i == 0 else first
+        last = loss.item()
+    assert last < first
+
+
+def test_unknown_optimizer_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="sgd, lars, adamw"):
+        build_optimizer("adam9", nn.Linear(2, 2), lr=0.1, weight_decay=0.0)
