@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address",
                    help="an existing Ray cluster (auto or ray://HOST:PORT; default: "
                         "$RAY_ADDRESS, else a local Ray on 127.0.0.1)")
+    p.add_argument("--grace-period", type=_positive_int,
+                   help="epochs before ASHA may stop a trial (default: the experiment's)")
     p.add_argument("--cpus-per-trial", type=_nonneg_float,
                    help="CPUs reserved per trial (default: the experiment's)")
     p.add_argument("--gpus-per-trial", type=_nonneg_float,
@@ -112,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _apply_overrides(exp: Experiment, args: argparse.Namespace) -> Experiment:
     search = dict(dataclasses.asdict(exp.search))
     for flag, key in (("num_samples", "num_samples"), ("max_concurrent", "max_concurrent"),
+                      ("grace_period", "grace_period"),
                       ("cpus_per_trial", "cpus_per_trial"), ("gpus_per_trial", "gpus_per_trial")):
         if getattr(args, flag) is not None:
             search[key] = getattr(args, flag)
@@ -276,6 +279,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     folder_path = Path(storage) / name if "://" not in storage else None
 
     overrides = {k: getattr(args, k) for k in ("num_samples", "max_concurrent", "epochs", "seed",
+                                                "grace_period",
                                                 "cpus_per_trial", "gpus_per_trial", "data_dir")}
     settings = sweep.SweepSettings(name=name, storage=storage, tracking_uri=tracking_uri,
                                    mlflow_experiment=mlflow_experiment, seed=exp.trial.seed,
@@ -304,7 +308,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     t0 = time.time()
     sweep.init_ray(address)
     if resume_info is None:
-        tuner = sweep.build_tuner(exp, space, settings)
+        tuner = sweep.build_tuner(exp, space, settings, quiet=args.quiet)
         if folder_path is not None:
             sweep.write_sweep_file(folder_path, info)
     else:

@@ -101,25 +101,21 @@ class SearchSpace:
     def __call__(self, trial: Any) -> dict[str, Any]:
         """Define-by-run: suggest the method, the shared parameters, then that method's own.
 
-        Keys: ``method``, TrialConfig field names, and ``<method>.<field>`` for method parameters;
-        constants come back in the same dict (Ray merges them into the trial's config).
+        Keys: ``method``, TrialConfig field names, and ``<method>.<field>`` for method parameters.
+        Every value is returned, drawn ones included: Ray merges the returned dict over the values
+        it captured, and for a list-valued choice it captured Optuna's label, not the list.
         """
-        constants: dict[str, Any] = {"_base": dict(self.base)}
-        if isinstance(self.method, Dist):
-            method = self.method.suggest(trial, "method")
-        else:
-            method = constants["method"] = self.method
+        config: dict[str, Any] = {"_base": dict(self.base)}
+
+        def value(spec: Dist | Any, name: str) -> Any:
+            return spec.suggest(trial, name) if isinstance(spec, Dist) else spec
+
+        method = config["method"] = value(self.method, "method")
         for key, spec in self.trial.items():
-            if isinstance(spec, Dist):
-                spec.suggest(trial, key)
-            else:
-                constants[key] = spec
+            config[key] = value(spec, key)
         for key, spec in self.methods.get(method, {}).items():
-            if isinstance(spec, Dist):
-                spec.suggest(trial, f"{method}.{key}")
-            else:
-                constants[f"{method}.{key}"] = spec
-        return constants
+            config[f"{method}.{key}"] = value(spec, f"{method}.{key}")
+        return config
 
 
 def trial_from_config(config: Mapping[str, Any], *, source: str = "<trial>") -> TrialConfig:

@@ -82,14 +82,14 @@ class SSLOptunaSearch(OptunaSearch):
 class Progress(tune.Callback):
     """One line per finished epoch and per finished trial, instead of Ray's tables."""
 
-    def __init__(self, metric: str, total: int) -> None:
-        self.metric, self.total = metric, total
+    def __init__(self, metric: str, total: int, per_epoch: bool = True) -> None:
+        self.metric, self.total, self.per_epoch = metric, total, per_epoch
         self.done = 0
         self.t0 = time.time()
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial,
                         result: dict[str, Any], **info: Any) -> None:
-        if "epoch" in result:
+        if self.per_epoch and "epoch" in result:
             print(f"  [{time.time() - self.t0:6.0f}s] {trial.trial_id} "
                   f"{trial.config.get('method', '?'):>8} epoch {int(result['epoch']):3d}  "
                   f"{self.metric} {result.get(self.metric, float('nan')):.4f}", flush=True)
@@ -148,7 +148,8 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
 
 
-def build_tuner(exp: Experiment, space: SearchSpace, settings: SweepSettings) -> tune.Tuner:
+def build_tuner(exp: Experiment, space: SearchSpace, settings: SweepSettings,
+                quiet: bool = False) -> tune.Tuner:
     search: SearchConfig = exp.search
     resources = {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial}
     fn = tune.with_resources(
@@ -167,7 +168,7 @@ def build_tuner(exp: Experiment, space: SearchSpace, settings: SweepSettings) ->
     callbacks = [
         MLflowTrialCallback(settings.tracking_uri, settings.mlflow_experiment, settings.name,
                             epochs),
-        Progress(search.metric, search.num_samples),
+        Progress(search.metric, search.num_samples, per_epoch=not quiet),
     ]
     return tune.Tuner(
         fn,

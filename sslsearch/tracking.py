@@ -95,6 +95,7 @@ class Tracker:
         self.experiment_id = (exp.experiment_id if exp is not None
                               else self.client.create_experiment(experiment))
         self._children: dict[str, str] = {}
+        self._last_step: dict[str, int] = {}
         self.parent_id = self._find_or_create_parent()
 
     def _search(self, filter_string: str) -> list[Any]:
@@ -157,9 +158,16 @@ class Tracker:
             run_id = str(run.info.run_id)
             self.client.log_batch(run_id, params=_params(params))
         self._children[trial_id] = run_id
+        # A resumed trial re-runs the epochs after its last persisted checkpoint (bit for bit);
+        # their results are already logged, so steps up to the last logged one are skipped.
+        history = self.client.get_metric_history(run_id, "val_knn_acc") if found else []
+        self._last_step[run_id] = max((m.step for m in history), default=-1)
         return run_id
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int) -> None:
+        if step <= self._last_step.get(run_id, -1) and "failure_reason" not in metrics:
+            return
+        self._last_step[run_id] = step
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
                  if k not in _SKIP and isinstance(v, int | float) and not isinstance(v, bool)

@@ -1,0 +1,152 @@
+"""Search-space YAML: every shipped file compiles; malformed ones give exit 2 and one line."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sslsearch import methods
+from sslsearch.config import SPACES_DIR
+from sslsearch.errors import ConfigError
+from sslsearch.run import main
+from sslsearch.space import load_space, parse_space, trial_from_config
+
+SHIPPED = sorted(p.name for p in SPACES_DIR.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_spaces_compile_and_sample(name: str) -> None:
+    space = load_space(name)
+    study = optuna.create_study(direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = set()
+    for _ in range(12):
+        trial = study.ask()
+        cfg = trial_from_config(space(trial))
+        drawn.add(cfg.method)
+        study.tell(trial, 0.5)
+    assert drawn <= set(space.method_names)
+
+
+def test_one_space_per_method_and_all_methods() -> None:
+    names = {Path(n).stem for n in SHIPPED}
+    assert set(methods.available()) <= names
+    assert "all_methods" in names
+    assert set(load_space("all_methods").method_names) == set(methods.available())
+
+
+def test_conditional_parameters_only_for_the_drawn_method() -> None:
+    space = parse_space({"method": {"choice": ["simclr", "vicreg"]},
+                         "methods": {"simclr": {"temperature": {"loguniform": [0.05, 1.0]}},
+                                     "vicreg": {"sim_coeff": {"uniform": [1, 50]}}}}, "t.yaml")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(10):
+        trial = study.ask()
+        config = space(trial)
+        method = trial.params["method"]
+        other = "vicreg" if method == "simclr" else "simclr"
+        assert not any(k.startswith(other + ".") for k in trial.params)
+        cfg = trial_from_config(config)
+        key = "temperature" if method == "simclr" else "sim_coeff"
+        assert cfg.method_params[key] == trial.params[f"{method}.{key}"]
+        study.tell(trial, 0.0)
+
+
+def test_constants_and_quantized_and_list_choices() -> None:
+    space = parse_space({"method": "vicreg",
+                         "trial": {"epochs": 2, "crop_min_scale": {"quantized": [0.2, 0.8, 0.2]}},
+                         "methods": {"vicreg": {"expander_dims": {"choice": [[64, 64], [32]]}}}},
+                        "t.yaml")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    cfg = trial_from_config(space(trial))
+    assert cfg.epochs == 2
+    assert round(cfg.crop_min_scale / 0.2, 6) % 1 == 0
+    assert cfg.method_params["expander_dims"] in ([64, 64], [32])
+
+
+BAD: list[tuple[str, str]] = [
+    ("method: vicreg\ntrial:\n  base_lr: {gaussian: [0, 1]}\n",
+     "trial.base_lr: unknown distribution 'gaussian'; allowed: uniform, loguniform"),
+    ("method: vicreg\ntrial:\n  base_lr: {uniform: [0.1, 0.01]}\n",
+     "trial.base_lr.uniform: low 0.1 > high 0.01"),
+    ("method: vicreg\ntrial:\n  base_lr: {loguniform: [0, 0.01]}\n",
+     "a log scale needs low > 0, found low = 0"),
+    ("method: vicregg\n", "method 'vicregg' is unknown; choose from:"),
+    ("method: vicreg\nmethods:\n  vicreg:\n    lambda: {uniform: [1, 2]}\n",
+     "unknown key methods.vicreg.lambda; valid keys: cov_coeff, expander_dims"),
+    ("method: vicreg\ntrial:\n  batch_sise: 64\n", "unknown key trial.batch_sise; valid keys:"),
+    ("method: vicreg\ntrial:\n  batch_size: {uniform: [32, 256]}\n",
+     "trial.batch_size must be int; uniform gives 32.0"),
+    ("method: vicreg\ntrial:\n  batch_size: sixty\n",
+     "trial.batch_size must be int; found 'sixty'"),
+    ("method: vicreg\ntrial:\n  base_lr: {uniform: [low, 1]}\n",
+     "trial.base_lr.uniform must be [low, high] (numbers)"),
+    ("", "the file is empty"),
+    ("method: [vicreg\n", "not valid YAML (line 2)"),
+    ("- 1\n- 2\n", "expected a mapping with keys method, trial, methods; found list"),
+    ("method: vicreg\ntrial:\n  epochs: {int: [0, 3]}\n", "trial.epochs = 0 is out of range"),
+    ("method: vicreg\nmethods:\n  simclr: {}\n", "methods.simclr is not a method this space draws"),
+    ("methd: vicreg\n", "unknown key methd; valid keys: description, method, methods, trial"),
+]
+
+
+@pytest.mark.parametrize("text,needle", BAD)
+def test_malformed_space_exits_2_with_one_line(text: str, needle: str, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert main(["--space", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err, err
+    assert str(path) in err, "the message must name the file"
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_missing_space_file_lists_known_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--space", "vicregg.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "space file 'vicregg.yaml' not found" in err and "vicreg" in err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--space", "vicreg", "--num-samples", "0"], "--num-samples: expected a whole number ≥ 1"),
+    (["--space", "vicreg", "--gpus-per-trial", "-1"], "--gpus-per-trial: expected a number ≥ 0"),
+    (["--space", "vicreg", "--bogus"], "unrecognized arguments: --bogus"),
+    ([], "--space is required"),
+    (["--space", "vicreg", "--tracking-uri", "ftp://x"], "unsupported scheme"),
+    (["--space", "vicreg", "--tracking-uri", "http://127.0.0.1:9"], "MLflow server unreachable"),
+])
+def test_bad_flags_exit_2_with_one_line(argv: list[str], needle: str,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        raise SystemExit(main(argv))
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err, err
+    assert len(err.splitlines()) == 1
+
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 300), st.floats(allow_nan=True),
+                     st.text(max_size=8))
+_docs = st.recursive(_scalars, lambda kids: st.one_of(
+    st.lists(kids, max_size=4),
+    st.dictionaries(st.sampled_from(["method", "trial", "methods", "vicreg", "simclr", "base_lr",
+                                     "uniform", "choice", "loguniform", "int", "epochs",
+                                     "batch_size", "temperature", "x"]), kids, max_size=4)),
+                     max_leaves=12)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(doc=_docs)
+def test_random_documents_accept_or_raise_config_error(doc: Any) -> None:
+    # Anything else escaping (TypeError, KeyError, ...) fails the test.
+    with contextlib.suppress(ConfigError):
+        parse_space(yaml.safe_load(yaml.safe_dump(doc)), "random.yaml")

@@ -1,0 +1,149 @@
+"""End to end: the main command, a real MLflow server, SIGKILL mid-sweep, resume.
+
+These start real Ray and MLflow processes on 127.0.0.1 (Ray's dashboard off) and end every process
+they start by its handle.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sslsearch.tracking import TAG_ROLE, TAG_TRIAL
+
+# Sweeps small enough for the default suite: digits, a tiny CNN, a few epochs.
+SMALL = ["--num-samples", "4", "--epochs", "3", "--max-concurrent", "2", "--quiet"]
+
+
+def sslsearch_run(args: list[str], cwd: Path, timeout: float = 300
+                  ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sslsearch.run", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def runs(uri: str) -> tuple[list[object], list[object]]:
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("sslsearch")
+    assert exp is not None
+    all_runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in all_runs if r.data.tags.get(TAG_ROLE) == "parent"]
+    children = [r for r in all_runs if r.data.tags.get(TAG_ROLE) == "trial"]
+    return parents, children
+
+
+def assert_complete_sweep(uri: str, n_trials: int, epochs: int) -> list[object]:
+    client = MlflowClient(tracking_uri=uri)
+    parents, children = runs(uri)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    trial_ids = [c.data.tags[TAG_TRIAL] for c in children]
+    assert len(trial_ids) == n_trials and len(set(trial_ids)) == n_trials, trial_ids
+    for child in children:
+        assert child.info.status in ("FINISHED", "FAILED"), child.info.status
+        assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert "base_lr" in child.data.params and "method" in child.data.params
+        history = client.get_metric_history(child.info.run_id, "val_knn_acc")
+        steps = [m.step for m in history]
+        assert steps == sorted(set(steps)) and steps[0] == 1, steps  # no epoch logged twice
+        if child.data.tags.get("trial_status") == "completed":
+            assert steps == list(range(1, epochs + 1))
+            assert {"probe_val_acc", "probe_test_acc"} <= set(child.data.metrics)
+    return children
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    """A real ``mlflow server`` on 127.0.0.1 with a sqlite backend."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                    break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise RuntimeError("mlflow server did not start") from None
+                time.sleep(0.5)
+        yield uri
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_sweep_killed_with_sigkill_resumes_without_loss_or_duplicates(
+        tmp_path: Path, mlflow_server: str) -> None:
+    storage = tmp_path / "results"
+    args = ["--space", "vicreg.yaml", *SMALL, "--name", "killed", "--storage", str(storage),
+            "--tracking-uri", mlflow_server]
+    proc = subprocess.Popen([sys.executable, "-m", "sslsearch.run", *args], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    finished = 0
+    lines = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # kill once a trial has finished and others are mid-run
+            lines.append(line)
+            finished += " finished (" in line or "stopped early" in line
+            if finished >= 1:
+                break
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+        proc.wait()
+    assert finished >= 1, "".join(lines[-30:])
+    # The killed driver left runs RUNNING; the resume must close them, not duplicate them.
+    _, children = runs(mlflow_server)
+    assert any(c.info.status == "RUNNING" for c in children)
+
+    out = sslsearch_run(["--resume", "killed", "--storage", str(storage), "--quiet"], tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    children = assert_complete_sweep(mlflow_server, n_trials=4, epochs=3)
+    assert not any(c.info.status == "RUNNING" for c in children)
+    assert (storage / "killed" / "best_experiment.yaml").is_file()
+
+
+def test_default_sqlite_sweep_asha_stops_some(tmp_path: Path) -> None:
+    out = sslsearch_run(["--space", "simclr", "--num-samples", "6", "--epochs", "4", "--quiet",
+                         "--grace-period", "1", "--max-concurrent", "2", "--name", "asha",
+                         "--storage", "results"],
+                        tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert (tmp_path / "mlflow.db").is_file()  # the default tracking store, in the cwd
+    children = assert_complete_sweep(f"sqlite:///{tmp_path / 'mlflow.db'}", 6, 4)
+    statuses = [c.data.tags.get("trial_status") for c in children]
+    assert "stopped_early" in statuses and "completed" in statuses, statuses
+    assert "Best trial per method" in out.stdout and "workflowType=machine_learning" in out.stdout
+    best = (tmp_path / "results" / "asha" / "best_experiment.yaml")
+    # The exported best config is a ready-to-run experiment.
+    run = subprocess.run([sys.executable, "-m", "sslsearch.train", "--experiment", str(best),
+                          "--epochs", "1"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+
+
+def test_resume_refuses_a_folder_without_a_sweep(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    out = sslsearch_run(["--resume", str(tmp_path / "empty")], tmp_path)
+    assert out.returncode == 2
+    assert "holds no sslsearch sweep" in out.stderr and "Traceback" not in out.stderr
