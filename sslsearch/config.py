@@ -70,6 +70,7 @@ class TrialConfig:
     device: str = "auto"  # auto: cuda when present, else cpu
     compile: bool = False  # torch.compile the backbone (pays off on GPU for long runs)
     check_finite_every: int = 50  # steps between non-finite-loss checks (each is one host sync)
+    max_host_memory_gb: float | None = None  # a trial whose process grows past this fails: oom
 
 
 @dataclasses.dataclass(frozen=True)

@@ -314,7 +314,8 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     else:
         assert folder_path is not None
         tuner = sweep.restore_tuner(folder_path)
-    results = tuner.fit()
+    grid = tuner.fit()
+    results = [grid[i] for i in range(len(grid))]
     elapsed = time.time() - t0
 
     summary, rows = summarize(results, exp.search.metric, exp.search.mode)
@@ -329,7 +330,9 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
         tracker.log_parent_file(best_yaml)
         (folder_path / "summary.md").write_text(header + summary)
         _log_best_encoder(tracker, best)
-    tracker.end_sweep("FINISHED")
+    last_results = {str(r.metrics["trial_id"]): r.metrics for r in results
+                    if r.metrics and "trial_id" in r.metrics}
+    tracker.end_sweep(last_results, exp.trial.epochs, "FINISHED")
     print()
     print(summary)
     if finished and folder_path is not None:

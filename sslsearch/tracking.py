@@ -130,13 +130,24 @@ class Tracker:
     def log_parent_text(self, text: str, name: str) -> None:
         self.client.log_text(self.parent_id, text, name)
 
-    def end_sweep(self, status: str = "FINISHED") -> None:
-        """Close the parent, and any child still RUNNING (its trial never finished) as KILLED."""
+    def end_sweep(self, last_results: Mapping[str, Mapping[str, Any]], max_epochs: int,
+                  status: str = "FINISHED") -> None:
+        """Close the parent and every child still RUNNING.
+
+        A driver killed between a trial's end and its callback leaves that trial's run RUNNING,
+        and the resumed sweep does not start the trial again: its outcome comes from Ray's final
+        results (``last_results``, keyed by trial id). A run with no result is marked KILLED.
+        """
         for run in self._search(f"tags.`{TAG_SWEEP}` = '{self.sweep_id}' and "
                                 f"tags.`{TAG_ROLE}` = '{CHILD}' and "
                                 "attributes.status = 'RUNNING'"):
-            self.client.set_tag(run.info.run_id, "failure_reason", "interrupted")
-            self.client.set_terminated(run.info.run_id, status="KILLED")
+            trial_id = run.data.tags.get(TAG_TRIAL, "")
+            if trial_id in last_results:
+                run_status, tags = outcome(last_results[trial_id], max_epochs)
+            else:
+                run_status, tags = "KILLED", {"trial_status": "interrupted",
+                                              "failure_reason": "interrupted"}
+            self.finish_child(run.info.run_id, run_status, tags)
         self.client.set_terminated(self.parent_id, status=status)
 
     # --- children -------------------------------------------------------------------------
@@ -194,6 +205,16 @@ class Tracker:
         """The runs table in MLflow 3's "Model training" view (the GenAI view hides it)."""
         base = self.uri if self.uri.startswith("http") else "http://127.0.0.1:5000"
         return f"{base}/#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
+
+
+def outcome(last: Mapping[str, Any], max_epochs: int) -> tuple[str, dict[str, str]]:
+    """A trial's MLflow status and tags from its last result."""
+    if last.get("failure_reason"):
+        return "FAILED", {"trial_status": "failed", "failure_reason": str(last["failure_reason"]),
+                          "failure_message": str(last.get("failure_message", ""))[:5000]}
+    if int(last.get("epoch", 0)) < max_epochs:
+        return "FINISHED", {"trial_status": "stopped_early", "stopped_by": "scheduler"}
+    return "FINISHED", {"trial_status": "completed"}
 
 
 def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -256,16 +277,7 @@ class MLflowTrialCallback(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial,
                           **info: Any) -> None:
-        last = trial.last_result or {}
-        tags: dict[str, str] = {"trial_status": "completed"}
-        status = "FINISHED"
-        if last.get("failure_reason"):
-            status = "FAILED"
-            tags = {"trial_status": "failed", "failure_reason": str(last["failure_reason"]),
-                    "failure_message": str(last.get("failure_message", ""))[:5000]}
-        elif int(last.get("epoch", 0)) < self.max_epochs:
-            tags = {"trial_status": "stopped_early",
-                    "stopped_by": str(last.get("stopped_by", "scheduler"))}
+        status, tags = outcome(trial.last_result or {}, self.max_epochs)
         self.tracker.finish_child(self._run(trial), status, tags)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial,

@@ -41,6 +41,25 @@ CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
 
 
+def host_memory_gb() -> float:
+    """Resident memory of this process in GiB (current on Linux, peak elsewhere)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _check_memory(cfg: TrialConfig, epoch: int) -> None:
+    if cfg.max_host_memory_gb is not None:
+        used = host_memory_gb()
+        if used > cfg.max_host_memory_gb:
+            raise TrialFailure("oom", f"host memory {used:.2f} GiB > max_host_memory_gb "
+                                      f"{cfg.max_host_memory_gb} at epoch {epoch}")
+
+
 def select_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -293,8 +312,10 @@ def run(cfg: TrialConfig, report: ReportFn | None = None,
             method.after_step(step)
             for k, v in out.items():  # accumulated on the device: no host sync per step
                 sums[k] = sums[k] + v.detach().float() if k in sums else v.detach().float()
-            if (i + 1) % cfg.check_finite_every == 0 and not torch.isfinite(sums["loss"]):
-                raise TrialFailure("nan_loss", f"non-finite loss at epoch {epoch}, step {i}")
+            if (i + 1) % cfg.check_finite_every == 0:
+                if not torch.isfinite(sums["loss"]):
+                    raise TrialFailure("nan_loss", f"non-finite loss at epoch {epoch}, step {i}")
+                _check_memory(cfg, epoch)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_seconds = time.perf_counter() - t0
@@ -302,7 +323,12 @@ def run(cfg: TrialConfig, report: ReportFn | None = None,
                          for k, v in sums.items()}
         if not math.isfinite(epoch_metrics["train_loss"]):
             raise TrialFailure("nan_loss", f"non-finite loss at epoch {epoch}")
-        evals = _evaluate(trial, gen, augs)
+        _check_memory(cfg, epoch)
+        try:
+            evals = _evaluate(trial, gen, augs)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise TrialFailure("oom",
+                               f"out of GPU memory evaluating epoch {epoch}: {exc}") from None
         metrics = {
             "epoch": float(epoch + 1),
             **epoch_metrics,

@@ -120,3 +120,10 @@ def test_cli_prints_one_line_per_epoch() -> None:
 def test_unknown_method_param_type_is_config_error() -> None:
     with pytest.raises(ConfigError, match="temperature must be float"):
         trial_config({"method": "simclr", "method_params": {"temperature": "hot"}})
+
+
+def test_host_memory_limit_is_an_oom_failure() -> None:
+    cfg = trial_config({**TINY, "method": "simclr", "max_host_memory_gb": 0.01})
+    with pytest.raises(TrialFailure) as info:
+        run(cfg)
+    assert info.value.reason == "oom" and "max_host_memory_gb" in str(info.value)
