@@ -1,0 +1,183 @@
+"""DARe, the Distribution Alignment Regulariser (Tomer & Sharma, "Representation Learning
+Algorithms", seed 000): a VAE-inspired contrastive method. The head ``g`` predicts a diagonal
+Gaussian ``N(μ, σ²I)`` per view from ``f(x)``; the projections are reparameterised samples
+``z = μ + σ⊙ε``, and the loss is a contrastive term on ``z`` plus ``λ_D`` times the Jensen-Shannon
+divergence between the two views' Gaussians (METHODS.md fixes the seed's ambiguities: the decoupled
+cross-view contrastive term, the KL with its −1, the moment-matched JSD midpoint)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import Tensor
+
+from sslsearch.methods.base import Method as BaseMethod
+from sslsearch.methods.base import Step, Task
+from sslsearch.methods.simclr import nt_xent_loss
+from sslsearch.networks import Backbone, mlp
+
+CONTRASTIVE = ("decoupled", "ntxent")
+
+# log σ² is clamped to this range before it is exponentiated. Without it a head that drifts far
+# (early training, a large learning rate) overflows exp() to inf in σ²/σ² ratios and 1/σ² (float32
+# overflows at exp(88)) and the loss turns NaN; σ between e^-5 ≈ 0.007 and e^5 ≈ 150 is far wider
+# than anything the loss favours on normalised-cosine projections. Outside the range the clamp
+# passes no gradient, which only stops a runaway head, not ordinary learning.
+LOGVAR_MIN = -10.0
+LOGVAR_MAX = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    temperature: float = 0.2  # τ of the contrastive term (seed 000 does not give it)
+    lambda_jsd: float = 0.01  # λ_D, weight of the JSD alignment term (seed 000 does not give it)
+    contrastive: str = "decoupled"  # L_con: "decoupled" (seed 000's formula) or "ntxent" (SimCLR)
+    proj_hidden_dim: int = 2048  # head g: Linear-BN-ReLU to this width, then Linear to 2·d
+    proj_output_dim: int = 128  # d, the dimension of μ, log σ² and z (seed's sizes not given)
+
+    def check(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, found {self.temperature}")
+        if self.lambda_jsd < 0:
+            raise ValueError(f"lambda_jsd must be ≥ 0, found {self.lambda_jsd}")
+        if self.contrastive not in CONTRASTIVE:
+            raise ValueError(f"contrastive must be one of {', '.join(CONTRASTIVE)}, "
+                             f"found {self.contrastive!r}")
+        if self.proj_hidden_dim < 1 or self.proj_output_dim < 1:
+            raise ValueError("proj_hidden_dim and proj_output_dim must be ≥ 1")
+
+
+def gaussian_kl(mu1: Tensor, logvar1: Tensor, mu2: Tensor, logvar2: Tensor) -> Tensor:
+    """Closed-form ``KL(N(μ₁, σ₁²I) ‖ N(μ₂, σ₂²I))`` of diagonal Gaussians, inputs of shape N × d.
+
+    Per sample, summed over the d dimensions, **with** the −1 per dimension that seed 000's eq. (1)
+    drops (METHODS.md), so that KL(N ‖ N) = 0::
+
+        KL_n = ½ Σ_d ( σ₁²/σ₂² + log(σ₂²/σ₁²) + (μ₂ − μ₁)²/σ₂² − 1 )
+
+    Returns the mean of ``KL_n`` over the batch (per-sample sums, batch mean: the value of a single
+    sample's KL, independent of N). Variances enter as log-variances, and ratios are formed as
+    ``exp(logvar₁ − logvar₂)``, so no σ² is exponentiated on its own. Pass float32 (or float64).
+    """
+    ratio = torch.exp(logvar1 - logvar2)  # σ₁²/σ₂²: N x d
+    mahalanobis = (mu2 - mu1).pow(2) * torch.exp(-logvar2)  # (μ₂ − μ₁)²/σ₂²: N x d
+    per_dim = ratio + (logvar2 - logvar1) + mahalanobis - 1.0  # N x d
+    return 0.5 * per_dim.sum(dim=1).mean()
+
+
+def gaussian_jsd(mu1: Tensor, logvar1: Tensor, mu2: Tensor, logvar2: Tensor) -> Tensor:
+    """Jensen-Shannon divergence of ``N(μ₁, σ₁²I)`` and ``N(μ₂, σ₂²I)``, as METHODS.md fixes it.
+
+    The JSD of two Gaussians has no closed form (the true midpoint ½(N₁ + N₂) is a mixture, not a
+    Gaussian). METHODS.md fixes the approximation: the mixture is replaced by its moment-matched
+    Gaussian ``N_m = N((μ₁ + μ₂)/2, (σ₁² + σ₂²)/2)`` — matched in the mean and in the *average* of
+    the variances, as the DARe definition specifies — and::
+
+        JSD = ½ KL(N₁ ‖ N_m) + ½ KL(N₂ ‖ N_m)
+
+    with :func:`gaussian_kl` (per-sample sums over d, batch mean). It is symmetric, ≥ 0, and 0 iff
+    the two Gaussians are equal. ``log σ_m²`` is computed as
+    ``logaddexp(logvar₁, logvar₂) − log 2``, without exponentiating either variance.
+    """
+    mu_m = 0.5 * (mu1 + mu2)  # N x d
+    logvar_m = torch.logaddexp(logvar1, logvar2) - math.log(2.0)  # log((σ₁² + σ₂²)/2): N x d
+    return 0.5 * gaussian_kl(mu1, logvar1, mu_m, logvar_m) + 0.5 * gaussian_kl(
+        mu2, logvar2, mu_m, logvar_m)
+
+
+def _decoupled_direction(logits: Tensor) -> Tensor:
+    """``mean_i [ −logits_ii + log Σ_{j≠i} exp(logits_ij) ]`` for an N × N logit matrix."""
+    n = logits.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=logits.device)
+    positives = logits.diagonal()  # N
+    negatives = logits.masked_fill(eye, float("-inf"))  # N x N, the positive left out
+    return (torch.logsumexp(negatives, dim=1) - positives).mean()
+
+
+def decoupled_contrastive_loss(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
+    """Seed 000's ``L_con``: cross-view contrastive loss with the positive LEFT OUT of the
+    denominator (the decoupled contrastive loss of Yeh et al., 2022), z1, z2 of shape N × d.
+
+    With ``s_ij = sim(z1_i, z2_j)`` the cosine similarity (z1 anchors, z2 candidates)::
+
+        ℓ(z1→z2) = 1/N Σ_i −log( exp(s_ii/τ) / Σ_{j≠i} exp(s_ij/τ) )
+        L = ½ [ ℓ(z1→z2) + ℓ(z2→z1) ]
+
+    Two choices beyond the seed's formula, which sums over i in one direction only:
+
+    - the mean over i, not the sum, keeps the loss's scale (and so the weight λ_D of the JSD
+      against it) independent of the batch size;
+    - symmetrised over the two views: the views are exchangeable, so the one-direction loss would
+      depend on which view is called "1"; averaging both directions uses every sample as an anchor
+      twice, as NT-Xent does.
+
+    Unlike NT-Xent the loss is not bounded below by 0: it tends to ``log(N−1) − 1/τ`` when the
+    positives align and the negatives are orthogonal. N must be ≥ 2: with N = 1 the denominator is
+    empty (log 0) and the loss is +∞, so a ``ValueError`` is raised.
+    """
+    n = z1.shape[0]
+    if n < 2:
+        raise ValueError(f"the decoupled contrastive loss needs a batch of at least 2, found {n}")
+    u1 = torch.nn.functional.normalize(z1, dim=1)  # N x d
+    u2 = torch.nn.functional.normalize(z2, dim=1)  # N x d
+    logits = u1 @ u2.T / temperature  # logits: N x N, s_ij/τ
+    return 0.5 * (_decoupled_direction(logits) + _decoupled_direction(logits.T))
+
+
+def dare_loss(z1: Tensor, z2: Tensor, mu1: Tensor, logvar1: Tensor, mu2: Tensor, logvar2: Tensor,
+              temperature: float, lambda_jsd: float, contrastive: str = "decoupled"
+              ) -> tuple[Tensor, Tensor, Tensor]:
+    """``L_DARe = L_con(z₁, z₂) + λ_D · JSD(N(μ₁, σ₁²I), N(μ₂, σ₂²I))`` (seed 000, METHODS.md).
+
+    ``z`` are the reparameterised samples ``μ + σ⊙ε`` of each view, all tensors N × d,
+    log-variances ``logvar = log σ²``. ``L_con`` is :func:`decoupled_contrastive_loss`
+    (``contrastive="decoupled"``) or SimCLR's :func:`~sslsearch.methods.simclr.nt_xent_loss`
+    (``"ntxent"``); the JSD is :func:`gaussian_jsd`. Returns ``(total, contrastive term,
+    jsd term)``, the terms unweighted.
+    """
+    if contrastive == "decoupled":
+        con = decoupled_contrastive_loss(z1, z2, temperature)
+    elif contrastive == "ntxent":
+        con = nt_xent_loss(z1, z2, temperature)
+    else:
+        raise ValueError(f"contrastive must be one of {', '.join(CONTRASTIVE)}, "
+                         f"found {contrastive!r}")
+    jsd = gaussian_jsd(mu1, logvar1, mu2, logvar2)
+    return con + lambda_jsd * jsd, con, jsd
+
+
+class Method(BaseMethod):
+    """DARe: a Gaussian head, reparameterised projections, contrastive + λ_D·JSD loss."""
+
+    def __init__(self, cfg: Config, backbone: Backbone, task: Task) -> None:
+        super().__init__(cfg, backbone, task)
+        # g: an MLP trunk (Linear-BN-ReLU) then ONE linear layer to 2·d, split into μ and log σ²
+        # (the same as two linear outputs sharing the trunk, in one matmul).
+        self.projector = mlp([backbone.out_dim, cfg.proj_hidden_dim, 2 * cfg.proj_output_dim])
+
+    def gaussian(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(μ, log σ²) of ``g(f(x))``, in float32, log σ² clamped to [LOGVAR_MIN, LOGVAR_MAX]."""
+        # float32 even under bf16 autocast: exp(log σ²), the KL's ratios and the cosine logits
+        # lose too much precision in bf16.
+        out = self.projector(self.backbone(x)).float()  # N x 2d
+        mu, logvar = out.chunk(2, dim=1)  # N x d each
+        return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+
+    def forward(self, x1: Tensor, x2: Tensor, y: Tensor, step: Step) -> dict[str, Tensor]:
+        mu1, logvar1 = self.gaussian(x1)
+        mu2, logvar2 = self.gaussian(x2)
+        # Reparameterisation z = μ + σ⊙ε: gradients reach μ and log σ² through the sample. ε comes
+        # from the global RNG, which the loop checkpoints, so a resumed run draws the same ε.
+        z1 = mu1 + torch.exp(0.5 * logvar1) * torch.randn_like(mu1)  # N x d
+        z2 = mu2 + torch.exp(0.5 * logvar2) * torch.randn_like(mu2)  # N x d
+        total, con, jsd = dare_loss(z1, z2, mu1, logvar1, mu2, logvar2, self.cfg.temperature,
+                                    self.cfg.lambda_jsd, self.cfg.contrastive)
+        # logvar: the mean log σ², to see whether σ shrinks to the clamp (noise switched off).
+        logvar = 0.5 * (logvar1.mean() + logvar2.mean())
+        return {"loss": total, "contrastive": con, "jsd": jsd, "logvar": logvar.detach()}
+
+    def embed(self, x: Tensor) -> Tensor:
+        """μ, the deterministic embedding (no sampling noise in the collapse diagnostics)."""
+        return self.gaussian(x)[0]

@@ -1,0 +1,77 @@
+"""SimSiam (Chen & He, 2021, "Exploring Simple Siamese Representation Learning"): a Siamese
+encoder + 3-layer projector, a bottleneck predictor, and a stop-gradient on the projection that is
+predicted; no negatives, no momentum encoder."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sslsearch.methods.base import Method as BaseMethod
+from sslsearch.methods.base import Step, Task
+from sslsearch.networks import Backbone, mlp
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    # Paper: 2048 (= ResNet-50's feature width) with a 512 bottleneck (proj_dim / 4). 128 / 32 match
+    # the small CNN's 128 features: on digits a 512 / 128 head did not beat random init in 15
+    # epochs, 128 / 32 did (tests/methods/test_simsiam.py has the numbers).
+    proj_dim: int = 128
+    pred_hidden_dim: int = 32  # the predictor's bottleneck
+    # False removes the stop-gradient: the paper's Fig. 2 ablation, which collapses (the loss goes
+    # to its minimum −1 within an epoch and every output becomes the same constant vector). It is
+    # kept as a known-collapsing configuration for collapse-detection tests, not for use.
+    stop_gradient: bool = True
+
+    def check(self) -> None:
+        for name in ("proj_dim", "pred_hidden_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, found {getattr(self, name)}")
+
+
+def _neg_cosine(p: Tensor, z: Tensor) -> Tensor:
+    """``D(p, z) = −1/N Σ_i sim(p_i, z_i)``, in float32 at least."""
+    dtype = torch.promote_types(p.dtype, torch.float32)
+    p = F.normalize(p.to(dtype), dim=1)  # p: N x d
+    z = F.normalize(z.to(dtype), dim=1)  # z: N x d
+    return -(p * z).sum(dim=1).mean()
+
+
+def simsiam_loss(p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor,
+                 stop_gradient: bool = True) -> Tensor:
+    """SimSiam's symmetrised loss, with ``p = h(z)`` the predictions and ``z = g(f(x))``::
+
+        L = ½·D(p₁, sg(z₂)) + ½·D(p₂, sg(z₁)),   D(p, z) = −1/N Σ_i sim(p_i, z_i)
+
+    ``sg`` (stop-gradient) is applied here: ``z₁``, ``z₂`` are detached, so the encoder receives
+    gradient only through the predictions. ``L`` lies in [−1, 1]. ``stop_gradient=False`` drops
+    ``sg`` (the paper's collapsing ablation).
+    """
+    if stop_gradient:
+        z1, z2 = z1.detach(), z2.detach()
+    return 0.5 * _neg_cosine(p1, z2) + 0.5 * _neg_cosine(p2, z1)
+
+
+class Method(BaseMethod):
+    """SimSiam: ``p = h(g(f(x)))`` predicts the other view's ``sg(g(f(x′)))``.
+
+    ``embed`` (the collapse monitor) is the projector output ``z = g(f(x))``, the base default.
+    """
+
+    def __init__(self, cfg: Config, backbone: Backbone, task: Task) -> None:
+        super().__init__(cfg, backbone, task)
+        # Official code: Linear-BN-ReLU ×2, then Linear + BN without affine parameters.
+        self.projector = mlp([backbone.out_dim, cfg.proj_dim, cfg.proj_dim, cfg.proj_dim],
+                             last_batch_norm=True, last_affine=False)
+        # The bottleneck predictor: Linear-BN-ReLU, then a plain Linear (no BN on the output).
+        self.predictor = mlp([cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim])
+
+    def forward(self, x1: Tensor, x2: Tensor, y: Tensor, step: Step) -> dict[str, Tensor]:
+        z1 = self.projector(self.backbone(x1))
+        z2 = self.projector(self.backbone(x2))
+        p1, p2 = self.predictor(z1), self.predictor(z2)
+        return {"loss": simsiam_loss(p1, p2, z1, z2, self.cfg.stop_gradient)}
