@@ -126,12 +126,18 @@ def test_config_checks() -> None:
         Config(temperature=0.0).check()
 
 
-# Measured on 2 CPU cores (DIGITS: small CNN, 15 epochs, batch 128): kNN 0.xxx → 0.xxx.
-MARGIN = 0.05
+# The shared DIGITS setup with two documented overrides (as test_dare.py): flip_p = 0 (a mirrored
+# digit is another glyph) and val_fraction = 0.3 (431 validation images: on 144, one image is
+# 0.7 %, as much as half the gain). A random small CNN already scores ~0.95 here.
+DIGITS_OVERRIDES = {"flip_p": 0.0, "val_fraction": 0.3}
+# Measured (2 CPU cores, default Config, 15 epochs, ~1.5 s/epoch when the machine is quiet):
+# seed 0: 0.9536 → 0.9930 (+0.039); seed 1: 0.9582 → 0.9930 (+0.035). Without the overrides
+# (DIGITS as is, seed 0): 0.9514 → 0.9861 (+0.035). SupCon reads the labels: the easy one.
+MARGIN = 0.017
 
 
 def test_learns_on_digits() -> None:
-    before, after = knn_gain("supcon")
+    before, after = knn_gain("supcon", **DIGITS_OVERRIDES)
     assert after >= before + MARGIN, (before, after)
 
 

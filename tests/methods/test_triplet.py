@@ -178,12 +178,21 @@ def test_supervised_follows_use_labels(use_labels: bool) -> None:
         assert torch.equal(a, b)
 
 
-# Measured on 2 CPU cores (DIGITS: small CNN, 15 epochs, batch 128): kNN 0.xxx → 0.xxx.
-MARGIN = 0.05
+# The shared DIGITS setup with two documented overrides (as test_dare.py): flip_p = 0 (a mirrored
+# digit is another glyph) and val_fraction = 0.3 (431 validation images: on 144, one image is
+# 0.7 %, as much as half the gain). A random small CNN already scores ~0.95 here.
+DIGITS_OVERRIDES = {"flip_p": 0.0, "val_fraction": 0.3}
+# Measured (2 CPU cores, default Config = semi-hard, α = 0.5, 15 epochs, ~1.5 s/epoch when the
+# machine is quiet): seed 0: 0.9536 → 0.9768 (+0.023); seed 1: 0.9582 → 0.9768 (+0.019).
+# α = 0.2: +0.019 / +0.021; α = 0.1: +0.026 (seed 0); α = 1.0: +0.014 (seed 0). Hardest mining
+# (α = 0.2): +0.021 but the projector collapses (loss stuck at α, embedding std ratio 0.12).
+# DIGITS as is (flips on, 144 validation images): semi-hard α = 0.5 0.9514 → 0.9444, α = 0.2
+# → 0.9653, hardest α = 0.2 → 0.9583 (collapsed).
+MARGIN = 0.009
 
 
 def test_learns_on_digits() -> None:
-    before, after = knn_gain("triplet")
+    before, after = knn_gain("triplet", **DIGITS_OVERRIDES)
     assert after >= before + MARGIN, (before, after)
 
 
