@@ -208,6 +208,9 @@ def test_learns_on_digits() -> None:
 @pytest.mark.slow
 @needs_fashion_mnist()
 def test_learns_on_fashion_mnist() -> None:
-    # Measured: kNN FASHION_BEFORE → FASHION_AFTER.
-    before, after = knn_gain("moco", {"queue_size": 1024}, setup=FASHION)
-    assert after >= before + 0.01, (before, after)
+    # Measured (FASHION setup, 6 epochs on 4,500 images; 2 overloaded CPU cores, 90–300 s/epoch),
+    # K = 1024, kNN from 0.678 at random init to:
+    #   batch 256 (the setup's, 17 steps/epoch): m 0.99 → 0.671 (rising), m 0.9 → 0.600
+    #   batch 64 (70 steps/epoch):               m 0.99 → 0.712 (0.705 after one epoch)
+    before, after = knn_gain("moco", {"queue_size": 1024}, setup=FASHION, batch_size=64)
+    assert after >= before + 0.017, (before, after)
