@@ -87,8 +87,17 @@ from sslsearch.data import DATASETS, DataBundle, Split
 from sslsearch.errors import ConfigError
 from sslsearch.methods.base import Step
 from sslsearch.networks import BACKBONES
-from sslsearch.optim import build_optimizer, scaled_lr
-from sslsearch.train import _batches, _Trial, _views, augment_configs, build_method, load_data
+from sslsearch.train import (
+    _batches,
+    _Trial,
+    _views,
+    augment_configs,
+    build_method,
+    load_data,
+    setup_trial,
+    train_step,
+    trial_optimizer,
+)
 from sslsearch.train import select_device as _select_device
 
 __all__ = ["BenchConfig", "format_report", "main", "run_benchmark", "run_packing"]
@@ -223,33 +232,17 @@ def setup(bc: BenchConfig) -> _Setup:
     if bc.batch_size > len(data.train):
         raise ConfigError(f"--batch-size {bc.batch_size} is larger than the {len(data.train)} "
                           f"training images of {bc.dataset!r}")
-    torch.manual_seed(cfg.seed)
-    method = build_method(cfg, data).to(device)
-    if device.type == "cuda":
-        method = method.to(memory_format=torch.channels_last)
-    if cfg.compile:
-        method.backbone.compile()
-    method.train()
-    optimizer = build_optimizer(cfg.optimizer, method, lr=scaled_lr(cfg.base_lr, bc.batch_size),
-                                weight_decay=cfg.weight_decay, momentum=cfg.momentum)
-    trial = _Trial(cfg, data, device, method, eval_batch=bc.batch_size)
+    trial = setup_trial(cfg, data, device)
+    trial.method.train()
+    optimizer = trial_optimizer(trial, bc.batch_size)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     return _Setup(trial, optimizer, augment_configs(cfg, data.image_size), gen, bc.batch_size)
 
 
 def model_step(s: _Setup, x1: Tensor, x2: Tensor, y: Tensor) -> dict[str, Tensor]:
-    """One optimiser step on two views: the body of ``train.run``'s inner loop, minus the LR
-    schedule, the OOM guard and the on-device loss sums (not factored out of ``train.run`` yet)."""
-    step = s.next_step()
-    method = s.trial.method
-    with s.trial._autocast():
-        out: dict[str, Tensor] = method(x1, x2, y, step)
-    s.optimizer.zero_grad(set_to_none=True)
-    out["loss"].backward()  # type: ignore[no-untyped-call]
-    method.before_optimizer_step(step)
-    s.optimizer.step()
-    method.after_step(step)
-    return out
+    """One optimiser step on two views: ``train.train_step``, the body of ``train.run``'s loop
+    (minus the LR schedule, which costs nothing)."""
+    return train_step(s.trial, s.optimizer, x1, x2, y, s.next_step())
 
 
 class OursPath:

@@ -68,7 +68,8 @@ class TrialConfig:
     # --- runtime ---
     seed: int = 0
     device: str = "auto"  # auto: cuda when present, else cpu
-    compile: bool = False  # torch.compile the backbone (pays off on GPU for long runs)
+    compile: bool = False  # torch.compile the backbone and the augmentation (GPU, long runs)
+    deterministic: bool = False  # CUDA: deterministic cuDNN kernels instead of autotuned ones
     check_finite_every: int = 50  # steps between non-finite-loss checks (each is one host sync)
     max_host_memory_gb: float | None = None  # a trial whose process grows past this fails: oom
 

@@ -93,19 +93,24 @@ class LARS(torch.optim.Optimizer):
 
 
 def build_optimizer(name: str, model: nn.Module, *, lr: float, weight_decay: float,
-                    momentum: float = 0.9) -> torch.optim.Optimizer:
-    """``name`` in :data:`OPTIMIZERS`; biases and norm parameters are never weight-decayed."""
+                    momentum: float = 0.9, fused: bool = False) -> torch.optim.Optimizer:
+    """``name`` in :data:`OPTIMIZERS`; biases and norm parameters are never weight-decayed.
+
+    ``fused`` (CUDA): SGD and AdamW update every parameter in one kernel instead of a few per
+    tensor.
+    """
     groups = param_groups(model, weight_decay)
+    extra: dict[str, Any] = {"fused": True} if fused else {}
     if name == "sgd":
         for g in groups:
             g.pop("lars_adapt")
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, **extra)
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum)
     if name == "adamw":
         for g in groups:
             g.pop("lars_adapt")
-        return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.AdamW(groups, lr=lr, **extra)
     raise ConfigError(f"optimizer {name!r} is unknown; choose one of: {', '.join(OPTIMIZERS)}")
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from sslsearch import methods
-from sslsearch.augment import AugmentConfig, augment, normalize
+from sslsearch.augment import AugmentConfig, Augmenter, normalize
 from sslsearch.config import TrialConfig, load_experiment, trial_config
 from sslsearch.data import DataBundle, load_dataset_cached
 from sslsearch.errors import ConfigError, TrialFailure
@@ -149,6 +149,14 @@ class _Trial:
     device: torch.device
     method: Method
     eval_batch: int
+    augmenters: dict[AugmentConfig, Augmenter] = dataclasses.field(default_factory=dict)
+
+    def augmenter(self, aug: AugmentConfig) -> Augmenter:
+        """The (compiled, with ``cfg.compile``) augmentation for ``aug``, built once."""
+        if aug not in self.augmenters:
+            self.augmenters[aug] = Augmenter(aug, mean=self.data.mean, std=self.data.std,
+                                             compile=self.cfg.compile)
+        return self.augmenters[aug]
 
     def inputs(self, x: Tensor) -> Tensor:
         """Evaluation input: uint8 images normalised (no augmentation); tabular rows as they are."""
@@ -175,9 +183,8 @@ def _views(trial: _Trial, x: Tensor, augs: tuple[AugmentConfig, AugmentConfig],
            gen: torch.Generator) -> tuple[Tensor, Tensor]:
     if trial.data.kind == "tabular":
         return x, x  # seed 001: tabular data gets no augmentation, only mixing (i-Mix)
-    mean, std = trial.data.mean, trial.data.std
-    x1 = augment(x, augs[0], gen, mean=mean, std=std)
-    x2 = augment(x, augs[1], gen, mean=mean, std=std)
+    x1 = trial.augmenter(augs[0])(x, gen)
+    x2 = trial.augmenter(augs[1])(x, gen)
     if trial.device.type == "cuda":
         x1 = x1.contiguous(memory_format=torch.channels_last)
         x2 = x2.contiguous(memory_format=torch.channels_last)
@@ -234,12 +241,55 @@ def evaluate_initial(cfg: TrialConfig, data: DataBundle | None = None) -> dict[s
     """
     device = select_device(cfg.device)
     data = data if data is not None else load_data(cfg, device)
-    torch.manual_seed(cfg.seed)
-    method = build_method(cfg, data).to(device)
-    trial = _Trial(cfg, data, device, method, eval_batch=1024 if device.type == "cuda" else 512)
+    trial = setup_trial(cfg, data, device, compile=False)  # compiling for one pass is waste
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     return {k: float(v) for k, v in
             _evaluate(trial, gen, augment_configs(cfg, data.image_size)).items()}
+
+
+def setup_trial(cfg: TrialConfig, data: DataBundle, device: torch.device, *,
+                compile: bool | None = None) -> _Trial:
+    """The method on ``device`` as every step runs it: seeded initialisation, channels_last and
+    autotuned (or deterministic) cuDNN on CUDA, ``torch.compile`` when ``cfg.compile``."""
+    compile = cfg.compile if compile is None else compile
+    if device.type == "cuda":
+        # Autotuning picks the fastest convolution per shape (shapes are fixed: drop_last), but
+        # may pick differently in another process: resume is bit-for-bit only when deterministic.
+        torch.backends.cudnn.benchmark = not cfg.deterministic
+        torch.backends.cudnn.deterministic = cfg.deterministic
+    torch.manual_seed(cfg.seed)  # weight initialisation
+    method = build_method(cfg, data).to(device)
+    if device.type == "cuda":
+        method = method.to(memory_format=torch.channels_last)
+    if compile:
+        method.backbone.compile()
+    cfg = dataclasses.replace(cfg, compile=compile)
+    return _Trial(cfg, data, device, method, eval_batch=1024 if device.type == "cuda" else 512)
+
+
+def trial_optimizer(trial: _Trial, batch_size: int) -> torch.optim.Optimizer:
+    """The configured optimiser at the peak learning rate for ``batch_size``."""
+    cfg = trial.cfg
+    return build_optimizer(cfg.optimizer, trial.method, lr=scaled_lr(cfg.base_lr, batch_size),
+                           weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                           fused=trial.device.type == "cuda")
+
+
+def train_step(trial: _Trial, optimizer: torch.optim.Optimizer, x1: Tensor, x2: Tensor,
+               y: Tensor, step: Step) -> dict[str, Tensor]:
+    """One optimiser step of the method on two views; returns its (device) loss terms.
+
+    No host sync: the caller accumulates the returned tensors on the device.
+    """
+    method = trial.method
+    with trial._autocast():
+        out: dict[str, Tensor] = method(x1, x2, y, step)
+    optimizer.zero_grad(set_to_none=True)
+    out["loss"].backward()  # type: ignore[no-untyped-call]
+    method.before_optimizer_step(step)
+    optimizer.step()
+    method.after_step(step)
+    return out
 
 
 def _batches(trial: _Trial, gen: torch.Generator, batch_size: int
@@ -260,21 +310,15 @@ def run(cfg: TrialConfig, report: ReportFn | None = None,
     """
     device = select_device(cfg.device)
     data = data if data is not None else load_data(cfg, device)
-    torch.manual_seed(cfg.seed)  # weight initialisation
-    method = build_method(cfg, data).to(device)
-    if device.type == "cuda":
-        method = method.to(memory_format=torch.channels_last)
-    if cfg.compile:
-        method.backbone.compile()
-    trial = _Trial(cfg, data, device, method, eval_batch=1024 if device.type == "cuda" else 512)
+    trial = setup_trial(cfg, data, device)
+    method = trial.method
 
     batch_size = min(cfg.batch_size, len(data.train))
     steps_per_epoch = len(data.train) // batch_size
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
     peak_lr = scaled_lr(cfg.base_lr, batch_size)
-    optimizer = build_optimizer(cfg.optimizer, method, lr=peak_lr,
-                                weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+    optimizer = trial_optimizer(trial, batch_size)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)  # batches and augmentations
     augs = augment_configs(cfg, data.image_size)
 
@@ -301,15 +345,9 @@ def run(cfg: TrialConfig, report: ReportFn | None = None,
                                     peak_lr=peak_lr, final_lr=peak_lr * cfg.final_lr_ratio))
             x1, x2 = _views(trial, x, augs, gen)
             try:
-                with trial._autocast():
-                    out = method(x1, x2, y, step)
-                optimizer.zero_grad(set_to_none=True)
-                out["loss"].backward()
+                out = train_step(trial, optimizer, x1, x2, y, step)
             except torch.cuda.OutOfMemoryError as exc:
                 raise TrialFailure("oom", f"out of GPU memory at epoch {epoch}: {exc}") from None
-            method.before_optimizer_step(step)
-            optimizer.step()
-            method.after_step(step)
             for k, v in out.items():  # accumulated on the device: no host sync per step
                 sums[k] = sums[k] + v.detach().float() if k in sums else v.detach().float()
             if (i + 1) % cfg.check_finite_every == 0:
