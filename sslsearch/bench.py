@@ -34,10 +34,12 @@ time become images/s (``batch / time``; each image is two views), and the report
 the medians and of the minima.
 
 Two details keep either path from being timed on the other's work. The loader's workers keep a
-prefetch queue of ``workers x prefetch_factor`` batches: the first that many steps of each
-conventional window (served from a queue filled while our window ran) are run but not timed, and
-before each of our windows the process sleeps while the workers refill that queue (about as long
-as that many conventional steps took), so they do not steal cores from our timed steps.
+prefetch queue of ``workers x prefetch_factor`` batches, filled while our window ran: before each
+conventional window the ready batches are fetched and discarded (no model step, so the workers
+cannot refill the queue meanwhile) until a fetch has to wait for a worker, and the window is then
+at least twice the queue's length; before each of our windows the process sleeps while the
+workers refill that queue (about as long as that many conventional steps took), so they do not
+steal cores from our timed steps.
 
 **CPU time.** On a CPU the paths also compete for cores with everything else on the machine, and
 under load a path with more processes (the conventional one: main + workers) simply gets a larger
@@ -108,6 +110,7 @@ SPIN_NOTE = ("note: several OpenMP threads and OMP_WAIT_POLICY unset: on a busy 
              "threads slow both paths; compare with OMP_WAIT_POLICY=PASSIVE or --threads 1")
 PREFETCH_FACTOR = 2  # DataLoader's default: batches each worker keeps ready
 SYNTHETIC_SIZE = 10_000  # images in the synthetic dataset
+DRAIN_WAIT_S = 0.02  # a fetch slower than this waited for a worker: the loader's queue is empty
 MAX_SETTLE_S = 5.0  # cap on the pause that lets the loader refill its prefetch queue
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity), from the vendors' data sheets. First match
 # in the device name wins, so the specific names come before the generic ones.
@@ -344,12 +347,29 @@ class ConventionalPath:
         self.prefetched = workers * PREFETCH_FACTOR  # batches ready when the workers are idle
         self._it: Iterator[Any] = iter(self.loader)
 
-    def batch(self) -> tuple[Tensor, Tensor, Tensor]:
+    def _next(self) -> tuple[Tensor, Tensor, Tensor]:
         try:
-            x1, x2, y = next(self._it)
+            return next(self._it)  # type: ignore[no-any-return]
         except StopIteration:
             self._it = iter(self.loader)
-            x1, x2, y = next(self._it)
+            return next(self._it)  # type: ignore[no-any-return]
+
+    def drain(self) -> int:
+        """Discard ready batches until a fetch has to wait for a worker; returns how many.
+
+        The workers fill their queue whenever the other path runs. Timing from an empty queue
+        (with every worker busy) measures the steady state, where the loader must keep up alone;
+        draining it with model steps instead would let the workers refill it meanwhile.
+        """
+        for i in range(4 * self.prefetched + 4):
+            t0 = time.perf_counter()
+            self._next()
+            if time.perf_counter() - t0 > DRAIN_WAIT_S:
+                return i + 1
+        return 4 * self.prefetched + 4
+
+    def batch(self) -> tuple[Tensor, Tensor, Tensor]:
+        x1, x2, y = self._next()
         dev = self.s.device
         x1, x2, y = (t.to(dev, non_blocking=True) for t in (x1, x2, y))
         if dev.type == "cuda":
@@ -494,12 +514,14 @@ def run_benchmark(bc: BenchConfig, log: Callable[[str], None] | None = None) -> 
         ours_cpu = conv_cpu = 0.0  # this process's CPU seconds in each path's steps
         time.sleep(settle)  # the loader's workers refill their queue, then idle
         workers0 = conv.workers_cpu_s()
+        conv_window = max(bc.window, 2 * conv.prefetched)  # well past the start-up transient
+        conv_steps = 0
         for r in range(bc.rounds):
             c0 = time.process_time()
             ours_t += time_phases([ours.step], bc.window, dev)[0]
             c1 = time.process_time()
-            time_phases([conv.step], conv.prefetched, dev)  # served from that queue: untimed
-            window = time_phases([conv.step], bc.window, dev)[0]
+            conv_steps += conv.drain() + conv_window
+            window = time_phases([conv.step], conv_window, dev)[0]
             conv_cpu += time.process_time() - c1
             ours_cpu += c1 - c0
             conv_t += window
@@ -510,7 +532,6 @@ def run_benchmark(bc: BenchConfig, log: Callable[[str], None] | None = None) -> 
         workers1 = conv.workers_cpu_s()
     finally:
         conv.close()
-    conv_steps = bc.rounds * (bc.window + conv.prefetched)
     workers_cpu = None if workers0 is None or workers1 is None else workers1 - workers0
 
     say("breakdown of our step")
