@@ -135,6 +135,7 @@ class BenchConfig:
     optimizer: str = "adamw"
     device: str = "auto"
     compile: bool = False
+    compile_mode: str = "default"
     rounds: int = 5  # alternating (ours, conventional) windows
     window: int = 10  # timed steps per window
     warmup: int = 5  # untimed steps per path before the first window
@@ -174,7 +175,8 @@ class BenchConfig:
                                   "backbone_width": self.backbone_width,
                                   "dataset": self.dataset, "data_dir": self.data_dir,
                                   "batch_size": self.batch_size, "optimizer": self.optimizer,
-                                  "device": self.device, "compile": self.compile}
+                                  "device": self.device, "compile": self.compile,
+                                  "compile_mode": self.compile_mode}
         if self.dataset != "synthetic" and self.image_size is not None:
             values["image_size"] = self.image_size
         return trial_config(values, source="command line")
@@ -630,7 +632,7 @@ def _child_argv(bc: BenchConfig, threads: int) -> list[str]:
     if bc.image_size is not None:
         argv += ["--image-size", str(bc.image_size)]
     if bc.compile:
-        argv.append("--compile")
+        argv += ["--compile", "--compile-mode", bc.compile_mode]
     return argv
 
 
@@ -707,7 +709,7 @@ def format_report(r: dict[str, Any]) -> str:
     c = r["config"]
     width = f" (width {c['backbone_width']})" if c["backbone_width"] else ""
     head = (f"{c['method']} / {c['backbone']}{width} on {c['dataset']}, batch {c['batch_size']}, "
-            f"compile {'on' if c['compile'] else 'off'}, device {r['device']}")
+            f"compile {c['compile_mode'] if c['compile'] else 'off'}, device {r['device']}")
     if "k" in r:
         lines = [head, f"packing: {r['k']} trials for {c['duration']:g} s each measurement",
                  "", f"{'run':<28}{'threads':>8}{'steps':>8}{'img/s':>10}"]
@@ -728,8 +730,9 @@ def format_report(r: dict[str, Any]) -> str:
         *([SPIN_NOTE] if r["cpu_threads"] > 1 and r["omp_wait_policy"] is None else []),
         f"data: {d['name']} {d['shape'][0]}x{d['shape'][1]}x{d['shape'][2]}, "
         f"{d['train_images']} training images; each image = 2 views",
-        f"protocol: {c['rounds']} rounds x {c['window']} timed steps per path, alternating, after "
-        f"{c['warmup']} warm-up steps; conventional: {c['workers']} DataLoader workers",
+        f"protocol: {c['rounds']} rounds, alternating, of {c['window']} timed steps (ours) and "
+        f"{r['conventional']['steps'] // c['rounds']} (conventional, from an empty loader queue), "
+        f"after {c['warmup']} warm-up steps; conventional: {c['workers']} DataLoader workers",
         "",
         f"{'path':<14}{'median step':>13}{'min step':>11}{'img/s median':>14}{'img/s best':>12}"
         f"{'CPU s/step':>12}",
@@ -789,7 +792,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchConfig, bool, str | Non
                    help="synthetic images' channels, 1 or 3 (default: %(default)s)")
     p.add_argument("--optimizer", default=d.optimizer, help="(default: %(default)s)")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N (default: auto)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the backbone (ours)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the backbone and the augmentation (ours)")
+    p.add_argument("--compile-mode", default="default",
+                   help="torch.compile mode: default, reduce-overhead (CUDA graphs), "
+                        "max-autotune, max-autotune-no-cudagraphs (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=d.rounds,
                    help="alternating timed windows per path (default: %(default)s)")
     p.add_argument("--window", type=int, default=d.window,
@@ -813,7 +820,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchConfig, bool, str | Non
                      dataset=a.dataset,
                      data_dir=a.data_dir, batch_size=a.batch_size, image_size=a.image_size,
                      channels=a.channels, optimizer=a.optimizer, device=a.device,
-                     compile=a.compile, rounds=a.rounds, window=a.window, warmup=a.warmup,
+                     compile=a.compile, compile_mode=a.compile_mode, rounds=a.rounds,
+                     window=a.window, warmup=a.warmup,
                      workers=a.workers, trials=a.trials, duration=a.duration, threads=a.threads,
                      peak_tflops=a.peak_tflops)
     bc.check()

@@ -69,6 +69,7 @@ class TrialConfig:
     seed: int = 0
     device: str = "auto"  # auto: cuda when present, else cpu
     compile: bool = False  # torch.compile the backbone and the augmentation (GPU, long runs)
+    compile_mode: str = "default"  # torch.compile mode (reduce-overhead: CUDA graphs)
     deterministic: bool = False  # CUDA: deterministic cuDNN kernels instead of autotuned ones
     check_finite_every: int = 50  # steps between non-finite-loss checks (each is one host sync)
     max_host_memory_gb: float | None = None  # a trial whose process grows past this fails: oom
@@ -187,6 +188,9 @@ def build_dataclass(cls: type[T], values: Mapping[str, Any], *, source: str, whe
         raise ConfigError(f"{source}: {where or cls.__name__}: {exc}") from None
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 def _check_trial(cfg: TrialConfig, source: str) -> None:
     """Range checks that a type cannot express."""
     def bad(field: str, allowed: str) -> ConfigError:
@@ -213,6 +217,8 @@ def _check_trial(cfg: TrialConfig, source: str) -> None:
         raise bad("knn_k" if cfg.knn_k < 1 else "knn_t", "knn_k ≥ 1 and knn_t > 0")
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
         raise bad("device", "auto, cpu, cuda or cuda:N")
+    if cfg.compile_mode not in COMPILE_MODES:
+        raise bad("compile_mode", ", ".join(COMPILE_MODES))
 
 
 def trial_config(values: Mapping[str, Any], *, source: str = "<trial>",

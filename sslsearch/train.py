@@ -262,7 +262,7 @@ def setup_trial(cfg: TrialConfig, data: DataBundle, device: torch.device, *,
     if device.type == "cuda":
         method = method.to(memory_format=torch.channels_last)
     if compile:
-        method.backbone.compile()
+        method.backbone.compile(mode=cfg.compile_mode)
     cfg = dataclasses.replace(cfg, compile=compile)
     return _Trial(cfg, data, device, method, eval_batch=1024 if device.type == "cuda" else 512)
 
