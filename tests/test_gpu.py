@@ -120,10 +120,11 @@ def test_resume_on_cuda_matches_an_uninterrupted_run(tmp_path: Path) -> None:
         assert torch.equal(value, b["model"][key]), key
 
 
-@pytest.mark.parametrize("compile", [False, True])
-def test_learns_on_digits_on_cuda(compile: bool) -> None:
+@pytest.mark.parametrize("mode", [None, "default", "reduce-overhead"])
+def test_learns_on_digits_on_cuda(mode: str | None) -> None:
+    # Compiled (reduce-overhead: CUDA graphs) in training, evaluation and the probe alike.
     cfg = trial_config({**CUDA, "method": "simclr", "epochs": 15, "backbone_width": 32,
-                        "compile": compile})
+                        "compile": mode is not None, "compile_mode": mode or "default"})
     before = evaluate_initial(cfg)["val_knn_acc"]
     final = run(cfg)
     assert final["val_knn_acc"] > before, (before, final["val_knn_acc"])
