@@ -329,7 +329,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
         best_yaml = _export_best(best, folder_path / "best_experiment.yaml", exp)
         tracker.log_parent_file(best_yaml)
         (folder_path / "summary.md").write_text(header + summary)
-        _log_best_encoder(tracker, best)
+        _log_best_encoder(tracker, best, folder_path)
     last_results = {str(r.metrics["trial_id"]): r.metrics for r in results
                     if r.metrics and "trial_id" in r.metrics}
     tracker.end_sweep(last_results, exp.trial.epochs, "FINISHED")
@@ -343,29 +343,22 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
-def _log_best_encoder(tracker: Any, best: dict[str, Any]) -> None:
-    """The best trial's encoder weights (``backbone.*`` of its last checkpoint) as an artifact."""
-    import tempfile
+def _log_best_encoder(tracker: Any, best: dict[str, Any], folder: Path) -> None:
+    """Export the best trial's encoder (safetensors weights + config, see ``sslsearch.export``)
+    to ``folder/best_encoder`` and log it to the trial's and the sweep's MLflow runs."""
+    from sslsearch.export import export_trial
 
-    import torch
-
-    from sslsearch.train import load_checkpoint
-
-    checkpoint = best.get("checkpoint")
-    if checkpoint is None:
+    out = export_trial(best["config"], best.get("checkpoint"), folder / "best_encoder",
+                       extra={"trial_id": best["trial_id"],
+                              "probe_val_acc": best["probe_val_acc"],
+                              "probe_test_acc": best["probe_test_acc"]})
+    if out is None:
         return
-    with checkpoint.as_directory() as folder:
-        state = load_checkpoint(Path(folder))
-    if state is None:
-        return
-    encoder = {k.removeprefix("backbone."): v for k, v in state["model"].items()
-               if k.startswith("backbone.")}
     run_id = tracker.child(best["config"].get("_trial_id", best["trial_id"]), "", {})
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "encoder.pt"
-        torch.save(encoder, path)
-        tracker.log_child_file(run_id, path)
-        tracker.log_parent_file(path, "best")
+    for path in sorted(out.iterdir()):
+        tracker.log_child_file(run_id, path, "encoder")
+        tracker.log_parent_file(path, "best_encoder")
+    print(f"best encoder: {out} (load with sslsearch.load_encoder)", flush=True)
 
 
 if __name__ == "__main__":

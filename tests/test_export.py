@@ -1,0 +1,85 @@
+"""Encoder export: safetensors weights + config, loaded back by ``sslsearch.load_encoder``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import sslsearch
+from sslsearch.config import load_experiment
+from sslsearch.errors import ConfigError
+from sslsearch.export import CONFIG, WEIGHTS, export_encoder, read_config
+from sslsearch.train import build_method, load_checkpoint, load_data, run, select_device
+
+
+def _trained(tmp_path: Path, backbone: str = "small_cnn", dataset: str = "digits"
+             ) -> tuple[torch.nn.Module, object, object, dict[str, torch.Tensor]]:
+    exp = load_experiment("quick")
+    cfg = dataclasses.replace(exp.trial, epochs=1, probe=False, device="cpu", backbone=backbone,
+                              dataset=dataset, method="simclr", method_params={})
+    run(cfg, checkpoint_dir=tmp_path / "ckpt")
+    state = load_checkpoint(tmp_path / "ckpt")
+    assert state is not None
+    data = load_data(cfg, select_device("cpu"))
+    method = build_method(cfg, data)
+    method.load_state_dict(state["model"])
+    method.eval()
+    return method.backbone, cfg, data, state["model"]
+
+
+def _features(encoder: torch.nn.Module, data: object) -> torch.Tensor:
+    from sslsearch.augment import normalize
+
+    x, _ = next(data.test.iter_batches(len(data.test), None, shuffle=False,  # type: ignore[attr-defined]
+                                        drop_last=False))
+    if data.kind == "image":  # type: ignore[attr-defined]
+        x = normalize(x, data.mean, data.std)  # type: ignore[attr-defined]
+    with torch.inference_mode():
+        return encoder(x)
+
+
+def test_load_encoder_round_trips(tmp_path: Path) -> None:
+    trained, cfg, data, model_state = _trained(tmp_path)
+    out = export_encoder(model_state, cfg, tmp_path / "export", data=data,  # type: ignore[arg-type]
+                         extra={"trial_id": "t1"})
+    assert (out / WEIGHTS).stat().st_size > 0 and (out / CONFIG).is_file()
+    doc = json.loads((out / CONFIG).read_text())
+    assert doc["trial"]["method"] == "simclr" and doc["backbone"]["name"] == "small_cnn"
+    assert doc["input"]["mean"] == list(data.mean)  # type: ignore[attr-defined]
+
+    loaded = sslsearch.load_encoder(out)
+    assert not loaded.training
+    assert torch.equal(_features(loaded, data), _features(trained, data))
+    # The weights file alone is enough: its header carries the config.
+    (out / CONFIG).unlink()
+    assert read_config(out / WEIGHTS)["trial"]["method"] == "simclr"
+    alone = sslsearch.load_encoder(out / WEIGHTS)
+    assert torch.equal(_features(alone, data), _features(trained, data))
+
+
+def test_load_encoder_tabular_mlp(tmp_path: Path) -> None:
+    trained, cfg, data, model_state = _trained(tmp_path, backbone="mlp",
+                                               dataset="digits_tabular")
+    out = export_encoder(model_state, cfg, tmp_path / "export")  # type: ignore[arg-type]
+    loaded = sslsearch.load_encoder(out)
+    assert torch.equal(_features(loaded, data), _features(trained, data))
+
+
+def test_load_encoder_refuses_a_missing_export(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such encoder export"):
+        sslsearch.load_encoder(tmp_path / "nothing")
+
+
+def test_import_sslsearch_stays_light() -> None:
+    code = ("import sys, sslsearch\n"
+            "assert callable(sslsearch.load_encoder)\n"
+            "print(','.join(m for m in ('ray', 'optuna', 'mlflow', 'safetensors', 'torch')"
+            " if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
