@@ -17,6 +17,7 @@ Bad user input (unknown name, missing or corrupt files, out-of-range options) ra
 :class:`~sslsearch.errors.ConfigError` with a one-line message naming the dataset, field or path.
 """
 
+import contextlib
 import functools
 import gzip
 import importlib
@@ -443,10 +444,34 @@ def _missing(name: str, root: Path, what: str, expected: str, hint: str) -> Conf
     return ConfigError(f"data_dir '{root}' for {name} is missing {what} ({hint})")
 
 
+DOWNLOAD_LOCK = ".sslsearch-download.lock"
+
+
+@contextlib.contextmanager
+def download_lock(root: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``root/.sslsearch-download.lock`` (blocking).
+
+    Trials starting together on one node (or on several nodes sharing ``data_dir`` over NFS, where
+    POSIX locks reach the server) would each fetch the same archive into the same folder; under the
+    lock the first one downloads and the others, finding the files checked and in place, do not.
+    """
+    import fcntl  # POSIX only, like Ray's multi-node support
+
+    with open(root / DOWNLOAD_LOCK, "a+b") as handle:
+        fcntl.lockf(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(handle, fcntl.LOCK_UN)
+
+
 def _download(name: str, root: Path, fetch: Callable[[], object]) -> None:
-    """Run a torchvision download into ``root``, turning its failures into one-line errors."""
+    """Run a download into ``root`` under :func:`download_lock`, once per folder at a time,
+    turning its failures into one-line errors. ``fetch`` must skip files already present and
+    verified (torchvision's ``download=True`` and scikit-learn's fetchers do)."""
     try:
-        fetch()
+        with download_lock(root):
+            fetch()
     except (OSError, RuntimeError, ValueError) as err:
         raise ConfigError(
             f"could not download {name} into data_dir '{root}': {_one_line(err)}"
@@ -668,10 +693,12 @@ def _read_covtype(root: Path | None, download: bool) -> _Raw:
     where = "scikit-learn's default data home" if root is None else f"data_dir '{root}'"
     if root is not None:
         _prepare_dir("covtype", root, download, "scikit-learn's covertype cache")
+    lock = download_lock(root) if root is not None and download else contextlib.nullcontext()
     try:
-        bunch = datasets.fetch_covtype(
-            data_home=None if root is None else str(root), download_if_missing=download
-        )
+        with lock:
+            bunch = datasets.fetch_covtype(
+                data_home=None if root is None else str(root), download_if_missing=download
+            )
     except OSError as err:
         if not download:
             raise ConfigError(
