@@ -30,6 +30,8 @@ CHILD = "trial"
 TAG_ROLE = "sslsearch.role"
 TAG_SWEEP = "sslsearch.sweep_id"
 TAG_TRIAL = "sslsearch.trial_id"
+TAG_NODE = "sslsearch.node_id"  # the Ray node the trial's latest result came from
+TAG_NODES = "sslsearch.node_ids"  # every node it ran on, in order (comma-separated)
 # Ray's bookkeeping keys are not metrics of the trial.
 _SKIP = {"training_iteration", "timestamp", "time_since_restore", "iterations_since_restore",
          "done", "pid", "time_total_s", "time_this_iter_s", "epoch"}
@@ -96,6 +98,7 @@ class Tracker:
                               else self.client.create_experiment(experiment))
         self._children: dict[str, str] = {}
         self._last_step: dict[str, int] = {}
+        self._nodes: dict[str, list[str]] = {}
         self.parent_id = self._find_or_create_parent()
 
     def _search(self, filter_string: str) -> list[Any]:
@@ -186,6 +189,21 @@ class Tracker:
         if batch:
             self.client.log_batch(run_id, metrics=batch)
 
+    def record_node(self, run_id: str, node_id: str, node_ip: str = "") -> None:
+        """Tag the run with the Ray node its result came from; a move to another node (a lost
+        node, a resumed sweep) appends to ``sslsearch.node_ids``, kept across driver restarts."""
+        if run_id not in self._nodes:
+            previous = self.client.get_run(run_id).data.tags.get(TAG_NODES, "")
+            self._nodes[run_id] = previous.split(",") if previous else []
+        nodes = self._nodes[run_id]
+        if nodes and nodes[-1] == node_id:
+            return
+        nodes.append(node_id)
+        tags = {TAG_NODE: node_id, TAG_NODES: ",".join(nodes)[-5000:]}
+        if node_ip:
+            tags["sslsearch.node_ip"] = node_ip
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
     def finish_child(self, run_id: str, status: str, tags: Mapping[str, str]) -> None:
         if tags:
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
@@ -273,7 +291,10 @@ class MLflowTrialCallback(Callback):
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial,
                         result: dict[str, Any], **info: Any) -> None:
         step = int(result.get("epoch", result.get("training_iteration", 0)))
-        self.tracker.log_metrics(self._run(trial), result, step)
+        run_id = self._run(trial)
+        self.tracker.log_metrics(run_id, result, step)
+        if isinstance(result.get("ray_node_id"), str):  # set by sslsearch.trainable
+            self.tracker.record_node(run_id, result["ray_node_id"], str(result.get("node_ip", "")))
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial,
                           **info: Any) -> None:
