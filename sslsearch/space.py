@@ -37,7 +37,7 @@ from sslsearch.config import (
 from sslsearch.errors import ConfigError
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "logint", "choice", "quantized")
-TOP_KEYS = ("description", "method", "methods", "trial")
+TOP_KEYS = ("description", "initial", "method", "methods", "trial")
 # Trial fields a space may not set: they are the space's own structure, or per-sweep settings.
 _RESERVED = ("method", "method_params")
 
@@ -93,6 +93,17 @@ class SearchSpace:
     trial: Mapping[str, Dist | Any]
     methods: Mapping[str, Mapping[str, Dist | Any]]
     base: Mapping[str, Any]  # the experiment's trial defaults (TrialConfig as a dict)
+    # Points evaluated first, in order (Optuna's enqueue_trial, through OptunaSearch's
+    # points_to_evaluate): known-good settings to warm-start from, or a fixed design.
+    initial: tuple[Mapping[str, Any], ...] = ()
+
+    def drawn_names(self, method: str) -> set[str]:
+        """Names of the parameters drawn (not constant) for ``method``: what ``initial`` may set."""
+        names = {"method"} if isinstance(self.method, Dist) else set()
+        names |= {k for k, v in self.trial.items() if isinstance(v, Dist)}
+        names |= {f"{method}.{k}" for k, v in self.methods.get(method, {}).items()
+                  if isinstance(v, Dist)}
+        return names
 
     @property
     def method_names(self) -> tuple[str, ...]:
@@ -259,9 +270,36 @@ def parse_space(doc: Any, source: str, base: TrialConfig | None = None) -> Searc
             _check_field(cfg_cls, key, spec, source, f"methods.{name}.{key}")
             per_method[name][key] = spec
 
-    space = SearchSpace(source, method, trial, per_method, dataclasses.asdict(base))
+    space = SearchSpace(source, method, trial, per_method, dataclasses.asdict(base),
+                        _parse_initial(doc.get("initial"), source, method, names))
     _check_values(space)
+    for i, point in enumerate(space.initial):
+        name = point.get("method", names[0])
+        allowed = space.drawn_names(name)
+        for key in point:
+            if key not in allowed:
+                raise ConfigError(f"{source}: initial[{i}].{key!s} is not a parameter this space "
+                                  f"draws for {name}; allowed: {', '.join(sorted(allowed))}")
+        config = {"_base": space.base, "method": name,
+                  **{k: v for k, v in trial.items() if not isinstance(v, Dist)},
+                  **{f"{name}.{k}": v for k, v in per_method.get(name, {}).items()
+                     if not isinstance(v, Dist)}, **point}
+        trial_from_config(config, source=f"{source}: initial[{i}]")
     return space
+
+
+def _parse_initial(doc: Any, source: str, method: Dist | str,
+                   names: tuple[Any, ...]) -> tuple[Mapping[str, Any], ...]:
+    if doc is None:
+        return ()
+    if not isinstance(doc, list) or not all(isinstance(p, Mapping) for p in doc):
+        raise ConfigError(f"{source}: initial must be a list of mappings of parameter names "
+                          "to values")
+    for i, point in enumerate(doc):
+        if "method" in point and point["method"] not in names:
+            raise ConfigError(f"{source}: initial[{i}].method = {point['method']!r}; allowed: "
+                              f"{', '.join(map(str, names))}")
+    return tuple(dict(p) for p in doc)
 
 
 def _check_values(space: SearchSpace) -> None:

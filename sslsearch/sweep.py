@@ -142,10 +142,13 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     # Trials print nothing themselves; Ray's own INFO chatter would drown the progress lines.
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
                               "log_to_driver": True}
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
+        # "local": a fresh instance. With no address Ray would join whatever `ray start` left in
+        # /tmp/ray/ray_current_cluster, and hang for minutes when that cluster is gone.
+        ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
 
 
 def build_tuner(exp: Experiment, space: SearchSpace, settings: SweepSettings,
@@ -157,7 +160,8 @@ def build_tuner(exp: Experiment, space: SearchSpace, settings: SweepSettings,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # multivariate TPE is marked experimental by Optuna
         searcher = SSLOptunaSearch(space, metric=search.metric, mode=search.mode,
-                                   sampler=optuna_sampler(settings.seed))
+                                   sampler=optuna_sampler(settings.seed),
+                                   points_to_evaluate=[dict(p) for p in space.initial] or None)
     epochs = exp.trial.epochs
     scheduler = ASHAScheduler(time_attr="training_iteration", metric=search.metric,
                               mode=search.mode, max_t=epochs,

@@ -1,0 +1,81 @@
+"""A sweep that meets diverging and collapsing trials finishes, records why, and is not fooled.
+
+The space's ``initial`` points (Optuna's enqueued trials) fix the design, so the test knows which
+trial should fail and why: 2 of 8 trials diverge (SGD at lr 1e6), 1 collapses (SimSiam without its
+stop-gradient: dimensional collapse, effective rank ≈ 0.04·d), 5 are healthy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from sslsearch.space import load_space
+from tests.test_sweep import assert_complete_sweep, sslsearch_run
+
+SPACE = """
+method: {choice: [vicreg, simsiam]}
+trial:
+  optimizer: {choice: [adamw, sgd]}
+  base_lr: {loguniform: [0.001, 0.03]}
+methods:
+  vicreg: {expander_dims: [128, 128]}
+  simsiam: {stop_gradient: {choice: [true, false]}}
+initial:
+  - {method: vicreg, optimizer: sgd, base_lr: 1.0e+6}
+  - {method: vicreg, optimizer: adamw, base_lr: 0.002}
+  - {method: simsiam, optimizer: adamw, base_lr: 0.02, simsiam.stop_gradient: false}
+  - {method: simsiam, optimizer: adamw, base_lr: 0.002, simsiam.stop_gradient: true}
+  - {method: vicreg, optimizer: sgd, base_lr: 1.0e+6}
+  - {method: vicreg, optimizer: adamw, base_lr: 0.004}
+  - {method: simsiam, optimizer: adamw, base_lr: 0.003, simsiam.stop_gradient: true}
+  - {method: vicreg, optimizer: adamw, base_lr: 0.001}
+"""
+
+
+def test_initial_points_must_name_drawn_parameters(tmp_path: Path) -> None:
+    import pytest
+
+    from sslsearch.errors import ConfigError
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SPACE.replace("simsiam.stop_gradient: false", "simsiam.predictor: 3"))
+    with pytest.raises(ConfigError, match=r"initial\[2\]\.simsiam\.predictor"):
+        load_space(bad)
+    good = tmp_path / "good.yaml"
+    good.write_text(SPACE)
+    assert len(load_space(good).initial) == 8
+
+
+def test_diverging_and_collapsing_trials_end_with_their_reason(tmp_path: Path) -> None:
+    (tmp_path / "faults.yaml").write_text(SPACE)
+    out = sslsearch_run(["--space", "faults.yaml", "--num-samples", "8", "--epochs", "4",
+                         "--grace-period", "4", "--max-concurrent", "2", "--name", "faults",
+                         "--storage", "results", "--quiet"], tmp_path, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    children = assert_complete_sweep(uri, n_trials=8, epochs=4)
+    client = MlflowClient(tracking_uri=uri)
+    reasons: dict[str, list[str]] = {"nan": [], "collapsed": [], "healthy": []}
+    for child in children:
+        params, tags = child.data.params, child.data.tags
+        if float(params["base_lr"]) > 1.0:
+            kind = "nan"
+            assert child.info.status == "FAILED" and tags["failure_reason"] == "nan_loss", tags
+        elif params.get("method_params.stop_gradient", params.get("stop_gradient")) == "False":
+            kind = "collapsed"
+            assert child.info.status == "FAILED" and tags["failure_reason"] == "collapsed", tags
+            epochs = [m.step for m in client.get_metric_history(child.info.run_id, "val_knn_acc")]
+            assert max(epochs) <= 3, epochs  # stopped within the patience (2 epochs) + 1
+        else:
+            kind = "healthy"
+            assert child.info.status == "FINISHED", tags
+            assert tags["trial_status"] == "completed", tags
+            assert "failure_reason" not in tags
+        reasons[kind].append(child.info.run_id)
+    assert [len(v) for v in reasons.values()] == [2, 1, 5], reasons
+    # Failed trials never report a NaN metric, and the best trial is a healthy one.
+    best = max(children, key=lambda c: c.data.metrics.get("val_knn_acc", -1.0))
+    assert best.info.run_id in reasons["healthy"]
+    assert "ended: nan_loss" in out.stdout and "ended: collapsed" in out.stdout
