@@ -94,6 +94,7 @@ class SearchConfig:
     # effective rank / min(n, d) below this → collapsed. Measured on digits (README, "Collapse"):
     # healthy methods 0.12-0.63, SimSiam without stop-gradient 0.035-0.041.
     collapse_rank_ratio: float = 0.06
+    reuse_actors: bool = True  # one Ray actor runs trial after trial (README, "Per-trial overhead")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -181,7 +181,7 @@ def build_tuner(exp: Experiment, space: SearchSpace, settings: SweepSettings,
             max_concurrent_trials=search.max_concurrent,
             # One actor runs trial after trial: no 2–4 s actor start-up per trial, and the
             # per-process dataset cache (data.load_dataset_cached) is hit after the first trial.
-            reuse_actors=True,
+            reuse_actors=search.reuse_actors,
             trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=settings.name, storage_path=settings.storage, stop=stop, callbacks=callbacks,
