@@ -104,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the experiment's)")
     p.add_argument("--data-dir", help="dataset folder, overriding the experiment's")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
+    p.add_argument("--compare", action="store_true",
+                   help="compare the space's methods fairly: --num-samples trials per method, "
+                        "the best of each (on validation) re-run with --seeds seeds; writes "
+                        "comparison.md/.json and a report (sslsearch/compare.py)")
+    p.add_argument("--seeds", type=_positive_int, default=3,
+                   help="--compare: seeds each method's selected configuration is re-run with")
+    p.add_argument("--methods",
+                   help="--compare: comma-separated subset of the space's methods "
+                        "(default: all of them)")
     _ = _parser
     return p
 
@@ -242,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace, argv: list[str]) -> int:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if args.compare:
+        from sslsearch.compare import run_compare
+
+        return run_compare(args, argv)
     from sslsearch import sweep, tracking
     from sslsearch.space import load_space
 

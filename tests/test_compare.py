@@ -1,0 +1,108 @@
+"""The fair comparison: selection on validation, mean ± std over seeds, one row per method."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+import sslsearch
+from sslsearch.compare import TrialRecord, mean_std, select_best, summarize, table_markdown
+
+ROW = re.compile(r"^\| (\w+) \| (\d+\.\d+) ± (\d+\.\d+) \|")
+
+
+def _t(method: str, tid: str, status: str = "finished", probe_val: float | None = 0.5,
+       knn: float = 0.5, stage: str = "search", test: float = 0.5, seed: int = 0
+       ) -> TrialRecord:
+    metrics: dict[str, float] = {"val_knn_acc": knn, "test_knn_acc": knn, "probe_test_acc": test}
+    if probe_val is not None:
+        metrics["probe_val_acc"] = probe_val
+    return TrialRecord(method=method, trial_id=tid, stage=stage, params={"base_lr": 0.001},
+                       config={"method": method}, status=status, epochs=[1.0, 2.0],
+                       val_knn=[knn, knn], seconds=2.0, metrics=metrics, seed=seed)
+
+
+def test_select_best_uses_validation_only() -> None:
+    trials = [_t("a", "1", probe_val=0.7, test=0.99), _t("a", "2", probe_val=0.8, test=0.1),
+              _t("a", "3", status="stopped early", probe_val=None, knn=0.95),
+              _t("a", "4", status="failed: collapsed", probe_val=None, knn=0.99)]
+    chosen = select_best(trials)
+    assert chosen is not None and chosen.trial_id == "2"  # best probe_val_acc, not test
+    # No finished trial: the best last val_knn_acc among those that did not fail.
+    chosen = select_best(trials[2:])
+    assert chosen is not None and chosen.trial_id == "3"
+    assert select_best(trials[3:]) is None
+
+
+def test_mean_std_is_sample_std() -> None:
+    assert mean_std([0.5, 0.7]) == pytest.approx((0.6, 0.1414213562))
+    assert mean_std([0.5]) == (0.5, 0.0)
+    assert mean_std([]) == (None, None)
+
+
+def test_table_has_one_row_per_method_with_mean_std() -> None:
+    search = {m: [_t(m, f"{m}1"), _t(m, f"{m}2", status="stopped early", probe_val=None)]
+              for m in ("simclr", "byol", "vicreg")}
+    seeds = {m: [_t(m, f"{m}s{i}", stage="seed", test=0.6 + 0.1 * k + 0.01 * i, seed=i)
+                 for i in range(3)] for k, m in enumerate(search)}
+    best = {m: select_best(ts) for m, ts in search.items()}
+    rows = summarize(search, seeds, best)
+    assert [r["method"] for r in rows] == ["vicreg", "byol", "simclr"]  # by mean test acc
+    assert rows[0]["search"] == {"trials": 2, "finished": 1, "stopped_early": 1, "failed": 0,
+                                 "epochs": 4, "trial_seconds": 4.0}
+    table = table_markdown(rows, 3)
+    body = [ROW.match(line) for line in table.splitlines()[2:]]
+    assert all(body) and len(body) == 3
+    assert [m.group(1) for m in body if m] == ["vicreg", "byol", "simclr"]
+    first = body[0]
+    assert first is not None and float(first.group(2)) == pytest.approx(81.0)
+    assert float(first.group(3)) == pytest.approx(1.0)
+
+
+@pytest.mark.slow  # 100 s on the shared 2 cores (Ray start-up, 6 trials, t-SNE)
+def test_compare_end_to_end(tmp_path: Path) -> None:
+    """Digits, SimCLR and N-pair, 1 search trial each, 2 epochs, 2 seeds: table, plots, MLflow,
+    and the exported best encoder reloads."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    t0 = time.time()
+    proc = subprocess.run(
+        [sys.executable, "-m", "sslsearch.run", "--space", "all_methods.yaml", "--compare",
+         "--methods", "simclr,npair", "--num-samples", "1", "--epochs", "2", "--seeds", "2",
+         "--max-concurrent", "2", "--quiet", "--name", "cmp", "--tracking-uri", uri],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    folder = tmp_path / "sslsearch_results" / "cmp"
+    doc = json.loads((folder / "comparison.json").read_text())
+    assert {r["method"] for r in doc["rows"]} == {"simclr", "npair"}
+    for row in doc["rows"]:
+        assert row["probe_test_acc"]["n"] == 2 and row["seeds"]["seeds"] == [1, 2]
+        assert row["search"]["trials"] == 1 and row["search"]["trial_seconds"] > 0
+    md = (folder / "comparison.md").read_text()
+    assert len([line for line in md.splitlines() if ROW.match(line)]) == 2
+    for name in ("learning_curves.png", "param_importance.png", "parallel_coordinates.png",
+                 "tsne.png"):
+        assert (folder / name).read_bytes().startswith(b"\x89PNG"), name
+    encoder = sslsearch.load_encoder(folder / "best_encoder")
+    assert encoder(torch.zeros(2, 1, 8, 8)).shape[0] == 2
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("sslsearch")
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("sslsearch.role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("sslsearch.role") == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 2 + 4 and all(c.info.status == "FINISHED" for c in children)
+    artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {"comparison.md", "comparison.json", "report", "best_encoder"} <= artifacts
+    report = {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
+    assert "report/tsne.png" in report and "report/report.md" in report
+    print(f"compare end to end: {time.time() - t0:.0f} s")
