@@ -79,3 +79,48 @@ def test_diverging_and_collapsing_trials_end_with_their_reason(tmp_path: Path) -
     best = max(children, key=lambda c: c.data.metrics.get("val_knn_acc", -1.0))
     assert best.info.run_id in reasons["healthy"]
     assert "ended: nan_loss" in out.stdout and "ended: collapsed" in out.stdout
+
+
+def _fake_sweep(folder: Path, space: Path) -> None:
+    from sslsearch.sweep import space_digest, write_sweep_file
+
+    write_sweep_file(folder, {"space_path": str(space), "space_digest":
+                              space_digest(space.read_text())})
+    (folder / "tuner.pkl").write_bytes(b"not unpickled by these tests")
+
+
+def test_resume_refuses_world_writable_and_foreign_folders(tmp_path: Path) -> None:
+    import os
+
+    import pytest
+
+    from sslsearch.errors import ConfigError
+    from sslsearch.sweep import read_sweep_file
+
+    space = tmp_path / "s.yaml"
+    space.write_text("method: simclr\n")
+    folder = tmp_path / "sweep"
+    _fake_sweep(folder, space)
+    assert read_sweep_file(folder)["space_path"] == str(space)
+    (folder / "tuner.pkl").chmod(0o666)
+    with pytest.raises(ConfigError, match=r"tuner\.pkl is world-writable; refusing"):
+        read_sweep_file(folder)
+    (folder / "tuner.pkl").chmod(0o644)
+    real_uid = os.getuid()
+    with pytest.MonkeyPatch.context() as mp:  # as if another user ran this process
+        mp.setattr(os, "getuid", lambda: real_uid + 1)
+        with pytest.raises(ConfigError, match="owned by another user"):
+            read_sweep_file(folder)
+
+
+def test_resume_with_another_space_is_refused(tmp_path: Path) -> None:
+    space = tmp_path / "s.yaml"
+    space.write_text("method: simclr\n")
+    _fake_sweep(tmp_path / "results" / "old", space)
+    other = tmp_path / "other.yaml"
+    other.write_text("method: vicreg\n")
+    out = sslsearch_run(["--resume", "old", "--storage", "results", "--space", str(other)],
+                        tmp_path, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "that sweep searched" in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
