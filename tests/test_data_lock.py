@@ -1,4 +1,4 @@
-"""Dataset downloads into one data_dir are serialised by a lock file: fetched once, not per trial."""
+"""Downloads into one data_dir are serialised by a lock file: fetched once, not once per trial."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def test_the_lock_is_released_when_a_download_fails(tmp_path: Path) -> None:
     def broken() -> None:
         raise OSError("connection reset")
 
-    with pytest.raises(ConfigError, match="could not download fake .*connection reset"):
+    with pytest.raises(ConfigError, match=r"could not download fake .*connection reset"):
         data._download("fake", tmp_path, broken)
     # A later attempt (another trial, or a retry) is not blocked by the failed one.
     child = multiprocessing.get_context("fork").Process(target=_download_in_child,
