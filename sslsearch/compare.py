@@ -224,25 +224,13 @@ def _trial_keys(space: Any) -> list[str]:
     return keys
 
 
-def _init_ray(address: str | None) -> None:
-    """``sweep.init_ray``, except that with no address it always starts a fresh local Ray.
-
-    ``ray.init()`` without an address joins any Ray already running on the machine (it scans for
-    GCS processes): on a shared machine that is someone else's cluster, which may vanish mid-run.
-    """
-    import logging
-    import os
-
-    import ray
-
-    from sslsearch import sweep
-
-    if address or ray.is_initialized():
-        sweep.init_ray(address)
-        return
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
-             logging_level=logging.WARNING, log_to_driver=True)
+def _fit(tuner: Any) -> Any:
+    """``tuner.fit()``; Ray Tune returns (not raises) on Ctrl+C, with trials left unfinished:
+    that must end the comparison, not carry on with half a search."""
+    grid = tuner.fit()
+    if grid.num_terminated + grid.num_errors < len(grid):
+        raise KeyboardInterrupt
+    return grid
 
 
 def _only(space: Any, method: str) -> Any:
@@ -272,7 +260,8 @@ def _seed_tuner(best: TrialRecord, seeds: list[int], exp: Experiment, folder: Pa
     return tune.Tuner(
         fn, param_space={**config, "seed": tune.grid_search(seeds)},
         tune_config=tune.TuneConfig(max_concurrent_trials=search.max_concurrent,
-                                    reuse_actors=True, trial_dirname_creator=sweep._trial_dirname),
+                                    reuse_actors=search.reuse_actors,
+                                    trial_dirname_creator=sweep._trial_dirname),
         run_config=tune.RunConfig(
             name=f"seeds-{best.method}", storage_path=str(folder),
             callbacks=[MLflowTrialCallback(tracking_uri, mlflow_experiment, name, exp.trial.epochs),
@@ -311,7 +300,7 @@ def run_compare(args: argparse.Namespace, argv: list[str]) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     tracking_uri = tracking.normalize_uri(args.tracking_uri)
     tracking.check_reachable(tracking_uri)
-    address = args.address or None
+    address = args.address or None  # None: $RAY_ADDRESS, else a fresh local Ray (sweep.init_ray)
     seeds = [exp.trial.seed + 1 + i for i in range(args.seeds)]
     command = sweep.python_command([shlex.quote(a) for a in argv])
     keys = _trial_keys(space)
@@ -330,7 +319,7 @@ def run_compare(args: argparse.Namespace, argv: list[str]) -> int:
           f"  results: {folder}\n  MLflow:  {tracking_uri}", flush=True)
 
     t0 = time.time()
-    _init_ray(address)
+    sweep.init_ray(address)
     search: dict[str, list[TrialRecord]] = {}
     seed_runs: dict[str, list[TrialRecord]] = {}
     best: dict[str, TrialRecord | None] = {}
@@ -342,7 +331,7 @@ def run_compare(args: argparse.Namespace, argv: list[str]) -> int:
                                        mlflow_experiment=args.mlflow_experiment,
                                        seed=exp.trial.seed, address=address)
         tuner = sweep.build_tuner(exp, _only(space, method), settings, quiet=args.quiet)
-        grid = tuner.fit()
+        grid = _fit(tuner)
         results = [grid[i] for i in range(len(grid))]
         search[method] = [record(r, "search", keys) for r in results]
         best[method] = select_best(search[method])
@@ -353,8 +342,8 @@ def run_compare(args: argparse.Namespace, argv: list[str]) -> int:
             continue
         print(f"== {method}: selected {chosen.trial_id} (probe val acc "
               f"{_short(chosen.probe_val_acc)}); re-running with seeds {seeds}", flush=True)
-        grid = _seed_tuner(chosen, seeds, exp, folder, name, tracking_uri,
-                           args.mlflow_experiment, args.quiet).fit()
+        grid = _fit(_seed_tuner(chosen, seeds, exp, folder, name, tracking_uri,
+                                args.mlflow_experiment, args.quiet))
         seed_results = [grid[i] for i in range(len(grid))]
         seed_runs[method] = [record(r, "seed", keys) for r in seed_results]
         for r in [*results, *seed_results]:
