@@ -124,3 +124,61 @@ def test_resume_with_another_space_is_refused(tmp_path: Path) -> None:
     assert out.returncode == 2, out.stderr
     assert "that sweep searched" in out.stderr and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+# A driver that dies at a chosen point, in the style of Ray Tune's own fault-injection tests: the
+# sweep's Progress callback is swapped for one that SIGKILLs the driver at its N-th trial result,
+# unless a marker file says the fault already happened (so the same script then resumes cleanly).
+KILLER = """
+import os, signal, sys
+from pathlib import Path
+import sslsearch.sweep as sweep
+from sslsearch.run import main
+
+marker = Path(sys.argv[1])
+
+class KillingProgress(sweep.Progress):
+    seen = 0
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        KillingProgress.seen += 1
+        if KillingProgress.seen == int(sys.argv[2]) and not marker.exists():
+            marker.write_text(trial.trial_id)
+            os.kill(os.getpid(), signal.SIGKILL)  # mid-callback: MLflow may lag Tune's state
+        super().on_trial_result(iteration, trials, trial, result, **info)
+
+sweep.Progress = KillingProgress
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def test_driver_killed_inside_a_callback_resumes_with_nothing_lost(tmp_path: Path) -> None:
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    marker = tmp_path / "killed.marker"
+    args = ["--space", "simclr", "--num-samples", "4", "--epochs", "3", "--max-concurrent", "2",
+            "--grace-period", "3", "--name", "k", "--storage", "results", "--quiet"]
+    first = subprocess.Popen([sys.executable, str(script), str(marker), "5", *args], cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
+    try:
+        output, _ = first.communicate(timeout=600)
+    finally:
+        # The Ray processes the killed driver started, as a killed machine would lose them.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGKILL)
+    assert first.returncode == -9 and marker.exists(), output[-3000:]
+    again = subprocess.run([sys.executable, str(script), str(marker), "5", "--resume", "k",
+                            "--storage", "results", "--quiet"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    children = assert_complete_sweep(uri, n_trials=4, epochs=3)
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert all(c.data.tags["trial_status"] == "completed" for c in children)
