@@ -28,6 +28,8 @@ COPY search_spaces ./search_spaces
 COPY experiments ./experiments
 RUN pip install "torch==2.14.1" "torchvision==0.29.1" --extra-index-url "${TORCH_INDEX}" \
     && pip install -e ".[cluster]"   # editable: search_spaces/, experiments/ stay beside it
+# The cluster recipes travel with the image (ray-cluster.yaml starts cluster/mlflow-compose.yaml).
+COPY cluster ./cluster
 
 # uid 1000, like most hosts' first user, so files on a shared NFS volume keep one owner. Ubuntu 24.04
 # images ship a user `ubuntu` with that uid: remove it first, or useradd fails.
