@@ -353,6 +353,10 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     print(f"MLflow runs: mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 "
           f"--port 5000, then open {tracker.runs_link()}")
     print(f"done in {elapsed:.0f} s")
+    if results and not rows:  # every trial errored: a broken cluster or image is no success
+        print(f"error: none of the {len(results)} trials reported a result; see their error "
+              "files above", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -3,9 +3,10 @@
 The cluster is ``ray.cluster_utils.Cluster``: a head node with no CPUs (it runs the driver, the
 GCS and Tune's bookkeeping, never a trial) and two worker nodes with one CPU each, every process on
 127.0.0.1 (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``) with the dashboard off. The nodes share this
-machine's filesystem, which stands in for the NFS that ``--storage`` needs on a real cluster. The
-sweep is the real command, ``python -m sslsearch.run``, joining the cluster through ``--address`` or
-``RAY_ADDRESS``, and logging to a real ``mlflow server`` (the fixture of tests/test_sweep.py).
+machine's filesystem, which stands in for the NFS that ``--storage`` needs on a real cluster.
+The sweep is the real command, ``python -m sslsearch.run``, joining the cluster through
+``--address auto`` or ``RAY_ADDRESS``, and logging to a real ``mlflow server`` (the fixture of
+tests/test_sweep.py).
 Every process is ended by its handle.
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from sslsearch.tracking import TAG_NODE, TAG_NODES, TAG_TRIAL
@@ -41,6 +43,9 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    # `--address auto` turns on token auth when ~/.ray/auth_token exists (a local ray.init() left
+    # one); `ray start` does the same on a real cluster, this test cluster does not: keep it off.
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     loopback = {"node_ip_address": "127.0.0.1", "object_store_memory": 100 * 2**20}
     c = Cluster(initialize_head=True, shutdown_at_exit=True,
                 head_node_args={"num_cpus": 0, "include_dashboard": False, **loopback})
@@ -79,7 +84,7 @@ def test_sweep_runs_its_trials_on_several_nodes_of_a_cluster(
     proc = _sweep(["--space", "vicreg.yaml", "--num-samples", "2", "--epochs", "2",
                    "--max-concurrent", "2", "--quiet", "--name", "on-cluster",
                    "--storage", str(tmp_path / "shared"), "--tracking-uri", mlflow_server,
-                   "--address", cluster.address], tmp_path)
+                   "--address", "auto"], tmp_path)  # the cluster this machine started last
     out = _finish(proc, timeout=240)
     assert proc.returncode == 0, out[-3000:]
 
@@ -145,6 +150,21 @@ def test_trial_on_a_lost_node_resumes_from_its_checkpoint_on_another_node(
     assert epochs_seen == list(range(1, epochs + 1)), epochs_seen
     on_new_node = [int(r["epoch"]) for r in results if r["ray_node_id"] == path[1]]
     assert on_new_node and min(on_new_node) > 1, epochs_seen
+
+
+@pytest.mark.slow  # 25-40 s: a local Ray, and each trial started twice (max_failures=1)
+def test_a_sweep_whose_every_trial_errors_exits_non_zero(tmp_path: Path) -> None:
+    """A broken cluster or image fails every trial: the command must not report success."""
+    empty = tmp_path / "no-cifar"
+    empty.mkdir()
+    experiment = tmp_path / "broken.yaml"
+    experiment.write_text(yaml.safe_dump({"trial": {"dataset": "cifar10", "data_dir": str(empty),
+                                                    "backbone": "small_cnn", "epochs": 1}}))
+    proc = _sweep(["--space", "vicreg.yaml", "--experiment", str(experiment), "--num-samples", "1",
+                   "--quiet", "--storage", str(tmp_path / "results")], tmp_path)
+    out = _finish(proc, timeout=180)
+    assert proc.returncode == 1, out[-3000:]
+    assert "none of the 1 trials reported a result" in out and "errored" in out
 
 
 def _has_experiment(client: MlflowClient) -> bool:
