@@ -33,7 +33,7 @@ COPY cluster ./cluster
 
 # uid 1000, like most hosts' first user, so files on a shared NFS volume keep one owner. Ubuntu 24.04
 # images ship a user `ubuntu` with that uid: remove it first, or useradd fails.
-RUN if id -u ubuntu >/dev/null 2>&1; then userdel --remove ubuntu; fi \
+RUN if id -u ubuntu >/dev/null 2>&1; then userdel ubuntu && rm -rf /home/ubuntu; fi \
     && useradd --create-home --uid 1000 --user-group ssl
 USER 1000:1000
 WORKDIR /home/ssl
