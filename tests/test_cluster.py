@@ -12,6 +12,7 @@ Every process is ended by its handle.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -112,6 +113,7 @@ def test_trial_on_a_lost_node_resumes_from_its_checkpoint_on_another_node(
                   env={"RAY_ADDRESS": cluster.address})
     client = MlflowClient(tracking_uri=mlflow_server)
     victim, victim_trial = None, None
+    orphans: list[tuple[int, str]] = []
     try:
         deadline = time.time() + 180
         while victim is None and proc.poll() is None and time.time() < deadline:
@@ -126,12 +128,18 @@ def test_trial_on_a_lost_node_resumes_from_its_checkpoint_on_another_node(
                     victim_trial = child.data.tags[TAG_TRIAL]
                     break
         assert victim is not None, "no trial was seen mid-run"
+        # Its raylet's children (the trial's worker, the agents), to end any that outlive it.
+        orphans = _children(victim.all_processes["raylet"][0].process.pid)
         cluster.remove_node(victim, allow_graceful=False)  # SIGKILL: raylet, workers, the trial
         out = _finish(proc, timeout=240)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        for pid, started in orphans:
+            if _started(pid) == started:  # still that process, not a reused pid
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
     assert proc.returncode == 0, out[-3000:]
 
     # Nothing lost or duplicated: each trial once, every epoch logged once, both completed.
@@ -165,6 +173,28 @@ def test_a_sweep_whose_every_trial_errors_exits_non_zero(tmp_path: Path) -> None
     out = _finish(proc, timeout=180)
     assert proc.returncode == 1, out[-3000:]
     assert "none of the 1 trials reported a result" in out and "errored" in out
+
+
+def _stat(pid: int) -> list[str]:
+    """Fields of /proc/PID/stat after the command name: [state, ppid, ...]; [] once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def _started(pid: int) -> str:
+    fields = _stat(pid)
+    return fields[19] if len(fields) > 19 else ""  # starttime, field 22 of stat
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, start time) of the processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) and fields[1] == str(pid):
+            found.append((int(entry.name), _started(int(entry.name))))
+    return found
 
 
 def _has_experiment(client: MlflowClient) -> bool:
