@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import shlex
 import statistics
 import time
@@ -318,6 +319,8 @@ def run_compare(args: argparse.Namespace, argv: list[str]) -> int:
           f"≤ {exp.trial.epochs} epochs per method, then {len(seeds)} seeds each\n"
           f"  results: {folder}\n  MLflow:  {tracking_uri}", flush=True)
 
+    # Every epoch checkpoints; Tune's "snapshotting too often" warning is noise at this scale.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     t0 = time.time()
     sweep.init_ray(address)
     search: dict[str, list[TrialRecord]] = {}

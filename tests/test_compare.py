@@ -67,7 +67,7 @@ def test_table_has_one_row_per_method_with_mean_std() -> None:
     assert float(first.group(3)) == pytest.approx(1.0)
 
 
-@pytest.mark.slow  # 100 s on the shared 2 cores (Ray start-up, 6 trials, t-SNE)
+@pytest.mark.slow  # 77-100 s on the shared 2 cores (Ray start-up, 6 trials, t-SNE)
 def test_compare_end_to_end(tmp_path: Path) -> None:
     """Digits, SimCLR and N-pair, 1 search trial each, 2 epochs, 2 seeds: table, plots, MLflow,
     and the exported best encoder reloads."""

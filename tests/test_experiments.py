@@ -1,0 +1,42 @@
+"""Every experiment under experiments/ validates, and says what it reproduces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sslsearch.config import EXPERIMENTS_DIR, load_experiment
+
+FILES = sorted(EXPERIMENTS_DIR.glob("*.yaml"))
+
+
+def test_the_published_setups_are_there() -> None:
+    names = {p.stem for p in FILES}
+    assert {f"table1_{d}_{b}" for d in ("cifar10", "cifar100")
+            for b in ("resnet18", "resnet50")} <= names
+    assert {"vicreg_cifar10_resnet34", "imix_covtype", "imix_cifar10_resnet50",
+            "fashion_mnist"} <= names
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_experiment_validates(path: Path) -> None:
+    exp = load_experiment(path)
+    assert exp.description
+    if path.stem != "quick":
+        header = path.read_text().split("\ndescription:")[0]
+        assert header.startswith("# Reproduces:"), path.name
+
+
+def test_reproductions_match_their_seeds() -> None:
+    vicreg = load_experiment("vicreg_cifar10_resnet34").trial
+    assert (vicreg.method, vicreg.backbone, vicreg.optimizer, vicreg.epochs) == (
+        "vicreg", "resnet34", "lars", 100)
+    assert "76.67" in (EXPERIMENTS_DIR / "vicreg_cifar10_resnet34.yaml").read_text()
+    covtype = load_experiment("imix_covtype").trial
+    assert (covtype.method, covtype.dataset, covtype.backbone) == ("imix", "covtype", "mlp")
+    assert "72.1" in (EXPERIMENTS_DIR / "imix_covtype.yaml").read_text()
+    table1 = (EXPERIMENTS_DIR / "table1_cifar100_resnet18.yaml").read_text()
+    assert "SimCLR 55.0" in table1 and "DARe 61.6" in table1
+    fashion = load_experiment("fashion_mnist").trial
+    assert fashion.device == "cpu" and fashion.max_train_samples is not None
