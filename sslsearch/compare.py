@@ -30,6 +30,7 @@ import math
 import os
 import shlex
 import statistics
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -230,6 +231,8 @@ def _fit(tuner: Any) -> Any:
     that must end the comparison, not carry on with half a search."""
     grid = tuner.fit()
     if grid.num_terminated + grid.num_errors < len(grid):
+        print("comparison interrupted; a comparison cannot be resumed: start it again",
+              file=sys.stderr, flush=True)
         raise KeyboardInterrupt
     return grid
 

@@ -106,3 +106,23 @@ def test_compare_end_to_end(tmp_path: Path) -> None:
     report = {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
     assert "report/tsne.png" in report and "report/report.md" in report
     print(f"compare end to end: {time.time() - t0:.0f} s")
+
+
+def test_each_method_searches_alone_with_its_own_initial_points() -> None:
+    import optuna
+
+    from sslsearch.compare import _only
+    from sslsearch.space import parse_space
+
+    doc = {"method": {"choice": ["simclr", "vicreg"]},
+           "trial": {"base_lr": {"loguniform": [1.0e-4, 1.0e-2]}},
+           "methods": {"simclr": {"temperature": {"loguniform": [0.05, 1.0]}}},
+           "initial": [{"method": "simclr", "simclr.temperature": 0.2},
+                       {"method": "vicreg", "base_lr": 0.001}]}
+    space = parse_space(doc, "test")
+    only = _only(space, "simclr")
+    assert only.method_names == ("simclr",)
+    assert tuple(only.initial) == ({"simclr.temperature": 0.2},)
+    config = only(optuna.trial.FixedTrial({"base_lr": 0.001, "simclr.temperature": 0.2}))
+    assert config["method"] == "simclr" and config["simclr.temperature"] == 0.2
+    assert tuple(_only(space, "vicreg").initial) == ({"base_lr": 0.001},)
