@@ -83,3 +83,20 @@ def test_import_sslsearch_stays_light() -> None:
             " if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("image_size", [32, 64])
+def test_resnet_export_rebuilds_the_right_stem_from_weights_alone(tmp_path: Path,
+                                                                   image_size: int) -> None:
+    """Without the dataset at hand, the ResNet stem (CIFAR 3×3 or ImageNet 7×7) is read off the
+    weights, and the rebuilt encoder computes the same features."""
+    from sslsearch.networks import build_backbone
+
+    torch.manual_seed(0)
+    net = build_backbone("resnet18", in_channels=3, image_size=image_size).eval()
+    cfg = dataclasses.replace(load_experiment("quick").trial, backbone="resnet18")
+    out = export_encoder(net.state_dict(), cfg, tmp_path / "export")
+    loaded = sslsearch.load_encoder(out)
+    x = torch.randn(2, 3, image_size, image_size)
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), net(x))
