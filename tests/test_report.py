@@ -83,7 +83,7 @@ def test_write_report_plots_are_nonempty_pngs(tmp_path: Path) -> None:
             for m in ("simclr", "vicreg")}
     md = "# Method comparison x\n\n| method | acc |\n|---|---|\n| simclr | 1 ± 0 |\n"
     written = write_report(tmp_path / "out", md, trials, best, _space(),
-                           winner_encoder=_encoder(tmp_path), winner="simclr", tsne_points=150)
+                           winner_encoder=_encoder(tmp_path), winner="simclr", tsne_points=80)
     out = tmp_path / "out"
     for name in (CURVES, IMPORTANCE, PARALLEL, TSNE):
         assert out / name in written and _is_png(out / name), name
@@ -91,7 +91,7 @@ def test_write_report_plots_are_nonempty_pngs(tmp_path: Path) -> None:
     assert "| simclr | 1 ± 0 |" in text
     for name in (CURVES, IMPORTANCE, PARALLEL, TSNE):
         assert f"]({name})" in text
-    assert "t-SNE failed" not in text and "150 test images of digits" in text
+    assert "t-SNE failed" not in text and "80 test images of digits" in text
 
 
 def test_write_report_degrades_without_trials_or_encoder(tmp_path: Path) -> None:
