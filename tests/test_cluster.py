@@ -56,7 +56,14 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         c.wait_for_nodes()
         yield c
     finally:
-        c.shutdown()  # graceful: a SIGKILLed raylet can leave its dashboard agent running
+        # SIGKILL (the graceful stop waits seconds per node), then end what outlived a raylet.
+        nodes = [*c.worker_nodes, *([c.head_node] if c.head_node else [])]
+        leftovers = [child for node in nodes
+                     for child in _children(node.all_processes["raylet"][0].process.pid)]
+        for node in nodes:
+            c.remove_node(node, allow_graceful=False)
+        _kill(leftovers)
+        c.shutdown()  # forgets the cluster's address
 
 
 def _worker_ids(cluster: Any) -> set[str]:
@@ -136,10 +143,7 @@ def test_trial_on_a_lost_node_resumes_from_its_checkpoint_on_another_node(
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        for pid, started in orphans:
-            if _started(pid) == started:  # still that process, not a reused pid
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        _kill(orphans)
     assert proc.returncode == 0, out[-3000:]
 
     # Nothing lost or duplicated: each trial once, every epoch logged once, both completed.
@@ -195,6 +199,13 @@ def _children(pid: int) -> list[tuple[int, str]]:
         if entry.name.isdigit() and (fields := _stat(int(entry.name))) and fields[1] == str(pid):
             found.append((int(entry.name), _started(int(entry.name))))
     return found
+
+
+def _kill(processes: list[tuple[int, str]]) -> None:
+    for pid, started in processes:
+        if _started(pid) == started:  # still that process, not a reused pid
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _has_experiment(client: MlflowClient) -> bool:
