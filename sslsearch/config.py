@@ -90,7 +90,9 @@ class SearchConfig:
     max_failures: int = 1  # retries for infrastructure failures only
     stop_on_collapse: bool = True
     collapse_patience: int = 2
-    collapse_std_ratio: float = 0.1  # std of normalised embeddings × √d below this → collapsed
+    # std of normalised embeddings × √d below this → collapsed (0 when every embedding is the
+    # same). Healthy MoCo trials start as low as 0.052 in epoch 1 before spreading out (0.2-0.6).
+    collapse_std_ratio: float = 0.03
     # effective rank / min(n, d) below this → collapsed. Measured on digits (README, "Collapse"):
     # healthy methods 0.12-0.63, SimSiam without stop-gradient 0.035-0.041.
     collapse_rank_ratio: float = 0.06
