@@ -94,7 +94,8 @@ BAD: list[tuple[str, str]] = [
     ("- 1\n- 2\n", "expected a mapping with keys method, trial, methods; found list"),
     ("method: vicreg\ntrial:\n  epochs: {int: [0, 3]}\n", "trial.epochs = 0 is out of range"),
     ("method: vicreg\nmethods:\n  simclr: {}\n", "methods.simclr is not a method this space draws"),
-    ("methd: vicreg\n", "unknown key methd; valid keys: description, initial, method, methods, trial"),
+    ("methd: vicreg\n",
+     "unknown key methd; valid keys: description, initial, method, methods, trial"),
 ]
 
 
