@@ -91,7 +91,7 @@ def test_learns_on_digits(method: str, margin: float) -> None:
 def test_learns_on_fashion_mnist(method: str, margin: float) -> None:
     # Measured (FASHION setup: 5,000-image subset, 6 epochs, small CNN, CPU, 1 thread): at the
     # setup's batch 256 (17 steps/epoch) neither beats random init (0.678; SimCLR 0.651). At batch
-    # 64 (70 steps/epoch): SimCLR 0.678 → 0.683 (+15 of 3,000 val images), VICReg 0.678 → 0.700.
+    # 64 (70 steps/epoch): SimCLR 0.678 → 0.683 (+30 of 6,000 val images), VICReg 0.678 → 0.700.
     # Full data on a GPU, 20 epochs: SimCLR 0.777 → 0.793, VICReg 0.777 → 0.805 (README).
     before, after = knn_gain(method, setup=FASHION, batch_size=64)
     assert after >= before + margin, (before, after)

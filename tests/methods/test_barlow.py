@@ -129,6 +129,6 @@ def test_learns_on_digits() -> None:
 @pytest.mark.slow
 @needs_fashion_mnist()
 def test_learns_on_fashion_mnist() -> None:
-    # Measured: kNN 0.xxx → 0.xxx.
+    # Measured (FASHION setup, CPU, 2 threads, 148 s): kNN 0.678 → 0.719.
     before, after = knn_gain("barlow", setup=FASHION)
-    assert after >= before + 0.02, (before, after)
+    assert after >= before + 0.03, (before, after)

@@ -386,8 +386,9 @@ def test_learns_on_digits() -> None:
 # Measured (FASHION setup, CPU, 2 threads): random init 0.6777. The default Config (decoupled
 # loss, τ 0.2) at the setup's batch 256 and 6 epochs: 0.6193, and 0.652 at epoch 12 of 15. On an
 # H100 at batch 64 and 15 epochs: decoupled τ 0.2 gives 0.672, NT-Xent τ 0.1 gives 0.691. On the
-# CPU, NT-Xent τ 0.1 at batch 64 and 15 epochs (12 s/epoch, quiet machine) reaches 0.6832 (+16 of
-# 3,000 validation images; 0.691 at epoch 11). The random-init small CNN is a strong kNN baseline.
+# CPU, NT-Xent τ 0.1 at batch 64 and 15 epochs (12 s/epoch, quiet machine) reaches 0.6832 (+33 of
+# the 6,000 validation images; 0.691 at epoch 11). The random-init small CNN is a strong kNN
+# baseline.
 @pytest.mark.slow
 @needs_fashion_mnist()
 def test_learns_on_fashion_mnist() -> None:

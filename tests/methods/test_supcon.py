@@ -144,6 +144,6 @@ def test_learns_on_digits() -> None:
 @pytest.mark.slow
 @needs_fashion_mnist()
 def test_learns_on_fashion_mnist() -> None:
-    # Measured: kNN 0.xxx → 0.xxx.
+    # Measured (FASHION setup, CPU, 2 threads, 111 s): kNN 0.678 → 0.805 (labels help).
     before, after = knn_gain("supcon", setup=FASHION)
-    assert after >= before + 0.02, (before, after)
+    assert after >= before + 0.1, (before, after)
