@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sslsearch.config import SPACES_DIR, Experiment, load_experiment, resolve_file
+from sslsearch.config import SPACES_DIR, load_experiment, resolve_file
 from sslsearch.errors import ConfigError
 
 SELECTION = ("probe_val_acc (linear probe on the validation split held out of the training set; "
@@ -247,33 +247,6 @@ def _only(space: Any, method: str) -> Any:
     return dataclasses.replace(space, **changes)
 
 
-def _seed_tuner(best: TrialRecord, seeds: list[int], exp: Experiment, folder: Path,
-                name: str, tracking_uri: str, mlflow_experiment: str, quiet: bool) -> Any:
-    """Re-train one configuration with each seed: a grid over ``seed``, no searcher, no ASHA."""
-    from ray import tune
-
-    from sslsearch import sweep
-    from sslsearch.tracking import MLflowTrialCallback
-    from sslsearch.trainable import trainable
-
-    search = exp.search
-    fn = tune.with_resources(
-        tune.with_parameters(trainable, metric=search.metric, mode=search.mode),
-        {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial})
-    config = {k: v for k, v in best.config.items() if k != "seed"}
-    return tune.Tuner(
-        fn, param_space={**config, "seed": tune.grid_search(seeds)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=search.max_concurrent,
-                                    reuse_actors=search.reuse_actors,
-                                    trial_dirname_creator=sweep._trial_dirname),
-        run_config=tune.RunConfig(
-            name=f"seeds-{best.method}", storage_path=str(folder),
-            callbacks=[MLflowTrialCallback(tracking_uri, mlflow_experiment, name, exp.trial.epochs),
-                       sweep.Progress(search.metric, len(seeds), per_epoch=not quiet)],
-            failure_config=tune.FailureConfig(max_failures=search.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0))
-
-
 def run_compare(args: argparse.Namespace, argv: list[str]) -> int:
     """``python -m sslsearch.run --compare``: see the module docstring."""
     from sslsearch import report, sweep, tracking
@@ -348,8 +321,9 @@ def run_compare(args: argparse.Namespace, argv: list[str]) -> int:
             continue
         print(f"== {method}: selected {chosen.trial_id} (probe val acc "
               f"{_short(chosen.probe_val_acc)}); re-running with seeds {seeds}", flush=True)
-        grid = _fit(_seed_tuner(chosen, seeds, exp, folder, name, tracking_uri,
-                                args.mlflow_experiment, args.quiet))
+        grid = _fit(sweep.build_seed_tuner(chosen.config, seeds, exp, str(folder),
+                                           f"seeds-{method}", name, tracking_uri,
+                                           args.mlflow_experiment, args.quiet))
         seed_results = [grid[i] for i in range(len(grid))]
         seed_runs[method] = [record(r, "seed", keys) for r in seed_results]
         for r in [*results, *seed_results]:

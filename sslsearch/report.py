@@ -31,7 +31,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.ticker import MaxNLocator
 
-from sslsearch.space import Dist, SearchSpace, _label
+from sslsearch.space import Dist, SearchSpace, _label, param_importances
 
 CURVES = "learning_curves.png"
 IMPORTANCE = "param_importance.png"
@@ -96,40 +96,14 @@ def plot_learning_curves(trials: Sequence[Any], best: Mapping[str, Any], path: P
 # ------------------------------------------------------------------------------------------------
 
 
-def _distribution(spec: Dist) -> Any:
-    from optuna.distributions import (
-        CategoricalDistribution,
-        FloatDistribution,
-        IntDistribution,
-    )
-
-    a = spec.args
-    if spec.kind == "uniform":
-        return FloatDistribution(a[0], a[1])
-    if spec.kind == "loguniform":
-        return FloatDistribution(a[0], a[1], log=True)
-    if spec.kind == "quantized":
-        return FloatDistribution(a[0], a[1], step=a[2])
-    if spec.kind == "int":
-        return IntDistribution(a[0], a[1])
-    if spec.kind == "logint":
-        return IntDistribution(a[0], a[1], log=True)
-    return CategoricalDistribution([_label(v) for v in a])
-
-
 def method_dists(space: SearchSpace, method: str) -> dict[str, Dist]:
     """The searched (non-constant) parameters of ``method``, keyed as the space names them."""
-    out = {k: v for k, v in space.trial.items() if isinstance(v, Dist)}
-    out.update({f"{method}.{k}": v for k, v in space.methods.get(method, {}).items()
-                if isinstance(v, Dist)})
-    return out
+    return space.dists(method)
 
 
 def importance(trials: Sequence[Any], space: SearchSpace, method: str
                ) -> tuple[dict[str, float] | None, str]:
     """fANOVA importances of ``method``'s searched parameters, or None and the reason."""
-    import optuna
-
     dists = method_dists(space, method)
     usable = [t for t in trials if t.method == method and t.stage == "search"
               and t.val_knn_acc is not None and all(k in t.params for k in dists)]
@@ -142,24 +116,17 @@ def importance(trials: Sequence[Any], space: SearchSpace, method: str
         return None, "no parameter varied across the completed trials"
     if len({t.val_knn_acc for t in usable}) < 2:
         return None, "every completed trial scored the same"
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize")
-    for t in usable:
-        study.add_trial(optuna.trial.create_trial(
-            params={k: _label(t.params[k]) for k in varying},
-            distributions={k: _distribution(dists[k]) for k in varying},
-            value=float(t.val_knn_acc)))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            values = optuna.importance.get_param_importances(
-                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+            values = param_importances([(t.params, float(t.val_knn_acc)) for t in usable],
+                                       {k: dists[k] for k in varying})
     except (ValueError, RuntimeError) as exc:  # e.g. a degenerate forest
         return None, f"fANOVA failed: {exc}"
     note = f"{len(usable)} completed trials"
     if len(usable) < FEW_TRIALS:
         note += ": too few to trust"
-    return {k: float(v) for k, v in values.items()}, note
+    return values, note
 
 
 def plot_importance(results: Mapping[str, tuple[dict[str, float] | None, str]],

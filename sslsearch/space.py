@@ -67,6 +67,22 @@ class Dist:
         picked = trial.suggest_categorical(name, labels)
         return self.args[labels.index(picked)]
 
+    def distribution(self) -> Any:
+        """The same distribution as an ``optuna.distributions`` object (what ``suggest`` draws)."""
+        from optuna.distributions import (
+            CategoricalDistribution,
+            FloatDistribution,
+            IntDistribution,
+        )
+
+        a = self.args
+        if self.kind in ("uniform", "loguniform", "quantized"):
+            return FloatDistribution(a[0], a[1], log=self.kind == "loguniform",
+                                     step=a[2] if self.kind == "quantized" else None)
+        if self.kind in ("int", "logint"):
+            return IntDistribution(a[0], a[1], log=self.kind == "logint")
+        return CategoricalDistribution([_label(v) for v in a])
+
     def corners(self) -> list[Any]:
         """Values that must all be valid for the field: the bounds, or every choice."""
         if self.kind == "choice":
@@ -97,13 +113,17 @@ class SearchSpace:
     # points_to_evaluate): known-good settings to warm-start from, or a fixed design.
     initial: tuple[Mapping[str, Any], ...] = ()
 
+    def dists(self, method: str) -> dict[str, Dist]:
+        """The searched (non-constant) parameters of ``method``, keyed as trials name them."""
+        out = {k: v for k, v in self.trial.items() if isinstance(v, Dist)}
+        out.update({f"{method}.{k}": v for k, v in self.methods.get(method, {}).items()
+                    if isinstance(v, Dist)})
+        return out
+
     def drawn_names(self, method: str) -> set[str]:
-        """Names of the parameters drawn (not constant) for ``method``: what ``initial`` may set."""
-        names = {"method"} if isinstance(self.method, Dist) else set()
-        names |= {k for k, v in self.trial.items() if isinstance(v, Dist)}
-        names |= {f"{method}.{k}" for k, v in self.methods.get(method, {}).items()
-                  if isinstance(v, Dist)}
-        return names
+        """Names of the parameters drawn for ``method`` (``method`` too, when it is a choice):
+        what ``initial`` may set."""
+        return set(self.dists(method)) | ({"method"} if isinstance(self.method, Dist) else set())
 
     @property
     def method_names(self) -> tuple[str, ...]:
@@ -325,6 +345,27 @@ def load_space(name: str | Path, base: TrialConfig | None = None) -> SearchSpace
     """Load a space YAML: a path, or a bare name under ``search_spaces/``."""
     path = resolve_file(name, SPACES_DIR, "space")
     return parse_space(read_yaml(path), str(path), base)
+
+
+def param_importances(rows: list[tuple[dict[str, Any], float]], dists: dict[str, Dist]
+                      ) -> dict[str, float]:
+    """fANOVA importances of ``dists``' parameters over finished trials ``(params, value)``.
+
+    The trials are replayed into a fresh Optuna study (``create_trial`` + ``add_trial``), so this
+    works from Ray's results after the sweep. Raises ValueError/RuntimeError when fANOVA cannot
+    fit (e.g. a degenerate forest).
+    """
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    for params, value in rows:
+        study.add_trial(optuna.trial.create_trial(
+            params={k: _label(params[k]) for k in dists},
+            distributions={k: d.distribution() for k, d in dists.items()}, value=value))
+    values = optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    return {k: float(v) for k, v in values.items()}
 
 
 def optuna_sampler(seed: int) -> Any:

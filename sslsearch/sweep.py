@@ -154,9 +154,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
 def build_tuner(exp: Experiment, space: SearchSpace, settings: SweepSettings,
                 quiet: bool = False) -> tune.Tuner:
     search: SearchConfig = exp.search
-    resources = {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial}
-    fn = tune.with_resources(
-        tune.with_parameters(trainable, metric=search.metric, mode=search.mode), resources)
+    fn = _trainable(search.metric, search.mode, search.cpus_per_trial, search.gpus_per_trial)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # multivariate TPE is marked experimental by Optuna
         searcher = SSLOptunaSearch(space, metric=search.metric, mode=search.mode,
@@ -235,11 +233,36 @@ def restore_tuner(folder: Path) -> tune.Tuner:
                               restart_errored=False)
 
 
+def _trainable(metric: str, mode: str, cpus: float, gpus: float) -> Any:
+    return tune.with_resources(tune.with_parameters(trainable, metric=metric, mode=mode),
+                               {"cpu": cpus, "gpu": gpus})
+
+
 def _restorable_trainable(folder: Path) -> Any:
     info = json.loads((folder / SWEEP_FILE).read_text())
-    resources = {"cpu": info["cpus_per_trial"], "gpu": info["gpus_per_trial"]}
-    return tune.with_resources(
-        tune.with_parameters(trainable, metric=info["metric"], mode=info["mode"]), resources)
+    return _trainable(info["metric"], info["mode"], info["cpus_per_trial"], info["gpus_per_trial"])
+
+
+def build_seed_tuner(config: dict[str, Any], seeds: list[int], exp: Experiment, storage: str,
+                     run_name: str, sweep_name: str, tracking_uri: str, mlflow_experiment: str,
+                     quiet: bool) -> tune.Tuner:
+    """Re-train one configuration with each seed: a grid over ``seed``, no searcher, no ASHA;
+    logged as children of the sweep ``sweep_name`` like any trial."""
+    search = exp.search
+    config = {k: v for k, v in config.items() if k != "seed"}
+    return tune.Tuner(
+        _trainable(search.metric, search.mode, search.cpus_per_trial, search.gpus_per_trial),
+        param_space={**config, "seed": tune.grid_search(seeds)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=search.max_concurrent,
+                                    reuse_actors=search.reuse_actors,
+                                    trial_dirname_creator=_trial_dirname),
+        run_config=tune.RunConfig(
+            name=run_name, storage_path=storage,
+            callbacks=[MLflowTrialCallback(tracking_uri, mlflow_experiment, sweep_name,
+                                           exp.trial.epochs),
+                       Progress(search.metric, len(seeds), per_epoch=not quiet)],
+            failure_config=tune.FailureConfig(max_failures=search.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0))
 
 
 def run_sweep(tuner: tune.Tuner) -> tune.ResultGrid:

@@ -10,3 +10,27 @@ def test_train_imports_no_ray_optuna_mlflow() -> None:
             "print(','.join(bad))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"sslsearch.train imported {out.stdout.strip()}"
+
+
+def test_only_the_glue_modules_import_ray_optuna_mlflow() -> None:
+    """Ray/Optuna live in the glue (run, sweep, trainable, space, tracking); MLflow in tracking."""
+    import ast
+    from pathlib import Path
+
+    import sslsearch
+
+    allowed = {"ray": {"run", "sweep", "trainable", "space", "tracking"},
+               "optuna": {"sweep", "space", "tracking"}, "mlflow": {"tracking"}}
+    seen: dict[str, set[str]] = {lib: set() for lib in allowed}
+    root = Path(sslsearch.__file__).parent
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                lib = name.split(".")[0]
+                if lib in allowed:
+                    seen[lib].add(path.relative_to(root).with_suffix("").as_posix())
+    for lib, modules in seen.items():
+        assert modules <= allowed[lib], f"{lib} imported by {sorted(modules - allowed[lib])}"
+        assert modules, lib  # the scan works: each library is imported somewhere
