@@ -39,17 +39,19 @@ def _exclude_from_decay(name: str, p: Tensor) -> bool:
     return p.ndim <= 1 or name.endswith(".bias")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two groups: weights (decayed, LARS-adapted) and biases/norm parameters (neither)."""
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
+def param_groups(model: nn.Module, weight_decay: float,
+                 fixed_lr_prefixes: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Weights (decayed, LARS-adapted) and biases/norm parameters (neither); each split again
+    into scheduled parameters and those under ``fixed_lr_prefixes`` (``fixed_lr``: the schedule
+    leaves them at the peak rate, SimSiam's constant-lr predictor). Empty groups are dropped."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if _exclude_from_decay(name, p) else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay, "lars_adapt": True},
-        {"params": no_decay, "weight_decay": 0.0, "lars_adapt": False},
-    ]
+            key = (not _exclude_from_decay(name, p), name.startswith(fixed_lr_prefixes))
+            groups.setdefault(key, []).append(p)
+    return [{"params": groups[(decay, fixed)], "weight_decay": weight_decay if decay else 0.0,
+             "lars_adapt": decay, "fixed_lr": fixed}
+            for fixed in (False, True) for decay in (True, False) if (decay, fixed) in groups]
 
 
 class LARS(torch.optim.Optimizer):
@@ -93,18 +95,28 @@ class LARS(torch.optim.Optimizer):
 
 
 def build_optimizer(name: str, model: nn.Module, *, lr: float, weight_decay: float,
-                    momentum: float = 0.9, fused: bool = False) -> torch.optim.Optimizer:
+                    momentum: float = 0.9, fused: bool = False,
+                    fixed_lr_prefixes: tuple[str, ...] = ()) -> torch.optim.Optimizer:
     """``name`` in :data:`OPTIMIZERS`; biases and norm parameters are never weight-decayed.
 
     ``fused`` (CUDA): SGD and AdamW update every parameter in one kernel instead of a few per
-    tensor.
+    tensor. Parameters named under ``fixed_lr_prefixes`` keep ``lr`` whatever :func:`set_lr` sets.
     """
-    groups = param_groups(model, weight_decay)
+    groups = param_groups(model, weight_decay, fixed_lr_prefixes)
     extra: dict[str, Any] = {"fused": True} if fused else {}
     if name == "sgd":
         for g in groups:
             g.pop("lars_adapt")
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, **extra)
+        sgd = torch.optim.SGD(groups, lr=lr, momentum=momentum, **extra)
+        if fused and momentum != 0:
+            # Fused SGD needs a momentum buffer for every parameter of a step or for none; one that
+            # first gets a gradient later (SwAV's prototypes, frozen for the first epoch) would
+            # meet a None buffer. Zero buffers give the unfused first step: buf = 0·μ + g = g.
+            for g in sgd.param_groups:
+                for p in g["params"]:
+                    sgd.state[p]["momentum_buffer"] = torch.zeros_like(
+                        p, memory_format=torch.preserve_format)
+        return sgd
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum)
     if name == "adamw":
@@ -115,5 +127,7 @@ def build_optimizer(name: str, model: nn.Module, *, lr: float, weight_decay: flo
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The scheduled rate for every group but the ``fixed_lr`` ones (they keep their peak)."""
     for g in optimizer.param_groups:
-        g["lr"] = lr
+        if not g.get("fixed_lr", False):
+            g["lr"] = lr

@@ -272,7 +272,8 @@ def trial_optimizer(trial: _Trial, batch_size: int) -> torch.optim.Optimizer:
     cfg = trial.cfg
     return build_optimizer(cfg.optimizer, trial.method, lr=scaled_lr(cfg.base_lr, batch_size),
                            weight_decay=cfg.weight_decay, momentum=cfg.momentum,
-                           fused=trial.device.type == "cuda")
+                           fused=trial.device.type == "cuda",
+                           fixed_lr_prefixes=trial.method.fixed_lr_prefixes())
 
 
 def train_step(trial: _Trial, optimizer: torch.optim.Optimizer, x1: Tensor, x2: Tensor,

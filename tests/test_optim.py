@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from sslsearch.errors import ConfigError
-from sslsearch.optim import LARS, build_optimizer, lr_at, param_groups, scaled_lr
+from sslsearch.optim import LARS, build_optimizer, lr_at, param_groups, scaled_lr, set_lr
 
 
 def test_linear_scaling_rule() -> None:
@@ -69,3 +69,37 @@ def test_each_optimizer_reduces_a_quadratic(name: str) -> None:
 def test_unknown_optimizer_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="sgd, lars, adamw"):
         build_optimizer("adam9", nn.Linear(2, 2), lr=0.1, weight_decay=0.0)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_sgd_parameter_whose_gradient_starts_late(fused: bool) -> None:
+    # SwAV freezes its prototypes (grad None) for the first epoch; fused SGD used to fail with
+    # "expected Tensor ... got NoneType" on the first step in which they got a gradient.
+    def steps(fused: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
+        opt = build_optimizer("sgd", model, lr=0.1, weight_decay=1e-4, fused=fused)
+        x = torch.randn(8, 3)
+        for i in range(3):
+            opt.zero_grad(set_to_none=True)
+            model(x).pow(2).mean().backward()
+            if i == 0:
+                model[1].weight.grad = None  # "frozen" for the first step
+            opt.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    for got, want in zip(steps(fused), steps(False), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_fixed_lr_group_keeps_its_peak_rate() -> None:
+    # SimSiam's fix_pred_lr: the predictor's parameters stay at the peak rate under the schedule.
+    model = nn.ModuleDict({"backbone": nn.Linear(2, 2), "predictor": nn.Linear(2, 2)})
+    opt = build_optimizer("sgd", model, lr=0.5, weight_decay=1e-4,
+                          fixed_lr_prefixes=("predictor.",))
+    set_lr(opt, 0.01)
+    by_fixed = {(g["fixed_lr"], g["weight_decay"] > 0): g for g in opt.param_groups}
+    assert by_fixed[(False, True)]["lr"] == by_fixed[(False, False)]["lr"] == 0.01
+    assert by_fixed[(True, True)]["lr"] == by_fixed[(True, False)]["lr"] == 0.5
+    fixed = {id(p) for g in opt.param_groups if g["fixed_lr"] for p in g["params"]}
+    assert fixed == {id(p) for p in model["predictor"].parameters()}

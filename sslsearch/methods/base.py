@@ -61,6 +61,10 @@ class Method(nn.Module):
         projector = self.get_submodule("projector")
         return projector(self.backbone(x))  # type: ignore[no-any-return]
 
+    def fixed_lr_prefixes(self) -> tuple[str, ...]:
+        """Parameter-name prefixes the LR schedule leaves at the peak rate (default: none)."""
+        return ()
+
     def after_step(self, step: Step) -> None:
         """Called after each optimiser step: EMA target updates, queue pushes, ..."""
 

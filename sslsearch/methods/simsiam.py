@@ -26,6 +26,9 @@ class Config:
     # to its minimum −1 within an epoch and every output becomes the same constant vector). It is
     # kept as a known-collapsing configuration for collapse-detection tests, not for use.
     stop_gradient: bool = True
+    # The official code's --fix-pred-lr (the paper's predictor ablation, Table 1): h at a
+    # constant lr, without the cosine decay, does better, since h keeps adapting to the latest z.
+    fix_pred_lr: bool = False
 
     def check(self) -> None:
         for name in ("proj_dim", "pred_hidden_dim"):
@@ -69,6 +72,9 @@ class Method(BaseMethod):
                              last_batch_norm=True, last_affine=False)
         # The bottleneck predictor: Linear-BN-ReLU, then a plain Linear (no BN on the output).
         self.predictor = mlp([cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim])
+
+    def fixed_lr_prefixes(self) -> tuple[str, ...]:
+        return ("predictor.",) if self.cfg.fix_pred_lr else ()
 
     def forward(self, x1: Tensor, x2: Tensor, y: Tensor, step: Step) -> dict[str, Tensor]:
         z1 = self.projector(self.backbone(x1))
