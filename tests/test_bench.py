@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sslsearch.augment import AugmentConfig
-from sslsearch.bench import BenchConfig, conventional_transform, main, run_packing
+from sslsearch.bench import BenchConfig, _summary, conventional_transform, main, run_packing
 
 # One intra-op thread: on a loaded 2-core machine two OpenMP threads spin against each other and a
 # step takes ten times longer.
@@ -52,6 +52,18 @@ def test_smoke_both_paths_measured_and_written_as_json(
         pytest.approx(1.0))
     assert r["compute"]["gflop_per_image"] > 0 and r["compute"]["achieved_tflops"] > 0
     assert r["compute"]["fraction_of_bound"] is None  # CPU: no peak known unless given
+
+
+def test_throughput_is_per_window_not_per_single_step() -> None:
+    # A loader with 4 workers delivers in bursts: one step waits 0.37 s for the next 4 batches,
+    # the other 3 find theirs ready (0.01 s, the model). The median single step (0.01 s) would
+    # claim 100 batches/s; the loader gives 4 per 0.4 s = 10 per second.
+    burst = [0.37, 0.01, 0.01, 0.01]
+    r = _summary([burst * 2, [0.5, 0.01, 0.01, 0.01] * 2], batch=100)
+    assert r["single_step_median_s"] == pytest.approx(0.01)
+    assert r["min_step_s"] == pytest.approx(0.1) and r["images_per_s_best"] == pytest.approx(1000)
+    assert r["median_step_s"] == pytest.approx((0.1 + 0.1325) / 2)
+    assert r["steps"] == 16 and r["windows"] == 2
 
 
 @pytest.mark.parametrize("channels", [1, 3])
