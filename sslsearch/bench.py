@@ -14,7 +14,8 @@ from:
 
 * **ours**: the dataset is resident on the device as ``uint8``; a batch is an index gather and both
   views are augmented batched, per-sample random, on the device (:func:`sslsearch.augment.augment`);
-  bf16 autocast and channels_last on CUDA; optionally ``torch.compile`` of the backbone.
+  bf16 autocast and channels_last on CUDA (``--precision bf16``: autocast on the CPU too, for
+  both paths); optionally ``torch.compile`` of the backbone.
 * **conventional** (what the public libraries do): a ``Dataset`` hands out PIL images of the same
   uint8 pixels, torchvision ``transforms.v2`` build two views per sample (RandomResizedCrop,
   flip, ColorJitter with p = 0.8, RandomGrayscale, blur/solarise where our config has them,
@@ -138,6 +139,7 @@ class BenchConfig:
     device: str = "auto"
     compile: bool = False
     compile_mode: str = "default"
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, float32 on CPU (see TrialConfig)
     rounds: int = 5  # alternating (ours, conventional) windows
     window: int = 10  # timed steps per window
     warmup: int = 5  # untimed steps per path before the first window
@@ -179,7 +181,8 @@ class BenchConfig:
                                   "dataset": self.dataset, "data_dir": self.data_dir,
                                   "batch_size": self.batch_size, "optimizer": self.optimizer,
                                   "device": self.device, "compile": self.compile,
-                                  "compile_mode": self.compile_mode}
+                                  "compile_mode": self.compile_mode,
+                                  "precision": self.precision}
         if self.dataset != "synthetic" and self.image_size is not None:
             values["image_size"] = self.image_size
         return trial_config(values, source="command line")
@@ -640,6 +643,7 @@ def _child_argv(bc: BenchConfig, threads: int) -> list[str]:
             "--backbone-width", str(bc.backbone_width),
             "--batch-size", str(bc.batch_size), "--channels", str(bc.channels),
             "--optimizer", bc.optimizer, "--device", bc.device, "--warmup", str(bc.warmup),
+            "--precision", bc.precision,
             "--window", str(bc.window),
             "--duration", str(bc.duration), "--threads", str(threads)]
     if bc.data_dir is not None:
@@ -724,7 +728,8 @@ def format_report(r: dict[str, Any]) -> str:
     c = r["config"]
     width = f" (width {c['backbone_width']})" if c["backbone_width"] else ""
     head = (f"{c['method']} / {c['backbone']}{width} on {c['dataset']}, batch {c['batch_size']}, "
-            f"compile {c['compile_mode'] if c['compile'] else 'off'}, device {r['device']}")
+            f"compile {c['compile_mode'] if c['compile'] else 'off'}, precision {c['precision']}, "
+            f"device {r['device']}")
     if "k" in r:
         lines = [head, f"packing: {r['k']} trials for {c['duration']:g} s each measurement",
                  "", f"{'run':<28}{'threads':>8}{'steps':>8}{'img/s':>10}"]
@@ -813,6 +818,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchConfig, bool, str | Non
     p.add_argument("--compile-mode", default="default",
                    help="torch.compile mode: default, reduce-overhead (CUDA graphs), "
                         "max-autotune, max-autotune-no-cudagraphs (default: %(default)s)")
+    p.add_argument("--precision", default=d.precision,
+                   help="auto (bf16 autocast on CUDA, fp32 on CPU), bf16 (also on CPU) or fp32; "
+                        "both paths (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=d.rounds,
                    help="alternating timed windows per path (default: %(default)s)")
     p.add_argument("--window", type=int, default=d.window,
@@ -836,7 +844,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchConfig, bool, str | Non
                      dataset=a.dataset,
                      data_dir=a.data_dir, batch_size=a.batch_size, image_size=a.image_size,
                      channels=a.channels, optimizer=a.optimizer, device=a.device,
-                     compile=a.compile, compile_mode=a.compile_mode, rounds=a.rounds,
+                     compile=a.compile, compile_mode=a.compile_mode, precision=a.precision,
+                     rounds=a.rounds,
                      window=a.window, warmup=a.warmup,
                      workers=a.workers, trials=a.trials, duration=a.duration, threads=a.threads,
                      peak_tflops=a.peak_tflops)

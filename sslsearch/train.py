@@ -174,8 +174,10 @@ class _Trial:
                                               drop_last=False))
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """bf16 autocast per ``cfg.precision`` (weights, optimiser state and losses stay fp32)."""
+        precision = self.cfg.precision
+        if precision == "bf16" or (precision == "auto" and self.device.type == "cuda"):
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
 

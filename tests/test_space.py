@@ -93,6 +93,8 @@ BAD: list[tuple[str, str]] = [
     ("method: [vicreg\n", "not valid YAML (line 2)"),
     ("- 1\n- 2\n", "expected a mapping with keys method, trial, methods; found list"),
     ("method: vicreg\ntrial:\n  epochs: {int: [0, 3]}\n", "trial.epochs = 0 is out of range"),
+    ("method: vicreg\ntrial:\n  precision: fp16\n",
+     "trial.precision = 'fp16' is out of range; allowed: auto, bf16, fp32"),
     ("method: vicreg\nmethods:\n  simclr: {}\n", "methods.simclr is not a method this space draws"),
     ("methd: vicreg\n",
      "unknown key methd; valid keys: description, initial, method, methods, trial"),

@@ -34,6 +34,32 @@ def test_reports_every_epoch_with_probe_at_the_end(tmp_path: Path) -> None:
     assert (tmp_path / "checkpoint.pt").is_file()
 
 
+@pytest.mark.parametrize("precision,conv_dtype", [("auto", torch.float32),
+                                                   ("fp32", torch.float32),
+                                                   ("bf16", torch.bfloat16)])
+def test_precision_on_cpu(precision: str, conv_dtype: torch.dtype) -> None:
+    # bf16 autocast on the CPU: the convolutions compute in bf16, the weights stay float32, and
+    # training still learns something finite; auto and fp32 keep the CPU in float32.
+    from sslsearch.methods.base import Step
+    from sslsearch.train import setup_trial, train_step, trial_optimizer
+
+    cfg = trial_config({**TINY, "method": "simclr", "precision": precision, "probe": False})
+    data = load_dataset("digits")
+    trial = setup_trial(cfg, data, torch.device("cpu"))
+    seen: list[torch.dtype] = []
+    conv = next(m for m in trial.method.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    opt = trial_optimizer(trial, 32)
+    x = data.train.x[:32].float().div(255)
+    out = train_step(trial, opt, x, x.flip(-1), data.train.y[:32], Step(0, 10, 0, 10))
+    assert seen and set(seen) == {conv_dtype}
+    assert torch.isfinite(out["loss"]) and out["loss"].dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in trial.method.parameters())
+    if precision == "bf16":
+        final = run(cfg, data=data)
+        assert 0.5 < final["val_knn_acc"] <= 1.0
+
+
 @pytest.mark.parametrize("method", ["simclr", "vicreg"])
 def test_resume_is_bit_for_bit(method: str, tmp_path: Path) -> None:
     # Narrow heads: the resume logic is what is tested, not the default 2048-wide expander.
