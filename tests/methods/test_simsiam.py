@@ -224,13 +224,17 @@ def test_learns_on_digits() -> None:
 #   batch 64, SGD lr 0.05, wd 5e-4 (paper):  0.693 0.684 0.673 0.664 0.663 0.666
 #   batch 64, AdamW wd 0.1:                  0.660 0.601 0.585 0.567 0.564 0.562
 #   batch 64, crop_min_scale 0.2 / 0.08:     0.672 0.663 0.633 / 0.678 0.657 0.661 (stopped)
-# Every run gains in its first epoch and then loses it as the loss approaches −1 and the embedding
-# rank falls (40-60 → 15-40): in 6 epochs SimSiam does not beat random init on this setup (BYOL,
-# same setup and batch 64: 0.678 → 0.693). Kept as a non-strict xfail so the slow suite records it.
+# Every run (all with the default 128 / 32 head) gains in its first epoch and then loses it as the
+# loss approaches −1 and the embedding rank falls (40-60 → 15-40). A wider head fixes it (below).
 @pytest.mark.slow
 @needs_fashion_mnist()
-@pytest.mark.xfail(reason="SimSiam does not beat random init in the 6-epoch FASHION setup "
-                          "(measured 0.678 → 0.674)", strict=False)
 def test_learns_on_fashion_mnist() -> None:
-    before, after = knn_gain("simsiam", setup=FASHION, batch_size=64, base_lr=5e-4)
-    assert after >= before + 0.005, (before, after)
+    # FASHION subset (4,500 training images, 6 epochs), small CNN, batch 64, base_lr 5e-4. The
+    # narrow default head (128 / 32, chosen on digits) does not beat random init here (0.678 →
+    # 0.632 at best on the GPU; 512 / 128: 0.678 → 0.679 on the CPU); the paper's proportions,
+    # a 2048-d projection with a 512 bottleneck, do. Measured on the CPU (1 thread, a 10-epoch
+    # run): 0.6777 → 0.6985 after epoch 6; GPU, 12 epochs: 0.678 → 0.699. SGD (0.03-0.1, with
+    # or without the constant-lr predictor) and AdamW at 1e-3 or 2e-3 stayed below random init.
+    before, after = knn_gain("simsiam", {"proj_dim": 2048, "pred_hidden_dim": 512},
+                             setup=FASHION, batch_size=64, base_lr=5e-4)
+    assert after >= before + 0.01, (before, after)

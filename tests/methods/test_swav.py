@@ -428,11 +428,12 @@ def test_learns_on_digits() -> None:
 @pytest.mark.slow
 @needs_fashion_mnist()
 def test_learns_on_fashion_mnist() -> None:
-    # Measured on 2 busy CPU cores (FASHION: 5,000 images, 6 epochs, batch 256, ~30-60 s/epoch):
-    # SwAV does NOT beat the random-init encoder in this short setting. Default config:
-    # kNN 0.678 → 0.633 (K = 300: 0.617, K = 10: 0.648; 15 epochs: still 0.64 at epoch 10);
-    # base_lr 5e-4: 0.678 → 0.678 (0.693 after epoch 1, while the prototypes are frozen).
-    # SimCLR, same setup, for reference: 0.678 → 0.651. So this is a no-collapse guard (a
-    # collapsed encoder falls far below), not a learning margin.
-    before, after = knn_gain("swav", setup=FASHION, base_lr=5e-4)
-    assert after >= before - 0.02, (before, after)
+    # FASHION subset (4,500 training images, 6 epochs), small CNN. At the setup's batch 256 and
+    # the default base_lr 2e-3 SwAV falls below random init (0.678 → 0.633); at batch 64 with
+    # base_lr 5e-4 it peaks after the first epoch (prototypes frozen) and then sinks back
+    # (0.698 → 0.675 by epoch 20, GPU). A 5× smaller rate keeps the gain: measured on the CPU
+    # (1 thread, 247 s), base_lr 1e-4, batch 64: 0.6777 → 0.7017 (+144 of 6,000 validation
+    # images; 0.700-0.703 at every epoch). On the GPU the same setting gave 0.678 → 0.692 at
+    # epoch 6 and 0.694 at 12; τ, ε, K, the queue and the head width did not help (a grid of 16).
+    before, after = knn_gain("swav", setup=FASHION, batch_size=64, base_lr=1e-4)
+    assert after >= before + 0.01, (before, after)
