@@ -351,10 +351,14 @@ def test_learns_on_digits_as_a_table() -> None:
     assert after >= before + TABULAR_MARGIN, (before, after)
 
 
+# Re-measured 2026-11-29 (2 threads, the suite's): i-Mix + BYOL at batch 128 now ends at 0.951 →
+# 0.958 (its last epochs wander 0.951-0.972 on this 144-image split); at batch 64 (twice the
+# steps) 0.951 → 0.972, and 0.958-0.979 over its last 10 epochs. The BYOL variant uses batch 64.
 @pytest.mark.slow
-@pytest.mark.parametrize("params", [{"base": "moco", "queue_size": 256}, {"base": "byol"}])
-def test_learns_on_digits_with_moco_and_byol(params: dict[str, Any]) -> None:
-    before, after = knn_gain("imix", params, flip_p=0.0)
+@pytest.mark.parametrize("params,batch_size", [({"base": "moco", "queue_size": 256}, 128),
+                                               ({"base": "byol"}, 64)])
+def test_learns_on_digits_with_moco_and_byol(params: dict[str, Any], batch_size: int) -> None:
+    before, after = knn_gain("imix", params, flip_p=0.0, batch_size=batch_size)
     assert after >= before + IMAGE_MARGIN, (before, after)
 
 
