@@ -463,7 +463,7 @@ def _summary(windows: Sequence[Sequence[float]], batch: int) -> dict[str, float]
     median single step is then a step whose batch was waiting, i.e. the model's time, and says
     nothing about how fast the loader delivers. A window's mean covers whole bursts.
     """
-    means = [sum(w) / len(w) for w in windows]
+    means = [statistics.fmean(w) for w in windows]
     med, best = statistics.median(means), min(means)
     steps = [t for w in windows for t in w]
     return {"steps": len(steps), "windows": len(means), "median_step_s": med, "min_step_s": best,
@@ -543,10 +543,10 @@ def run_benchmark(bc: BenchConfig, log: Callable[[str], None] | None = None) -> 
             conv_cpu += time.process_time() - c1
             ours_cpu += c1 - c0
             conv_t.append(window)
-            conv_mean = sum(window) / len(window)
+            conv_mean = statistics.fmean(window)
             settle = min(MAX_SETTLE_S, conv.prefetched * conv_mean)
             time.sleep(settle)  # the queue is full again: workers produced what was consumed
-            ours_mean = sum(ours_t[-1]) / len(ours_t[-1])
+            ours_mean = statistics.fmean(ours_t[-1])
             say(f"round {r + 1}/{bc.rounds}: ours {b / ours_mean:.0f} img/s, "
                 f"conventional {b / conv_mean:.0f} img/s")
         workers1 = conv.workers_cpu_s()

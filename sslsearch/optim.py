@@ -114,8 +114,7 @@ def build_optimizer(name: str, model: nn.Module, *, lr: float, weight_decay: flo
             # meet a None buffer. Zero buffers give the unfused first step: buf = 0·μ + g = g.
             for g in sgd.param_groups:
                 for p in g["params"]:
-                    sgd.state[p]["momentum_buffer"] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format)
+                    sgd.state[p]["momentum_buffer"] = torch.zeros_like(p)
         return sgd
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum)

@@ -12,7 +12,16 @@ import torch
 from sslsearch.config import trial_config
 from sslsearch.data import load_dataset
 from sslsearch.errors import ConfigError, TrialFailure
-from sslsearch.train import load_checkpoint, main, run, save_checkpoint
+from sslsearch.methods.base import Step
+from sslsearch.train import (
+    load_checkpoint,
+    main,
+    run,
+    save_checkpoint,
+    setup_trial,
+    train_step,
+    trial_optimizer,
+)
 from tests.conftest import needs_fashion_mnist
 from tests.methods.learning import FASHION, knn_gain
 
@@ -40,9 +49,6 @@ def test_reports_every_epoch_with_probe_at_the_end(tmp_path: Path) -> None:
 def test_precision_on_cpu(precision: str, conv_dtype: torch.dtype) -> None:
     # bf16 autocast on the CPU: the convolutions compute in bf16, the weights stay float32, and
     # training still learns something finite; auto and fp32 keep the CPU in float32.
-    from sslsearch.methods.base import Step
-    from sslsearch.train import setup_trial, train_step, trial_optimizer
-
     cfg = trial_config({**TINY, "method": "simclr", "precision": precision, "probe": False})
     data = load_dataset("digits")
     trial = setup_trial(cfg, data, torch.device("cpu"))

@@ -189,6 +189,27 @@ def test_state_round_trips_through_checkpoint(tmp_path: Path) -> None:
     torch.testing.assert_close(fresh(x1, x2, y, STEP)["loss"], m(x1, x2, y, STEP)["loss"])
 
 
+@pytest.mark.parametrize("fix_pred_lr", [False, True])
+def test_fix_pred_lr_keeps_the_predictor_at_the_peak_rate(fix_pred_lr: bool) -> None:
+    # Through the training loop's own optimiser: the schedule's set_lr moves every parameter's
+    # rate, except the predictor's when fix_pred_lr is on.
+    from sslsearch.config import trial_config
+    from sslsearch.data import load_dataset
+    from sslsearch.optim import set_lr
+    from sslsearch.train import setup_trial, trial_optimizer
+
+    cfg = trial_config({"method": "simsiam", "dataset": "digits", "backbone": "small_cnn",
+                        "device": "cpu", "method_params": {"fix_pred_lr": fix_pred_lr}})
+    trial = setup_trial(cfg, load_dataset("digits"), torch.device("cpu"))
+    opt = trial_optimizer(trial, 256)
+    set_lr(opt, 1e-6)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    peak = cfg.base_lr  # batch 256: the scaled rate is base_lr
+    predictor = {id(p) for p in trial.method.predictor.parameters()}
+    assert {lr_of[i] for i in predictor} == {peak if fix_pred_lr else 1e-6}
+    assert {lr for i, lr in lr_of.items() if i not in predictor} == {1e-6}
+
+
 def test_config_check() -> None:
     Config().check()
     with pytest.raises(ValueError, match="proj_dim"):
