@@ -2,10 +2,71 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
 import torch
 from torch import Tensor, nn
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Every function decorated with fp32_loss, by "module.qualname" (tests/methods/test_precision.py
+# checks each one under autocast and that every method module registers at least one).
+_FP32_LOSSES: dict[str, Callable[..., Any]] = {}
+
+
+def _upcast(x: object) -> object:
+    """``x`` in float32 if it is a floating-point tensor of lower precision, else ``x`` itself."""
+    if isinstance(x, Tensor) and x.is_floating_point() and torch.finfo(x.dtype).bits < 32:
+        return x.float()
+    return x
+
+
+def fp32(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run ``fn`` in float32 whatever the caller's autocast: the precision rule of every loss.
+
+    Inside ``fn`` autocast is off for the device type of each tensor argument (CPU when there is
+    none), and every floating-point tensor argument of lower precision than float32 (bf16, fp16)
+    is upcast to float32; float32 and float64 arguments are passed as they are, so float64 tests
+    stay exact. Only top-level arguments are converted (tensors inside lists are not).
+
+    Why: under bf16 autocast a matmul of float32 inputs still runs in bf16 (``.float()`` on the
+    inputs does not stop it), and bf16 keeps ~3 significant digits. Cosine logits divided by a
+    small τ (contrastive losses, SwAV's scores and Sinkhorn's ε), squared covariances summed over
+    d² entries (VICReg, Barlow Twins), √Var, and exp(log σ²) ratios (DARe's KL) are then off by
+    far more than the gradient signal. Losses cost little next to the backbone, so they always run
+    in float32; the weights' matmuls elsewhere keep bf16's speed.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        devices = dict.fromkeys(x.device.type for x in (*args, *kwargs.values())
+                                if isinstance(x, Tensor)) or {"cpu": None}
+        with contextlib.ExitStack() as stack:
+            for device in devices:
+                stack.enter_context(torch.autocast(device, enabled=False))
+            call: Callable[..., R] = fn  # the upcast arguments no longer match P for mypy
+            return call(*(_upcast(a) for a in args), **{k: _upcast(v) for k, v in kwargs.items()})
+
+    return wrapper
+
+
+def fp32_loss(fn: Callable[P, R]) -> Callable[P, R]:
+    """:func:`fp32` for a loss (or a loss's input, such as SwAV's Sinkhorn codes), registered in
+    :func:`fp32_losses` so that a test can check every one under autocast."""
+    wrapped = fp32(fn)
+    _FP32_LOSSES[f"{fn.__module__}.{fn.__qualname__}"] = wrapped
+    return wrapped
+
+
+def fp32_losses() -> dict[str, Callable[..., Any]]:
+    """The functions decorated with :func:`fp32_loss` in the modules imported so far, by
+    ``"module.qualname"``."""
+    return dict(_FP32_LOSSES)
 
 
 def off_diagonal(x: Tensor) -> Tensor:
@@ -15,6 +76,7 @@ def off_diagonal(x: Tensor) -> Tensor:
     return x.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten()
 
 
+@fp32_loss
 def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """``mean_i −Σ_n targets_in · log softmax(logits_i)_n``: cross-entropy with soft targets.
 
