@@ -17,7 +17,7 @@ from torch import Tensor
 from sslsearch.methods.base import Method as BaseMethod
 from sslsearch.methods.base import Step, Task
 from sslsearch.networks import Backbone, mlp
-from sslsearch.ops import off_diagonal
+from sslsearch.ops import fp32_loss, off_diagonal
 
 # BatchNorm1d's default ε: the official code standardises with ``nn.BatchNorm1d(affine=False)``.
 BN_EPS = 1e-5
@@ -36,6 +36,7 @@ class Config:
                 f"projector_dims must list positive widths, found {self.projector_dims}")
 
 
+@fp32_loss
 def barlow_twins_terms(z1: Tensor, z2: Tensor, lambda_offdiag: float,
                        eps: float = BN_EPS) -> tuple[Tensor, Tensor, Tensor]:
     """Barlow Twins' loss and its two terms, for embeddings ``z1``, ``z2`` of shape N × d.
@@ -48,21 +49,19 @@ def barlow_twins_terms(z1: Tensor, z2: Tensor, lambda_offdiag: float,
         off_diag = Σ_{i≠j} C_ij²
         L = on_diag + λ · off_diag
 
-    Returns ``(loss, on_diag, off_diag)`` (the unweighted terms). Half-precision inputs are computed
-    in float32 with autocast off: squared correlations summed over d² entries lose too much in bf16.
+    Returns ``(loss, on_diag, off_diag)`` (the unweighted terms). Computed in float32 (float64
+    kept) with autocast off (:func:`sslsearch.ops.fp32_loss`).
     """
-    with torch.autocast(z1.device.type, enabled=False):
-        dtype = torch.promote_types(z1.dtype, torch.float32)  # float64 stays float64 (tests)
-        z1, z2 = z1.to(dtype), z2.to(dtype)
-        n = z1.shape[0]
-        z1 = (z1 - z1.mean(dim=0)) / torch.sqrt(z1.var(dim=0, unbiased=False) + eps)  # z1: N x d
-        z2 = (z2 - z2.mean(dim=0)) / torch.sqrt(z2.var(dim=0, unbiased=False) + eps)  # z2: N x d
-        c = z1.T @ z2 / n  # c: d x d
-        on_diag = (1 - torch.diagonal(c)).pow(2).sum()
-        off_diag = off_diagonal(c).pow(2).sum()
-        return on_diag + lambda_offdiag * off_diag, on_diag, off_diag
+    n = z1.shape[0]
+    z1 = (z1 - z1.mean(dim=0)) / torch.sqrt(z1.var(dim=0, unbiased=False) + eps)  # z1: N x d
+    z2 = (z2 - z2.mean(dim=0)) / torch.sqrt(z2.var(dim=0, unbiased=False) + eps)  # z2: N x d
+    c = z1.T @ z2 / n  # c: d x d
+    on_diag = (1 - torch.diagonal(c)).pow(2).sum()
+    off_diag = off_diagonal(c).pow(2).sum()
+    return on_diag + lambda_offdiag * off_diag, on_diag, off_diag
 
 
+@fp32_loss
 def barlow_twins_loss(z1: Tensor, z2: Tensor, lambda_offdiag: float) -> Tensor:
     """``Σ_i (1 − C_ii)² + λ Σ_{i≠j} C_ij²``: the scalar of :func:`barlow_twins_terms`."""
     return barlow_twins_terms(z1, z2, lambda_offdiag)[0]

@@ -31,6 +31,7 @@ class Config:
                 raise ValueError(f"{name} must be ≥ 1, found {getattr(self, name)}")
 
 
+@ops.fp32_loss
 def byol_loss(p: Tensor, z_target: Tensor) -> Tensor:
     """BYOL's regression loss in ONE direction: the online prediction ``p`` of one view against
     the target projection ``z̃`` of the other view::
@@ -39,12 +40,11 @@ def byol_loss(p: Tensor, z_target: Tensor) -> Tensor:
 
     The method symmetrises it: ``L = ℓ(h(z₁), z̃₂) + ℓ(h(z₂), z̃₁)`` (each term in [0, 4]). The
     gradient is not stopped here: the caller passes a ``z_target`` made without gradient (the EMA
-    target under ``torch.no_grad``). Half-precision inputs are normalised in float32.
+    target under ``torch.no_grad``). Computed in float32 (float64 kept) with autocast off
+    (:func:`sslsearch.ops.fp32_loss`): half-precision inputs are upcast.
     """
-    # float32 at least (bf16 under autocast), float64 kept for exact tests.
-    dtype = torch.promote_types(p.dtype, torch.float32)
-    p = F.normalize(p.to(dtype), dim=1)  # p: N x d
-    z = F.normalize(z_target.to(dtype), dim=1)  # z: N x d
+    p = F.normalize(p, dim=1)  # p: N x d
+    z = F.normalize(z_target, dim=1)  # z: N x d
     return (2 - 2 * (p * z).sum(dim=1)).mean()
 
 

@@ -17,6 +17,7 @@ from sslsearch.methods.base import Method as BaseMethod
 from sslsearch.methods.base import Step, Task
 from sslsearch.methods.simclr import nt_xent_loss
 from sslsearch.networks import Backbone, mlp
+from sslsearch.ops import fp32_loss
 
 CONTRASTIVE = ("decoupled", "ntxent")
 
@@ -49,6 +50,7 @@ class Config:
             raise ValueError("proj_hidden_dim and proj_output_dim must be ≥ 1")
 
 
+@fp32_loss
 def gaussian_kl(mu1: Tensor, logvar1: Tensor, mu2: Tensor, logvar2: Tensor) -> Tensor:
     """Closed-form ``KL(N(μ₁, σ₁²I) ‖ N(μ₂, σ₂²I))`` of diagonal Gaussians, inputs of shape N × d.
 
@@ -59,7 +61,8 @@ def gaussian_kl(mu1: Tensor, logvar1: Tensor, mu2: Tensor, logvar2: Tensor) -> T
 
     Returns the mean of ``KL_n`` over the batch (per-sample sums, batch mean: the value of a single
     sample's KL, independent of N). Variances enter as log-variances, and ratios are formed as
-    ``exp(logvar₁ − logvar₂)``, so no σ² is exponentiated on its own. Pass float32 (or float64).
+    ``exp(logvar₁ − logvar₂)``, so no σ² is exponentiated on its own. Computed in float32 (float64
+    kept) with autocast off (:func:`sslsearch.ops.fp32_loss`).
     """
     ratio = torch.exp(logvar1 - logvar2)  # σ₁²/σ₂²: N x d
     mahalanobis = (mu2 - mu1).pow(2) * torch.exp(-logvar2)  # (μ₂ − μ₁)²/σ₂²: N x d
@@ -67,6 +70,7 @@ def gaussian_kl(mu1: Tensor, logvar1: Tensor, mu2: Tensor, logvar2: Tensor) -> T
     return 0.5 * per_dim.sum(dim=1).mean()
 
 
+@fp32_loss
 def gaussian_jsd(mu1: Tensor, logvar1: Tensor, mu2: Tensor, logvar2: Tensor) -> Tensor:
     """Jensen-Shannon divergence of ``N(μ₁, σ₁²I)`` and ``N(μ₂, σ₂²I)``, as METHODS.md fixes it.
 
@@ -96,6 +100,7 @@ def _decoupled_direction(logits: Tensor) -> Tensor:
     return (torch.logsumexp(negatives, dim=1) - positives).mean()
 
 
+@fp32_loss
 def decoupled_contrastive_loss(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     """Seed 000's ``L_con``: cross-view contrastive loss with the positive LEFT OUT of the
     denominator (the decoupled contrastive loss of Yeh et al., 2022), z1, z2 of shape N × d.
@@ -115,7 +120,8 @@ def decoupled_contrastive_loss(z1: Tensor, z2: Tensor, temperature: float) -> Te
 
     Unlike NT-Xent the loss is not bounded below by 0: it tends to ``log(N−1) − 1/τ`` when the
     positives align and the negatives are orthogonal. N must be ≥ 2: with N = 1 the denominator is
-    empty (log 0) and the loss is +∞, so a ``ValueError`` is raised.
+    empty (log 0) and the loss is +∞, so a ``ValueError`` is raised. Computed in float32 (float64
+    kept) with autocast off (:func:`sslsearch.ops.fp32_loss`).
     """
     n = z1.shape[0]
     if n < 2:
@@ -126,6 +132,7 @@ def decoupled_contrastive_loss(z1: Tensor, z2: Tensor, temperature: float) -> Te
     return 0.5 * (_decoupled_direction(logits) + _decoupled_direction(logits.T))
 
 
+@fp32_loss
 def dare_loss(z1: Tensor, z2: Tensor, mu1: Tensor, logvar1: Tensor, mu2: Tensor, logvar2: Tensor,
               temperature: float, lambda_jsd: float, contrastive: str = "decoupled"
               ) -> tuple[Tensor, Tensor, Tensor]:
@@ -135,7 +142,8 @@ def dare_loss(z1: Tensor, z2: Tensor, mu1: Tensor, logvar1: Tensor, mu2: Tensor,
     log-variances ``logvar = log σ²``. ``L_con`` is :func:`decoupled_contrastive_loss`
     (``contrastive="decoupled"``) or SimCLR's :func:`~sslsearch.methods.simclr.nt_xent_loss`
     (``"ntxent"``); the JSD is :func:`gaussian_jsd`. Returns ``(total, contrastive term,
-    jsd term)``, the terms unweighted.
+    jsd term)``, the terms unweighted. Computed in float32 (float64 kept) with autocast off
+    (:func:`sslsearch.ops.fp32_loss`).
     """
     if contrastive == "decoupled":
         con = decoupled_contrastive_loss(z1, z2, temperature)
@@ -159,8 +167,9 @@ class Method(BaseMethod):
 
     def gaussian(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(μ, log σ²) of ``g(f(x))``, in float32, log σ² clamped to [LOGVAR_MIN, LOGVAR_MAX]."""
-        # float32 even under bf16 autocast: exp(log σ²), the KL's ratios and the cosine logits
-        # lose too much precision in bf16.
+        # float32 even under bf16 autocast: σ = exp(½ log σ²) and the sample z = μ + σ⊙ε are
+        # formed outside the loss (which upcasts its own inputs: ops.fp32_loss), and ε is drawn
+        # in μ's dtype.
         out = self.projector(self.backbone(x)).float()  # N x 2d
         mu, logvar = out.chunk(2, dim=1)  # N x d each
         return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)

@@ -128,6 +128,7 @@ def mixed_targets(perm: Tensor, lam: Tensor | float) -> Tensor:
 # The wrapped losses
 
 
+@ops.fp32_loss
 def imix_moco_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float, targets: Tensor
                    ) -> Tensor:
     """MoCo's loss with soft virtual labels over the batch's keys (seed 001, ``ℓ_MoCo(x_i, ṽ_i;
@@ -140,7 +141,7 @@ def imix_moco_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float, targ
     ``targets`` (N × N) are the virtual labels ``ṽ`` (the identity without mixing: each query's
     positive is its own key, the other N − 1 keys are negatives too). ``q``, ``k`` are
     L2-normalised here; ``k`` and the queue take no gradient. With an empty queue this is
-    ``npair_loss(q, k, τ, targets)``.
+    ``npair_loss(q, k, τ, targets)``. Computed in float32 (float64 kept) with autocast off.
     """
     q = F.normalize(q, dim=1)  # q: N x d
     k = F.normalize(k.detach(), dim=1)  # k: N x d
@@ -150,11 +151,13 @@ def imix_moco_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float, targ
     return ops.soft_cross_entropy(logits, soft)
 
 
+@ops.fp32_loss
 def imix_byol_loss(p: Tensor, z_target: Tensor, perm: Tensor, lam: Tensor | float) -> Tensor:
     """BYOL under i-Mix: ``λ·ℓ_BYOL(p, z̃) + (1 − λ)·ℓ_BYOL(p, z̃[π])``.
 
     ``p`` (N × d): online predictions of the mixed view; ``z_target`` (N × d): target projections
     of the unmixed other view; ``ℓ_BYOL = 1/N Σ_i (2 − 2·sim(p_i, z̃_i))`` (``byol_loss``).
+    Computed in float32 (float64 kept) with autocast off.
     """
     return lam * byol_loss(p, z_target) + (1 - lam) * byol_loss(p, z_target[perm])
 
@@ -216,15 +219,13 @@ class Method(BaseMethod):
                 k = self.target_projector(self.target_backbone(x_other))
         if self.cfg.base == "byol":
             q = self.predictor(q)
-        # Cosine logits and regressions of unit vectors: float32 (bf16 keeps ~3 digits).
-        with torch.autocast(q.device.type, enabled=False):
-            q, k, lam = q.float(), k.float(), lam.float()
-            if self.cfg.base == "npair":
-                return npair_loss(q, k, tau, mixed_targets(perm, lam)), None
-            if self.cfg.base == "moco":
-                loss = imix_moco_loss(q, k, self.queue, tau, mixed_targets(perm, lam))
-                return loss, F.normalize(k, dim=1)
-            return imix_byol_loss(q, k, perm, lam), None
+        # The losses compute in float32 whatever the autocast (ops.fp32_loss); λ is float32.
+        if self.cfg.base == "npair":
+            return npair_loss(q, k, tau, mixed_targets(perm, lam)), None
+        if self.cfg.base == "moco":
+            loss = imix_moco_loss(q, k, self.queue, tau, mixed_targets(perm, lam))
+            return loss, F.normalize(k.float(), dim=1)  # keys for the float32 queue
+        return imix_byol_loss(q, k, perm, lam), None
 
     def after_step(self, step: Step) -> None:
         if self.cfg.base == "npair":

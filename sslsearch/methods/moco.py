@@ -43,6 +43,7 @@ class Config:
             raise ValueError("proj_hidden_dim and proj_output_dim must be ≥ 1")
 
 
+@ops.fp32_loss
 def moco_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> Tensor:
     """MoCo's InfoNCE (eq. 1 of the paper), for queries ``q`` (N × d), their positive keys ``k``
     (N × d) and the queue of negatives ``μ`` (K × d, rows of unit norm)::
@@ -51,7 +52,8 @@ def moco_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> Tensor
         L = 1/N Σ_i ℓ(i)
 
     i.e. cross-entropy over the logits ``[q·k₊, q·queue]/τ`` with target 0. ``q`` and ``k`` are
-    L2-normalised here; the keys and the queue take no gradient (detached here).
+    L2-normalised here; the keys and the queue take no gradient (detached here). Computed in
+    float32 (float64 kept) with autocast off (:func:`sslsearch.ops.fp32_loss`).
     """
     q = F.normalize(q, dim=1)  # q: N x d
     k = F.normalize(k.detach(), dim=1)  # k: N x d
@@ -111,10 +113,8 @@ class Method(BaseMethod):
         q = self.projector(self.backbone(x1))
         with torch.no_grad():
             k = self.key_projector(self.key_backbone(x2))
-        # Logits of unit vectors divided by a small τ: float32 (bf16 keeps ~3 digits).
-        with torch.autocast(q.device.type, enabled=False):
-            loss = moco_loss(q.float(), k.float(), self.queue, self.cfg.temperature)
-            self._pending_keys = F.normalize(k.float(), dim=1)
+        loss = moco_loss(q, k, self.queue, self.cfg.temperature)
+        self._pending_keys = F.normalize(k.float(), dim=1)  # keys for the float32 queue
         return {"loss": loss}
 
     def after_step(self, step: Step) -> None:

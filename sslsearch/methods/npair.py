@@ -19,7 +19,7 @@ from torch import Tensor
 from sslsearch.methods.base import Method as BaseMethod
 from sslsearch.methods.base import Step, Task
 from sslsearch.networks import Backbone, mlp
-from sslsearch.ops import soft_cross_entropy
+from sslsearch.ops import fp32_loss, soft_cross_entropy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +35,7 @@ class Config:
             raise ValueError("proj_hidden_dim and proj_output_dim must be ≥ 1")
 
 
+@fp32_loss
 def npair_loss(z1: Tensor, z2: Tensor, temperature: float, targets: Tensor | None = None
                ) -> Tensor:
     """The N-pair loss with (soft) virtual labels, i-Mix's eq. for ``ℓ_N-pair``.
@@ -45,7 +46,8 @@ def npair_loss(z1: Tensor, z2: Tensor, temperature: float, targets: Tensor | Non
         ℓ(i) = −Σ_n v_in · log( exp(s(f_i, f̃_n)/τ) / Σ_k exp(s(f_i, f̃_k)/τ) ),   L = 1/N Σ_i ℓ(i)
 
     ``targets`` (N × N) defaults to the identity: ``v_i`` is one-hot on ``i``, its index in the
-    batch. One direction only (view 1 anchors against view 2); the method symmetrises.
+    batch. One direction only (view 1 anchors against view 2); the method symmetrises. Computed
+    in float32 (float64 kept) with autocast off (:func:`sslsearch.ops.fp32_loss`).
     """
     n = z1.shape[0]
     f = F.normalize(z1, dim=1)  # f: N x d
@@ -70,9 +72,9 @@ class Method(BaseMethod):
     def forward(self, x1: Tensor, x2: Tensor, y: Tensor, step: Step) -> dict[str, Tensor]:
         z1 = self.projector(self.backbone(x1))
         z2 = self.projector(self.backbone(x2))
-        # Cosine logits divided by a small τ: computed in float32 (bf16 keeps ~3 digits).
-        with torch.autocast(z1.device.type, enabled=False):
-            z1, z2 = z1.float(), z2.float()
-            loss = 0.5 * (npair_loss(z1, z2, self.cfg.temperature)
-                          + npair_loss(z2, z1, self.cfg.temperature))
+        # Upcast once (the losses would each upcast their own copy): the two directions'
+        # gradients then add up in float32 before the one cast back to bf16.
+        z1, z2 = z1.float(), z2.float()
+        loss = 0.5 * (npair_loss(z1, z2, self.cfg.temperature)
+                      + npair_loss(z2, z1, self.cfg.temperature))
         return {"loss": loss}

@@ -12,6 +12,7 @@ from torch import Tensor
 from sslsearch.methods.base import Method as BaseMethod
 from sslsearch.methods.base import Step, Task
 from sslsearch.networks import Backbone, mlp
+from sslsearch.ops import fp32_loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Config:
             raise ValueError(f"temperature must be > 0, found {self.temperature}")
 
 
+@fp32_loss
 def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     """NT-Xent, the normalised temperature-scaled cross-entropy of SimCLR.
 
@@ -34,6 +36,7 @@ def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
         ℓ(i) = −log( exp(s_{i,j(i)}/τ) / Σ_{k≠i} exp(s_ik/τ) ),   L = 1/(2N) Σ_i ℓ(i)
 
     The denominator holds the positive and the 2N−2 negatives; the anchor itself is left out.
+    Computed in float32 (float64 kept) with autocast off (:func:`sslsearch.ops.fp32_loss`).
     """
     n = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2]), dim=1)  # z: 2N x d

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from sslsearch.methods.base import Method as BaseMethod
 from sslsearch.methods.base import Step, Task
 from sslsearch.networks import Backbone, mlp
+from sslsearch.ops import fp32_loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,13 +39,13 @@ class Config:
 
 
 def _neg_cosine(p: Tensor, z: Tensor) -> Tensor:
-    """``D(p, z) = −1/N Σ_i sim(p_i, z_i)``, in float32 at least."""
-    dtype = torch.promote_types(p.dtype, torch.float32)
-    p = F.normalize(p.to(dtype), dim=1)  # p: N x d
-    z = F.normalize(z.to(dtype), dim=1)  # z: N x d
+    """``D(p, z) = −1/N Σ_i sim(p_i, z_i)``."""
+    p = F.normalize(p, dim=1)  # p: N x d
+    z = F.normalize(z, dim=1)  # z: N x d
     return -(p * z).sum(dim=1).mean()
 
 
+@fp32_loss
 def simsiam_loss(p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor,
                  stop_gradient: bool = True) -> Tensor:
     """SimSiam's symmetrised loss, with ``p = h(z)`` the predictions and ``z = g(f(x))``::
@@ -54,7 +54,8 @@ def simsiam_loss(p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor,
 
     ``sg`` (stop-gradient) is applied here: ``z₁``, ``z₂`` are detached, so the encoder receives
     gradient only through the predictions. ``L`` lies in [−1, 1]. ``stop_gradient=False`` drops
-    ``sg`` (the paper's collapsing ablation).
+    ``sg`` (the paper's collapsing ablation). Computed in float32 (float64 kept) with autocast
+    off (:func:`sslsearch.ops.fp32_loss`).
     """
     if stop_gradient:
         z1, z2 = z1.detach(), z2.detach()

@@ -15,6 +15,7 @@ from torch import Tensor
 from sslsearch.methods.base import Method as BaseMethod
 from sslsearch.methods.base import Step, Task
 from sslsearch.networks import Backbone, mlp
+from sslsearch.ops import fp32_loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Config:
             raise ValueError(f"temperature must be > 0, found {self.temperature}")
 
 
+@fp32_loss
 def supcon_loss(z1: Tensor, z2: Tensor, labels: Tensor, temperature: float) -> Tensor:
     """The supervised contrastive loss ``L_out`` (the paper's eq. 2).
 
@@ -41,21 +43,19 @@ def supcon_loss(z1: Tensor, z2: Tensor, labels: Tensor, temperature: float) -> T
 
     With all labels distinct ``P(i)`` is the other view alone and this is SimCLR's NT-Xent. The
     official code also multiplies by ``τ/τ_base`` (τ_base = 0.07); not here. Computed in float32
-    (or float64) with autocast off: at small τ, bf16 logits are off by several units.
+    (float64 kept) with autocast off (:func:`sslsearch.ops.fp32_loss`).
     """
     n = z1.shape[0]
-    with torch.autocast(z1.device.type, enabled=False):
-        dtype = torch.promote_types(z1.dtype, torch.float32)
-        z = F.normalize(torch.cat([z1, z2]).to(dtype), dim=1)  # z: 2N x d
-        logits = z @ z.T / temperature  # logits: 2N x 2N
-        self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
-        logits = logits.masked_fill(self_mask, float("-inf"))
-        log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)  # log_prob: 2N x 2N
-        views_labels = labels.repeat(2)  # views_labels: 2N
-        positives = (views_labels[:, None] == views_labels[None, :]) & ~self_mask  # 2N x 2N
-        # masked_fill (not a product) so the −inf on the diagonal never meets a 0.
-        pos_log_prob = log_prob.masked_fill(~positives, 0.0).sum(dim=1)  # pos_log_prob: 2N
-        return -(pos_log_prob / positives.sum(dim=1)).mean()
+    z = F.normalize(torch.cat([z1, z2]), dim=1)  # z: 2N x d
+    logits = z @ z.T / temperature  # logits: 2N x 2N
+    self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)  # log_prob: 2N x 2N
+    views_labels = labels.repeat(2)  # views_labels: 2N
+    positives = (views_labels[:, None] == views_labels[None, :]) & ~self_mask  # 2N x 2N
+    # masked_fill (not a product) so the −inf on the diagonal never meets a 0.
+    pos_log_prob = log_prob.masked_fill(~positives, 0.0).sum(dim=1)  # pos_log_prob: 2N
+    return -(pos_log_prob / positives.sum(dim=1)).mean()
 
 
 class Method(BaseMethod):

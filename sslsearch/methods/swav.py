@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sslsearch import ops
 from sslsearch.methods.base import Method as BaseMethod
 from sslsearch.methods.base import Step, Task
 from sslsearch.networks import Backbone, mlp
-from sslsearch.ops import soft_cross_entropy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,9 +53,12 @@ class Config:
             raise ValueError("proj_hidden_dim and proj_output_dim must be ≥ 1")
 
 
+@ops.fp32_loss
 @torch.no_grad()
 def sinkhorn(scores: Tensor, epsilon: float, iterations: int = 3) -> Tensor:
-    """Sinkhorn-Knopp codes of SwAV for ``scores`` (B × K, ``z·c_k``), detached, in float32.
+    """Sinkhorn-Knopp codes of SwAV for ``scores`` (B × K, ``z·c_k``), detached, in float32
+    (float64 kept) with autocast off (:func:`sslsearch.ops.fp32_loss`: the codes are the loss's
+    targets, and ``scores/ε`` with ε = 0.05 magnifies bf16's rounding).
 
     The official algorithm (``distributed_sinkhorn`` of main_swav.py) on one device::
 
@@ -73,7 +76,7 @@ def sinkhorn(scores: Tensor, epsilon: float, iterations: int = 3) -> Tensor:
     ``scores/ε`` spans more than float32 holds even after subtracting the maximum.
     """
     b, k = scores.shape
-    log_q = scores.detach().float().T / epsilon  # log_q: K x B
+    log_q = scores.detach().T / epsilon  # log_q: K x B
     log_q = log_q - torch.logsumexp(log_q.flatten(), dim=0)
     for _ in range(iterations):
         log_q = log_q - (torch.logsumexp(log_q, dim=1, keepdim=True) + math.log(k))  # rows: 1/K
@@ -81,6 +84,7 @@ def sinkhorn(scores: Tensor, epsilon: float, iterations: int = 3) -> Tensor:
     return torch.exp(log_q + math.log(b)).T  # q: B x K
 
 
+@ops.fp32_loss
 def swav_loss(scores_t: Tensor, scores_s: Tensor, q_t: Tensor, q_s: Tensor,
               temperature: float) -> Tensor:
     """SwAV's swapped prediction: the SUM of the two terms, as METHODS.md and the paper (eq. 1)::
@@ -91,11 +95,20 @@ def swav_loss(scores_t: Tensor, scores_s: Tensor, q_t: Tensor, q_s: Tensor,
     rows summing to 1) of the same views, treated as constant targets (detached). The official
     code logs and differentiates the MEAN of the two terms (it divides by the number of crop
     pairs), i.e. half this value: the same optimum, gradients twice as large here (immaterial for
-    AdamW; for SGD/LARS the same as doubling the learning rate).
+    AdamW; for SGD/LARS the same as doubling the learning rate). Computed in float32 (float64
+    kept) with autocast off (:func:`sslsearch.ops.fp32_loss`).
     """
-    loss_t = soft_cross_entropy(scores_t / temperature, q_s.detach())  # predict q_s from z_t
-    loss_s = soft_cross_entropy(scores_s / temperature, q_t.detach())  # predict q_t from z_s
+    loss_t = ops.soft_cross_entropy(scores_t / temperature, q_s.detach())  # predict q_s from z_t
+    loss_s = ops.soft_cross_entropy(scores_s / temperature, q_t.detach())  # predict q_t from z_s
     return loss_t + loss_s
+
+
+@ops.fp32
+def _prototype_scores(z: Tensor, prototypes: nn.Module) -> Tensor:
+    """``z·c_k`` (B × K) in float32 whatever the autocast: the scores are the input of the codes
+    and of the loss (divided by ε = 0.05 and τ = 0.1), so the prototype layer follows the losses'
+    precision rule."""
+    return prototypes(z)  # type: ignore[no-any-return]
 
 
 class Method(BaseMethod):
@@ -128,10 +141,7 @@ class Method(BaseMethod):
         w.copy_(F.normalize(w, dim=1))
 
     def _scores(self, z: Tensor) -> Tensor:
-        # Codes and loss are sensitive to the scores' precision (they are divided by ε = 0.05 and
-        # τ = 0.1): the prototype layer runs in float32 even under bf16 autocast.
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            return self.prototypes(z.float())  # type: ignore[no-any-return]
+        return _prototype_scores(z, self.prototypes)
 
     def embed(self, x: Tensor) -> Tensor:
         return F.normalize(self.projector(self.backbone(x)).float(), dim=1)

@@ -18,6 +18,7 @@ from torch import Tensor
 from sslsearch.methods.base import Method as BaseMethod
 from sslsearch.methods.base import Step, Task
 from sslsearch.networks import Backbone, mlp
+from sslsearch.ops import fp32_loss
 
 MININGS = ("hardest", "semihard")
 
@@ -43,6 +44,7 @@ class Config:
             raise ValueError(f"mining must be one of {', '.join(MININGS)}, found {self.mining!r}")
 
 
+@fp32_loss
 def triplet_loss(z1: Tensor, z2: Tensor, margin: float, labels: Tensor | None = None,
                  mining: str = "hardest") -> Tensor:
     """FaceNet's triplet loss with in-batch mining, ``L = 1/N Σ_i max(0, d_ap(i) − d_an(i) + α)``.
@@ -58,32 +60,31 @@ def triplet_loss(z1: Tensor, z2: Tensor, margin: float, labels: Tensor | None = 
       so at α = 0), the hardest negative as above.
 
     An anchor without any negative (one class in the batch) contributes 0. Any other ``mining``
-    raises ValueError. Computed in float32 (or float64) with autocast off.
+    raises ValueError. Computed in float32 (float64 kept) with autocast off
+    (:func:`sslsearch.ops.fp32_loss`).
     """
     if mining not in MININGS:
         raise ValueError(f"mining must be one of {', '.join(MININGS)}, found {mining!r}")
     n = z1.shape[0]
-    with torch.autocast(z1.device.type, enabled=False):
-        dtype = torch.promote_types(z1.dtype, torch.float32)
-        a = F.normalize(z1.to(dtype), dim=1)  # a: N x d
-        b = F.normalize(z2.to(dtype), dim=1)  # b: N x d
-        # ‖a − b‖² = 2 − 2 a·b on unit vectors; the clamp removes rounding below 0.
-        dist = (2 - 2 * a @ b.T).clamp_min(0)  # dist: N x N
-        if labels is None:
-            positives = torch.eye(n, dtype=torch.bool, device=a.device)  # positives: N x N
-        else:
-            positives = labels[:, None] == labels[None, :]  # positives: N x N
-        negatives = ~positives
-        d_ap = dist.masked_fill(~positives, float("-inf")).amax(dim=1)  # d_ap: N
-        hardest = dist.masked_fill(~negatives, float("inf")).amin(dim=1)  # hardest: N
-        if mining == "hardest":
-            d_an = hardest
-        else:
-            band = negatives & (dist > d_ap[:, None]) & (dist < d_ap[:, None] + margin)  # N x N
-            semihard = dist.masked_fill(~band, float("inf")).amin(dim=1)  # semihard: N
-            d_an = torch.where(band.any(dim=1), semihard, hardest)  # d_an: N
-        # No negative: d_an = +inf, the hinge gives 0 (and a zero gradient).
-        return F.relu(d_ap - d_an + margin).mean()
+    a = F.normalize(z1, dim=1)  # a: N x d
+    b = F.normalize(z2, dim=1)  # b: N x d
+    # ‖a − b‖² = 2 − 2 a·b on unit vectors; the clamp removes rounding below 0.
+    dist = (2 - 2 * a @ b.T).clamp_min(0)  # dist: N x N
+    if labels is None:
+        positives = torch.eye(n, dtype=torch.bool, device=a.device)  # positives: N x N
+    else:
+        positives = labels[:, None] == labels[None, :]  # positives: N x N
+    negatives = ~positives
+    d_ap = dist.masked_fill(~positives, float("-inf")).amax(dim=1)  # d_ap: N
+    hardest = dist.masked_fill(~negatives, float("inf")).amin(dim=1)  # hardest: N
+    if mining == "hardest":
+        d_an = hardest
+    else:
+        band = negatives & (dist > d_ap[:, None]) & (dist < d_ap[:, None] + margin)  # N x N
+        semihard = dist.masked_fill(~band, float("inf")).amin(dim=1)  # semihard: N
+        d_an = torch.where(band.any(dim=1), semihard, hardest)  # d_an: N
+    # No negative: d_an = +inf, the hinge gives 0 (and a zero gradient).
+    return F.relu(d_ap - d_an + margin).mean()
 
 
 class Method(BaseMethod):

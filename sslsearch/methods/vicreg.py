@@ -12,7 +12,7 @@ from torch import Tensor
 from sslsearch.methods.base import Method as BaseMethod
 from sslsearch.methods.base import Step, Task
 from sslsearch.networks import Backbone, mlp
-from sslsearch.ops import off_diagonal
+from sslsearch.ops import fp32_loss, off_diagonal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +29,7 @@ class Config:
             raise ValueError("expander_dims must list at least one width")
 
 
+@fp32_loss
 def vicreg_loss(z1: Tensor, z2: Tensor, sim_coeff: float = 25.0, std_coeff: float = 25.0,
                 cov_coeff: float = 1.0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """VICReg: ``L = λ·s(Z, Z′) + μ·½[v(Z) + v(Z′)] + ν·[c(Z) + c(Z′)]``, for Z, Z′ of shape N × d.
@@ -38,7 +39,8 @@ def vicreg_loss(z1: Tensor, z2: Tensor, sim_coeff: float = 25.0, std_coeff: floa
     - covariance ``c(Z) = 1/d Σ_{i≠j} Cov(Z)_ij²`` with ``Cov(Z) = (Z − Z̄)ᵀ(Z − Z̄)/(N − 1)``.
 
     Returns ``(loss, repr_loss, std_loss, cov_loss)`` (the unweighted terms, as the official code
-    names them).
+    names them). Computed in float32 (float64 kept) with autocast off
+    (:func:`sslsearch.ops.fp32_loss`).
     """
     n, d = z1.shape
     repr_loss = F.mse_loss(z1, z2)
@@ -63,8 +65,6 @@ class Method(BaseMethod):
     def forward(self, x1: Tensor, x2: Tensor, y: Tensor, step: Step) -> dict[str, Tensor]:
         z1 = self.projector(self.backbone(x1))
         z2 = self.projector(self.backbone(x2))
-        # The variance/covariance statistics are taken in float32 even under bf16 autocast:
-        # √Var and squared covariances lose too much precision in bf16.
         loss, repr_loss, std_loss, cov_loss = vicreg_loss(
-            z1.float(), z2.float(), self.cfg.sim_coeff, self.cfg.std_coeff, self.cfg.cov_coeff)
+            z1, z2, self.cfg.sim_coeff, self.cfg.std_coeff, self.cfg.cov_coeff)
         return {"loss": loss, "repr_loss": repr_loss, "std_loss": std_loss, "cov_loss": cov_loss}
