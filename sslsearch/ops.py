@@ -32,7 +32,9 @@ def fp32(fn: Callable[P, R]) -> Callable[P, R]:
     Inside ``fn`` autocast is off for the device type of each tensor argument (CPU when there is
     none), and every floating-point tensor argument of lower precision than float32 (bf16, fp16)
     is upcast to float32; float32 and float64 arguments are passed as they are, so float64 tests
-    stay exact. Only top-level arguments are converted (tensors inside lists are not).
+    stay exact. Only top-level arguments are converted (tensors inside lists are not). Each call
+    upcasts its own copy: a bf16 tensor fed to two decorated losses gets its two gradients added
+    in bf16, so a caller that sums several losses of one tensor upcasts it once itself (N-pair).
 
     Why: under bf16 autocast a matmul of float32 inputs still runs in bf16 (``.float()`` on the
     inputs does not stop it), and bf16 keeps ~3 significant digits. Cosine logits divided by a
