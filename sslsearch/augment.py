@@ -11,7 +11,8 @@ arguments). Shapes never depend on the random draws -- an op that a sample skips
 
 The recipe (SimCLR; BYOL adds blur and solarisation), applied in this order::
 
-    random resized crop -> horizontal flip -> colour jitter (p=0.8) -> grayscale (p=0.2)
+    random resized crop -> horizontal flip -> colour jitter (p=0.8; brightness and contrast only
+    on one channel) -> grayscale (p=0.2, three channels)
     -> Gaussian blur (images >= 64 px) -> solarise (optional) -> normalise
 
 Known differences from torchvision's per-image transforms (all deliberate, for vectorisation):
@@ -93,7 +94,7 @@ class AugmentConfig:
     jitter_strength: float = 1.0
     """Multiplies (brightness 0.4, contrast 0.4, saturation 0.4, hue 0.1); hue is capped at 0.5."""
     jitter_p: float = 0.8
-    """Probability of colour jitter (colour images only)."""
+    """Probability of colour jitter (one-channel images: brightness and contrast only)."""
     grayscale_p: float = 0.2
     """Probability of conversion to grayscale (colour images only)."""
     blur_p: float = 0.0
@@ -221,7 +222,7 @@ def augment(
     ``x``: ``uint8`` ``[N, C, H, W]`` with C = 1 or 3, on any device. ``generator`` lives on
     ``x.device`` and is the only source of randomness (same generator state -> same output).
     Returns ``(v/255 - mean)/std`` as ``out_dtype`` ``[N, C, out_size, out_size]`` (``[N, C, H, W]``
-    when ``out_size`` is None). Single-channel inputs skip the colour ops (jitter, grayscale).
+    when ``out_size`` is None). Single-channel inputs get brightness and contrast jitter only.
     """
     _check_input(x, mean, std)
     if generator.device.type != x.device.type:
@@ -286,11 +287,13 @@ def apply_params(
     v = x.to(torch.float32).div_(255.0)  # N x C x H x W in [0, 1]; the only uint8 -> float pass
 
     v = _crop_flip(v, params, cfg, out_h, out_w)
-    if c == 3:
-        if cfg.jitter_p > 0.0 and cfg.jitter_strength > 0.0:
-            v = torch.where(_per_sample(params["jitter"]), _color_jitter(v, params, cfg), v)
-        if cfg.grayscale_p > 0.0:
-            v = torch.where(_per_sample(params["grayscale"]), _gray(v).expand_as(v), v)
+    if cfg.jitter_p > 0.0 and cfg.jitter_strength > 0.0:
+        # One channel too: brightness and contrast apply to gray images as torchvision's
+        # ColorJitter applies them (without it a gray view is crop + flip only, and contrastive
+        # methods can match views by their intensity histograms).
+        v = torch.where(_per_sample(params["jitter"]), _color_jitter(v, params, cfg), v)
+    if c == 3 and cfg.grayscale_p > 0.0:
+        v = torch.where(_per_sample(params["grayscale"]), _gray(v).expand_as(v), v)
     if cfg.blur_p > 0.0:
         v = torch.where(_per_sample(params["blur"]), _gaussian_blur(v, params["blur_sigma"]), v)
     if cfg.solarize_p > 0.0:
@@ -385,7 +388,9 @@ def _crop_flip(
 
 
 def _gray(v: Tensor) -> Tensor:
-    """ITU-R 601 luma of RGB images: N x 3 x H x W -> N x 1 x H x W."""
+    """ITU-R 601 luma of RGB images: N x 3 x H x W -> N x 1 x H x W (a gray image is its own)."""
+    if v.shape[1] == 1:
+        return v
     r, g, b = v.unbind(dim=1)
     # add_(alpha=) fuses each multiply-add into one kernel: 3 passes instead of 5
     return (r * _LUMA[0]).add_(g, alpha=_LUMA[1]).add_(b, alpha=_LUMA[2]).unsqueeze(1)
@@ -403,11 +408,15 @@ def _color_jitter(v: Tensor, params: dict[str, Tensor], cfg: AugmentConfig) -> T
     """Brightness, contrast, saturation and hue with per-sample factors, each clamped to [0, 1].
 
     Computed for every sample (the caller masks out those without jitter), so shapes stay static.
+    One-channel images get brightness and contrast only (torchvision's ColorJitter on a gray
+    image: saturation and hue have nothing to act on).
     """
     # brightness: blend with black
     v = (v * _per_sample(params["brightness"])).clamp_(0.0, 1.0)
     # contrast: blend with the image's mean gray level (a scalar per image, as in torchvision)
     v = _blend(v, _gray(v).mean(dim=(1, 2, 3), keepdim=True), params["contrast"])
+    if v.shape[1] == 1:
+        return v
     # saturation: blend with the image's grayscale version
     v = _blend(v, _gray(v), params["saturation"])
     if min(0.5, _HUE * cfg.jitter_strength) > 0.0:

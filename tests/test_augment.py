@@ -167,11 +167,20 @@ def test_grayscale_p1_gives_equal_channels() -> None:
     torch.testing.assert_close(gray, (x.float() / 255 * w).sum(1, keepdim=True))
 
 
-def test_single_channel_input_ignores_colour_ops() -> None:
+def test_single_channel_input_gets_brightness_and_contrast_like_torchvision() -> None:
+    tvf = pytest.importorskip("torchvision.transforms.v2.functional")
     x = images(c=1)
     cfg = AugmentConfig(jitter_p=1.0, jitter_strength=2.0, grayscale_p=1.0, **NO_GEOMETRY)
-    out = augment(x, cfg, gen(), mean=(0.5,), std=(0.25,))
-    torch.testing.assert_close(out, normalize(x, (0.5,), (0.25,)), atol=1e-6, rtol=0)
+    p = sample_params(8, cfg, gen(), "cpu")
+    out = apply_params(x, p, cfg, **UNIT1)
+    assert (out - x.float() / 255).abs().flatten(1).amax(1).min() > 0.01  # every image changed
+    for i in range(8):  # torchvision's ColorJitter on a gray image: brightness, then contrast
+        v = tvf.adjust_brightness(x[i].float() / 255, p["brightness"][i].item())
+        v = tvf.adjust_contrast(v, p["contrast"][i].item())
+        torch.testing.assert_close(out[i], v, atol=1e-4, rtol=0)
+    # jitter off: grayscale (p = 1) has nothing to do on one channel
+    off = augment(x, dataclasses.replace(cfg, jitter_p=0.0), gen(), mean=(0.5,), std=(0.25,))
+    torch.testing.assert_close(off, normalize(x, (0.5,), (0.25,)), atol=1e-6, rtol=0)
     # and the default recipe (crop, flip, jitter on) runs on it
     assert run(x, AugmentConfig()).shape == x.shape
 
