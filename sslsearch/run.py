@@ -173,8 +173,81 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+# The baselines every accuracy is reported against (computed by ``sslsearch.baselines`` and
+# ``sslsearch.train``; the names are repeated here so the command imports no torch, and a test
+# checks that they match): each accuracy's raw-pixel counterpart on the same split, and the
+# trial's own encoder at random initialisation.
+RAW_VS = {"val_knn_acc": "raw_knn_acc", "test_knn_acc": "raw_test_knn_acc",
+          "probe_val_acc": "raw_probe_acc", "probe_test_acc": "raw_probe_test_acc"}
+RAW_KEYS = tuple(RAW_VS.values())
+INIT_KEY = "init_knn_acc"
+BASELINE_KEYS = (*RAW_KEYS, INIT_KEY)
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+        return float(v)
+    return None
+
+
+def baselines_of(metrics: Any) -> dict[str, float]:
+    """The baseline accuracies a trial's result carries (none in results that predate them)."""
+    out = {}
+    for key in BASELINE_KEYS:
+        v = _number((metrics or {}).get(key))
+        if v is not None:
+            out[key] = v
+    return out
+
+
+def delta_points(value: Any, base: Any) -> float | None:
+    """``value − base`` in percentage points; None unless both are finite numbers."""
+    v, b = _number(value), _number(base)
+    return None if v is None or b is None else (v - b) * 100.0
+
+
+def fmt_delta(points: float | None, digits: int = 1) -> str:
+    """A signed difference in points: ``+1.3``, ``−2.0`` (a true minus sign), ``±0.0``;
+    ``n/a`` when there is nothing to compare."""
+    if points is None:
+        return "n/a"
+    text = f"{points:+.{digits}f}"
+    if float(text) == 0.0:
+        return f"±{0.0:.{digits}f}"
+    return text.replace("-", "−")
+
+
+def value_range(values: Any, fmt: Any = _fmt) -> str:
+    """One value, ``lo–hi`` when they differ, ``n/a`` when there are none."""
+    vals = sorted({v for v in (_number(x) for x in values) if v is not None})
+    if not vals:
+        return "n/a"
+    lo, hi = fmt(vals[0]), fmt(vals[-1])
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
+def baseline_line(rows: list[dict[str, Any]]) -> str:
+    """The line above the summary's tables: the split's raw-pixel baselines and the range of the
+    trials' random-init kNN accuracies."""
+    def values(key: str) -> list[float]:
+        return [r["baselines"][key] for r in rows if key in r.get("baselines", {})]
+
+    if not any(r.get("baselines") for r in rows):
+        return ("**Baselines**: n/a (these results carry no raw-pixel or random-init "
+                "baseline: they predate them).\n")
+    return (f"**Baselines on this split**: raw pixels (standardised) val kNN "
+            f"{value_range(values('raw_knn_acc'))}, linear probe val "
+            f"{value_range(values('raw_probe_acc'))} / test "
+            f"{value_range(values('raw_probe_test_acc'))}; random-init encoder val kNN "
+            f"{value_range(values(INIT_KEY))} (each trial's own encoder before its first step). "
+            "*vs raw pixels* / *vs random init*: the trial's accuracy minus that baseline's "
+            "(same split, same kNN k and T, same linear probe), in percentage points; positive: "
+            "pretraining helped.\n")
+
+
 def summarize(results: Any, metric: str, mode: str) -> tuple[str, list[dict[str, Any]]]:
-    """A Markdown table: the best trial of each method, and all trials ranked."""
+    """A Markdown table: the best trial of each method, and all trials ranked, each accuracy
+    beside its difference to the raw-pixel baseline (and val kNN to the random-init encoder)."""
     rows = []
     for r in results:
         m = r.metrics or {}
@@ -186,8 +259,10 @@ def summarize(results: Any, metric: str, mode: str) -> tuple[str, list[dict[str,
                   if not k.startswith("_") and k != "method"}
         rows.append({"trial_id": m.get("trial_id", "?"), "method": method, "params": params,
                      "epochs": int(m.get("epoch", 0)), metric: m.get(metric),
+                     "val_knn_acc": m.get("val_knn_acc"),
                      "probe_val_acc": m.get("probe_val_acc"),
                      "probe_test_acc": m.get("probe_test_acc"),
+                     "baselines": baselines_of(m),
                      "status": m.get("failure_reason") or (
                          "finished" if "probe_val_acc" in m else "stopped early"),
                      "config": cfg, "path": r.path, "checkpoint": r.checkpoint})
@@ -201,19 +276,27 @@ def summarize(results: Any, metric: str, mode: str) -> tuple[str, list[dict[str,
                 else sign * row[metric])
 
     rows.sort(key=lambda r: (r["probe_val_acc"] is None, *key(r)))
-    lines = ["| method | trial | epochs | status | val kNN | probe val | probe test | parameters |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | trial | epochs | status | val kNN | vs raw pixels | vs random init | "
+             "probe val | vs raw pixels | probe test | vs raw pixels | parameters |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     best_per_method: dict[str, dict[str, Any]] = {}
     for row in rows:
         best_per_method.setdefault(row["method"], row)
 
+    def vs(row: dict[str, Any], acc: str, base: str) -> str:
+        if row[acc] is None:  # no probe (stopped early, probe: false): nothing to compare
+            return ""
+        return fmt_delta(delta_points(row[acc], row["baselines"].get(base)))
+
     def line(row: dict[str, Any]) -> str:
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(row["params"].items()))
         return (f"| {row['method']} | {row['trial_id']} | {row['epochs']} | {row['status']} | "
-                f"{_fmt(row[metric])} | {_fmt(row['probe_val_acc'])} | "
-                f"{_fmt(row['probe_test_acc'])} | {params} |")
+                f"{_fmt(row[metric])} | {vs(row, 'val_knn_acc', 'raw_knn_acc')} | "
+                f"{vs(row, 'val_knn_acc', INIT_KEY)} | {_fmt(row['probe_val_acc'])} | "
+                f"{vs(row, 'probe_val_acc', 'raw_probe_acc')} | {_fmt(row['probe_test_acc'])} | "
+                f"{vs(row, 'probe_test_acc', 'raw_probe_test_acc')} | {params} |")
 
-    text = ["## Best trial per method (selected on validation)", "", *lines,
+    text = [baseline_line(rows), "## Best trial per method (selected on validation)", "", *lines,
             *(line(r) for r in best_per_method.values()), "", "## All trials", "", *lines,
             *(line(r) for r in rows)]
     return "\n".join(text) + "\n", rows
