@@ -419,6 +419,13 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     header = (f"# Sweep {name}\n\nspace `{space_path.name}`, experiment "
               f"`{Path(exp.source).name}`, {len(rows)} trials, {elapsed:.0f} s\n\n")
     tracker.log_parent_text(header + summary, "summary.md")
+    # The split's raw-pixel baselines on the sweep's run: the callback logged them with the
+    # first result that carried them; this catches a sweep whose driver died before it could.
+    split: dict[str, float] = {}
+    for row in rows:
+        for k, v in row["baselines"].items():
+            split.setdefault(k, v)
+    tracker.log_parent_baselines(split)
     finished = [r for r in rows if r["status"] == "finished"]
     if finished and folder_path is not None:
         best = finished[0]

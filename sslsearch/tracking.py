@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
+from sslsearch.baselines import RAW_KEYS
 from sslsearch.errors import ConfigError
 
 PARENT = "parent"
@@ -99,6 +100,7 @@ class Tracker:
         self._children: dict[str, str] = {}
         self._last_step: dict[str, int] = {}
         self._nodes: dict[str, list[str]] = {}
+        self._parent_metrics: set[str] | None = None  # metric keys the parent run has
         self.parent_id = self._find_or_create_parent()
 
     def _search(self, filter_string: str) -> list[Any]:
@@ -132,6 +134,25 @@ class Tracker:
 
     def log_parent_text(self, text: str, name: str) -> None:
         self.client.log_text(self.parent_id, text, name)
+
+    def log_parent_baselines(self, metrics: Mapping[str, Any]) -> list[str]:
+        """Log the split's raw-pixel baselines (``raw_knn_acc``, ``raw_probe_acc``, ...) from a
+        trial's result on the parent run, once: keys the parent already has (from an earlier
+        result, or before a resume) are left alone. Returns the keys logged now."""
+        wanted = {k: float(v) for k in RAW_KEYS
+                  if isinstance(v := metrics.get(k), int | float) and not isinstance(v, bool)
+                  and math.isfinite(float(v))}
+        if not wanted or (self._parent_metrics is not None
+                          and wanted.keys() <= self._parent_metrics):
+            return []
+        if self._parent_metrics is None:
+            self._parent_metrics = set(self.client.get_run(self.parent_id).data.metrics)
+        now = int(time.time() * 1000)
+        fresh = [Metric(k, v, now, 0) for k, v in wanted.items() if k not in self._parent_metrics]
+        if fresh:
+            self.client.log_batch(self.parent_id, metrics=fresh)
+            self._parent_metrics |= {m.key for m in fresh}
+        return [m.key for m in fresh]
 
     def end_sweep(self, last_results: Mapping[str, Mapping[str, Any]], max_epochs: int,
                   status: str = "FINISHED") -> None:
@@ -293,6 +314,7 @@ class MLflowTrialCallback(Callback):
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         run_id = self._run(trial)
         self.tracker.log_metrics(run_id, result, step)
+        self.tracker.log_parent_baselines(result)  # the split's, once, on the sweep's run
         if isinstance(result.get("ray_node_id"), str):  # set by sslsearch.trainable
             self.tracker.record_node(run_id, result["ray_node_id"], str(result.get("node_ip", "")))
 

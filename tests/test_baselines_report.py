@@ -1,4 +1,4 @@
-"""Baselines next to every result: summary.md.
+"""Baselines next to every result: summary.md, MLflow's parent run.
 
 Unit tests of the formatting and logging on hand-built results (no Ray sweep; a local sqlite
 MLflow store). The end-to-end checks ride on the sweeps of tests/test_sweep.py.
@@ -7,13 +7,16 @@ MLflow store). The end-to-end checks ride on the sweeps of tests/test_sweep.py.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from sslsearch import baselines, run
 from sslsearch.run import baseline_line, delta_points, fmt_delta, summarize
+from sslsearch.tracking import MLflowTrialCallback, Tracker
 
 RAW = {"raw_knn_acc": 0.787, "raw_test_knn_acc": 0.78, "raw_probe_acc": 0.82,
        "raw_probe_test_acc": 0.86}
@@ -113,3 +116,34 @@ def test_baseline_line_gives_a_range_when_trials_differ() -> None:
     line = baseline_line(rows)
     assert "val kNN 0.78–0.79" in line and "linear probe val n/a / test n/a" in line
     assert "encoder val kNN 0.7 " in line
+
+
+def _trial(trial_id: str) -> Any:
+    return SimpleNamespace(trial_id=trial_id, config={"method": "simclr"})
+
+
+def test_parent_run_gets_the_raw_baselines_once_across_a_resume(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    no_probe = {k: v for k, v in RAW.items() if "probe" not in k}
+    callback = MLflowTrialCallback(uri, "sslsearch", "sw", max_epochs=2)
+    # A trial without a probe carries only the kNN baselines; one with a probe adds the rest.
+    for epoch in (1, 2):
+        callback.on_trial_result(0, [], _trial("t1"), {"epoch": epoch, "val_knn_acc": 0.8,
+                                                       **no_probe, "init_knn_acc": 0.7})
+    callback.on_trial_result(0, [], _trial("t2"), {"epoch": 1, "val_knn_acc": 0.8, **RAW,
+                                                   "init_knn_acc": 0.71})
+    # A resumed sweep: a new driver, new callbacks and trackers, the same results again.
+    again = MLflowTrialCallback(uri, "sslsearch", "sw", max_epochs=2)
+    again.on_trial_result(0, [], _trial("t2"), {"epoch": 2, "val_knn_acc": 0.8, **RAW,
+                                                "init_knn_acc": 0.71})
+    assert Tracker(uri, "sslsearch", "sw").log_parent_baselines(RAW) == []  # the sweep's end
+
+    client = MlflowClient(tracking_uri=uri)
+    tracker = Tracker(uri, "sslsearch", "sw")
+    parent = client.get_run(tracker.parent_id)
+    assert parent.data.metrics == pytest.approx(RAW)  # init_knn_acc is per trial: children only
+    for key in RAW:
+        assert len(client.get_metric_history(tracker.parent_id, key)) == 1, key
+    child = tracker.child("t2", "", {})
+    assert [m.step for m in client.get_metric_history(child, "raw_knn_acc")] == [1, 2]
+    assert client.get_run(child).data.metrics["init_knn_acc"] == pytest.approx(0.71)

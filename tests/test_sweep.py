@@ -60,6 +60,20 @@ def assert_complete_sweep(uri: str, n_trials: int, epochs: int) -> list[object]:
     return children
 
 
+def assert_parent_baselines(uri: str) -> None:
+    """The sweep's run holds the split's raw-pixel baselines, each logged exactly once."""
+    client = MlflowClient(tracking_uri=uri)
+    parents, children = runs(uri)
+    metrics = parents[0].data.metrics
+    for key in ("raw_knn_acc", "raw_test_knn_acc", "raw_probe_acc", "raw_probe_test_acc"):
+        assert 0 < metrics[key] <= 1, (key, metrics)
+        history = client.get_metric_history(parents[0].info.run_id, key)
+        assert len(history) == 1, (key, history)  # not again on resume
+    done = [c for c in children if c.data.tags.get("trial_status") == "completed"]
+    assert done and all(c.data.metrics["raw_knn_acc"] == metrics["raw_knn_acc"]
+                        and "init_knn_acc" in c.data.metrics for c in done)
+
+
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
     """A real ``mlflow server`` on 127.0.0.1 with a sqlite backend."""
@@ -121,6 +135,7 @@ def test_sweep_killed_with_sigkill_resumes_without_loss_or_duplicates(
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     children = assert_complete_sweep(mlflow_server, n_trials=4, epochs=3)
     assert not any(c.info.status == "RUNNING" for c in children)
+    assert_parent_baselines(mlflow_server)
     assert (storage / "killed" / "best_experiment.yaml").is_file()
 
 
@@ -135,6 +150,10 @@ def test_default_sqlite_sweep_asha_stops_some(tmp_path: Path) -> None:
     statuses = [c.data.tags.get("trial_status") for c in children]
     assert "stopped_early" in statuses and "completed" in statuses, statuses
     assert "Best trial per method" in out.stdout and "workflowType=machine_learning" in out.stdout
+    assert_parent_baselines(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    summary = (tmp_path / "results" / "asha" / "summary.md").read_text()
+    assert "**Baselines on this split**: raw pixels (standardised) val kNN 0." in summary
+    assert "vs raw pixels" in summary and "vs random init" in summary
     best = (tmp_path / "results" / "asha" / "best_experiment.yaml")
     # The exported best config is a ready-to-run experiment.
     run = subprocess.run([sys.executable, "-m", "sslsearch.train", "--experiment", str(best),
