@@ -15,6 +15,11 @@
    The table reports mean ± sample std (ddof 1) over those seeds of the linear-probe **test**
    accuracy, the test kNN accuracy and the validation kNN accuracy, and the compute each method
    spent (trial-seconds and epochs, search and seeds apart).
+4. **Baselines.** Beside each accuracy: the same measure on the standardised raw pixels of the
+   same split (``raw_probe_test_acc``, ``raw_test_knn_acc``, ``raw_knn_acc``; one value per split,
+   carried from the trials' results) and the difference "vs raw pixels" in points; beside the
+   val kNN accuracy also the random-init encoder's (``init_knn_acc``, mean ± std over the seed
+   runs: each seed initialises its own encoder) and the difference "vs random init".
 
 Writes ``comparison.md``, ``comparison.json``, the report (``report.md`` + PNG plots, see
 :mod:`sslsearch.report`), one encoder export per method (``encoders/<method>``) and the overall
@@ -38,6 +43,7 @@ from typing import Any
 
 from sslsearch.config import SPACES_DIR, load_experiment, resolve_file
 from sslsearch.errors import ConfigError
+from sslsearch.run import BASELINE_KEYS, INIT_KEY, RAW_VS, delta_points, fmt_delta
 
 SELECTION = ("probe_val_acc (linear probe on the validation split held out of the training set; "
              "ties: val_knn_acc; trials stopped early by ASHA are eligible only when none of the "
@@ -74,7 +80,7 @@ class TrialRecord:
 
     def to_json(self) -> dict[str, Any]:
         keep = ("val_knn_acc", "probe_val_acc", "probe_test_acc", "test_knn_acc", "epoch",
-                "time_total_s", "effective_rank", "embed_std_ratio")
+                "time_total_s", "effective_rank", "embed_std_ratio", *BASELINE_KEYS)
         return {"method": self.method, "trial_id": self.trial_id, "stage": self.stage,
                 "seed": self.seed, "status": self.status, "params": self.params,
                 "seconds": self.seconds, "epochs_trained": len(self.epochs),
@@ -138,9 +144,21 @@ def summarize(search: dict[str, list[TrialRecord]], seeds: dict[str, list[TrialR
     for method, trials in search.items():
         runs = [t for t in seeds.get(method, []) if t.status == "finished"]
         row: dict[str, Any] = {"method": method}
-        for key in ("probe_test_acc", "test_knn_acc", "val_knn_acc", "probe_val_acc"):
+        for key in ("probe_test_acc", "test_knn_acc", "val_knn_acc", "probe_val_acc",
+                    *BASELINE_KEYS):
             mean, std = mean_std([float(t.metrics[key]) for t in runs if key in t.metrics])
             row[key] = {"mean": mean, "std": std, "n": len(runs)}
+        # The raw-pixel baseline is one value per split: carried from any trial of the method
+        # when no seed run finished (the random-init kNN is per trial: seed runs only).
+        for key in RAW_VS.values():
+            if row[key]["mean"] is None:
+                carried = [float(t.metrics[key]) for t in [*seeds.get(method, []), *trials]
+                           if key in t.metrics]
+                mean, std = mean_std(carried)
+                row[key] = {"mean": mean, "std": std, "n": len(carried)}
+        # Differences of the means (fractions; the table shows points): what pretraining added.
+        row["vs_raw"] = {acc: _diff(row[acc], row[raw]) for acc, raw in RAW_VS.items()}
+        row["vs_init"] = {"val_knn_acc": _diff(row["val_knn_acc"], row[INIT_KEY])}
         chosen = best.get(method)
         row["selected"] = None if chosen is None else {
             "trial_id": chosen.trial_id, "probe_val_acc": chosen.probe_val_acc,
@@ -163,10 +181,28 @@ def summarize(search: dict[str, list[TrialRecord]], seeds: dict[str, list[TrialR
     return rows
 
 
+def _diff(stat: dict[str, Any], base: dict[str, Any]) -> float | None:
+    points = delta_points(stat["mean"], base["mean"])
+    return None if points is None else points / 100.0
+
+
 def _pm(stat: dict[str, Any], scale: float = 100.0) -> str:
     if stat["mean"] is None:
         return "n/a"
     return f"{stat['mean'] * scale:.2f} ± {stat['std'] * scale:.2f}"
+
+
+def _one(stat: dict[str, Any], scale: float = 100.0) -> str:
+    """A baseline: its value, or mean ± std where the runs disagree (a searched k or T)."""
+    if stat["mean"] is None:
+        return "n/a"
+    if not stat["std"]:
+        return f"{stat['mean'] * scale:.2f}"
+    return _pm(stat, scale)
+
+
+def _vs(diff: float | None) -> str:
+    return fmt_delta(None if diff is None else diff * 100.0, digits=2)
 
 
 def _short(v: Any) -> str:
@@ -175,10 +211,12 @@ def _short(v: Any) -> str:
 
 def table_markdown(rows: Sequence[dict[str, Any]], n_seeds: int) -> str:
     """The comparison table (accuracies in %), one row per method."""
-    lines = [f"| method | linear probe test acc (mean ± std, {n_seeds} seeds) | test kNN acc | "
-             "val kNN acc | selected trial (probe val acc) | search: finished/stopped/failed | "
+    lines = [f"| method | linear probe test acc (mean ± std, {n_seeds} seeds) | raw pixels | "
+             "vs raw pixels | test kNN acc | raw pixels | vs raw pixels | val kNN acc | "
+             "raw pixels | vs raw pixels | random init | vs random init | "
+             "selected trial (probe val acc) | search: finished/stopped/failed | "
              "search epochs | search trial-s | seed-runs trial-s | selected parameters |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---" * 18 + "|"]
     for r in rows:
         sel = r["selected"]
         chosen = ("none" if sel is None else
@@ -186,9 +224,16 @@ def table_markdown(rows: Sequence[dict[str, Any]], n_seeds: int) -> str:
         params = "" if sel is None else ", ".join(
             f"{k}={_short(v)}" for k, v in sorted(sel["params"].items()))
         s = r["search"]
+        raw, vs = r.get("vs_raw", {}), r.get("vs_init", {})
+        missing = {"mean": None}
         lines.append(
-            f"| {r['method']} | {_pm(r['probe_test_acc'])} | {_pm(r['test_knn_acc'])} | "
-            f"{_pm(r['val_knn_acc'])} | {chosen} | {s['finished']}/{s['stopped_early']}/"
+            f"| {r['method']} | {_pm(r['probe_test_acc'])} | "
+            f"{_one(r.get('raw_probe_test_acc', missing))} | "
+            f"{_vs(raw.get('probe_test_acc'))} | {_pm(r['test_knn_acc'])} | "
+            f"{_one(r.get('raw_test_knn_acc', missing))} | {_vs(raw.get('test_knn_acc'))} | "
+            f"{_pm(r['val_knn_acc'])} | {_one(r.get('raw_knn_acc', missing))} | "
+            f"{_vs(raw.get('val_knn_acc'))} | {_pm(r.get(INIT_KEY, missing))} | "
+            f"{_vs(vs.get('val_knn_acc'))} | {chosen} | {s['finished']}/{s['stopped_early']}/"
             f"{s['failed']} | {s['epochs']} | {s['trial_seconds']:.0f} | "
             f"{r['seeds']['trial_seconds']:.0f} | {params} |")
     return "\n".join(lines) + "\n"
@@ -208,6 +253,10 @@ def comparison_markdown(info: dict[str, Any], rows: Sequence[dict[str, Any]]) ->
         f"{table_markdown(rows, n)}\n"
         "Accuracies in %, mean ± sample std (ddof 1) over the seed re-runs; rows ordered by mean "
         "linear-probe test accuracy. Differences within about one std are not meaningful. "
+        "*raw pixels*: the same measure (same linear probe, same kNN k and T) on the "
+        "standardised raw pixels of the same split; *random init*: the val kNN accuracy of each "
+        "seed run's encoder before its first step; *vs …*: mean accuracy minus the baseline, in "
+        "points (positive: pretraining helped). "
         "Compute: trial-seconds = sum of the trials' wall time (Ray's time_total_s: training, "
         "kNN monitoring and probe), epochs = pretraining epochs actually run.\n"
         f"\nTotal wall time {info['wall_seconds']:.0f} s.\n")
@@ -332,6 +381,8 @@ def run_compare(args: argparse.Namespace, argv: list[str]) -> int:
     elapsed = time.time() - t0
 
     tracker = tracking.Tracker(tracking_uri, args.mlflow_experiment, name)  # fresh after fits
+    for t in (t for runs in (*search.values(), *seed_runs.values()) for t in runs):
+        tracker.log_parent_baselines(t.metrics)  # once; a no-op when the callbacks logged them
     for t in (t for runs in seed_runs.values() for t in runs):
         tracker.client.set_tag(tracker.child(t.trial_id, "", {}), "sslsearch.stage",
                                f"seed re-run {t.seed}")

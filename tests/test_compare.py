@@ -126,3 +126,53 @@ def test_each_method_searches_alone_with_its_own_initial_points() -> None:
     config = only(optuna.trial.FixedTrial({"base_lr": 0.001, "simclr.temperature": 0.2}))
     assert config["method"] == "simclr" and config["simclr.temperature"] == 0.2
     assert tuple(_only(space, "vicreg").initial) == ({"base_lr": 0.001},)
+
+
+BASE = {"raw_knn_acc": 0.40, "raw_test_knn_acc": 0.41, "raw_probe_acc": 0.45,
+        "raw_probe_test_acc": 0.50}
+
+
+def test_table_carries_the_baselines_and_the_differences() -> None:
+    """Raw-pixel values and "vs raw pixels" beside probe test, test kNN and val kNN accuracy;
+    random init (mean ± std over the seeds) and "vs random init" beside val kNN."""
+    search = {"a": [_t("a", "a1")], "b": [_t("b", "b1")]}
+    seeds = {"a": [_t("a", f"as{i}", stage="seed", test=0.6 + 0.02 * i, knn=0.5, seed=i)
+                   for i in range(2)],
+             "b": [_t("b", "bs0", stage="seed", status="failed: nan_loss", seed=0)]}
+    for i, t in enumerate([*seeds["a"], *search["a"], *search["b"]]):
+        t.metrics.update(BASE, init_knn_acc=0.29 + 0.02 * i)  # per trial: each seed its own
+    best = {m: select_best(ts) for m, ts in search.items()}
+    rows = {r["method"]: r for r in summarize(search, seeds, best)}
+    a = rows["a"]
+    assert a["raw_probe_test_acc"]["mean"] == pytest.approx(0.50)
+    assert a["init_knn_acc"]["mean"] == pytest.approx(0.30)
+    assert a["vs_raw"] == pytest.approx({"probe_test_acc": 0.11, "test_knn_acc": 0.09,
+                                         "val_knn_acc": 0.10, "probe_val_acc": 0.05})
+    assert a["vs_init"] == pytest.approx({"val_knn_acc": 0.20})
+    # No seed run of b finished: the split's raw baseline is carried from its search trial,
+    # its differences are n/a; nothing is invented for the random init (per trial).
+    b = rows["b"]
+    assert b["raw_knn_acc"]["mean"] == pytest.approx(0.40) and b["init_knn_acc"]["mean"] is None
+    assert b["vs_raw"]["val_knn_acc"] is None and b["vs_init"]["val_knn_acc"] is None
+
+    table = table_markdown(list(rows.values()), 2)
+    header, _, *body = table.splitlines()
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    assert cols[1:12] == ["linear probe test acc (mean ± std, 2 seeds)", "raw pixels",
+                          "vs raw pixels", "test kNN acc", "raw pixels", "vs raw pixels",
+                          "val kNN acc", "raw pixels", "vs raw pixels", "random init",
+                          "vs random init"]
+    assert "selected parameters" in cols  # the existing columns stay
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+             for line in body}
+    assert len(cells["a"]) == len(cols) and ROW.match(body[0])
+    assert cells["a"][1:12] == ["61.00 ± 1.41", "50.00", "+11.00", "50.00 ± 0.00", "41.00",
+                                "+9.00", "50.00 ± 0.00", "40.00", "+10.00", "30.00 ± 1.41",
+                                "+20.00"]
+    assert cells["b"][1:12] == ["n/a", "50.00", "n/a", "n/a", "41.00", "n/a", "n/a", "40.00",
+                                "n/a", "n/a", "n/a"]
+    # Rows of a comparison JSON written before the baselines still render.
+    old = {k: v for k, v in a.items() if k not in (*BASE, "init_knn_acc", "vs_raw", "vs_init")}
+    line = table_markdown([old], 2).splitlines()[2]
+    assert [c.strip() for c in line.strip("|").split("|")][2:4] == ["n/a", "n/a"]
+    assert {"raw_knn_acc", "init_knn_acc"} <= set(seeds["a"][0].to_json()["metrics"])
