@@ -101,3 +101,28 @@ def test_write_report_degrades_without_trials_or_encoder(tmp_path: Path) -> None
         assert _is_png(tmp_path / name), name
     assert tmp_path / REPORT in written
     assert "not computed: 0 completed trial(s)" in (tmp_path / REPORT).read_text()
+
+
+def test_learning_curves_draw_the_raw_pixel_and_random_init_baselines() -> None:
+    import matplotlib.pyplot as plt
+
+    from sslsearch.report import learning_curves_figure
+
+    trials = [_trial(m, i, stage="seed") for m in ("simclr", "vicreg") for i in range(2)]
+    best = {m: _trial(m, 3) for m in ("simclr", "vicreg")}
+    for i, t in enumerate([*trials, *best.values()]):
+        t.metrics.update(raw_knn_acc=0.55, init_knn_acc=0.40 + 0.01 * i)
+    fig = learning_curves_figure(trials, best)
+    lines = {str(line.get_label()): line for line in fig.axes[0].get_lines()}
+    raw = lines["raw pixels (0.550)"]
+    assert raw.get_linestyle() == "--" and list(raw.get_ydata()) == [0.55, 0.55]
+    init = lines["random init (mean of 6: 0.425)"]
+    assert init.get_linestyle() == ":" and init.get_ydata()[0] == pytest.approx(0.425)
+    plt.close(fig)
+    # Results from before the baselines: the curves alone.
+    fig = learning_curves_figure([_trial("simclr", 1, stage="seed")],
+                                 {"simclr": _trial("simclr", 0)})
+    labels = [str(line.get_label()) for line in fig.axes[0].get_lines()]
+    plt.close(fig)
+    assert not any(label.startswith(("raw pixels", "random init")) for label in labels)
+    assert learning_curves_figure([], {"simclr": None}) is None
