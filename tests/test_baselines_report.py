@@ -1,4 +1,4 @@
-"""Baselines next to every result: summary.md, MLflow's parent run.
+"""Baselines next to every result: summary.md, MLflow's parent run, the train CLI line.
 
 Unit tests of the formatting and logging on hand-built results (no Ray sweep; a local sqlite
 MLflow store). The end-to-end checks ride on the sweeps of tests/test_sweep.py.
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sslsearch import baselines, run
+from sslsearch import baselines, run, train
 from sslsearch.run import baseline_line, delta_points, fmt_delta, summarize
 from sslsearch.tracking import MLflowTrialCallback, Tracker
 
@@ -147,3 +147,26 @@ def test_parent_run_gets_the_raw_baselines_once_across_a_resume(tmp_path: Path) 
     child = tracker.child("t2", "", {})
     assert [m.step for m in client.get_metric_history(child, "raw_knn_acc")] == [1, 2]
     assert client.get_run(child).data.metrics["init_knn_acc"] == pytest.approx(0.71)
+
+
+def test_train_cli_line_shows_raw_and_init(monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    epoch = {"epoch": 1.0, "train_loss": 1.0, "val_knn_acc": 0.794, "embed_std_ratio": 0.5,
+             "effective_rank": 9.0, "epoch_seconds": 1.0, "images_per_second": 100.0,
+             "raw_knn_acc": 0.790, "init_knn_acc": 0.747}
+    last = {**epoch, "epoch": 2.0, "val_knn_acc": 0.770, "probe_val_acc": 0.812,
+            "probe_test_acc": 0.805, "raw_probe_acc": 0.800, "raw_probe_test_acc": 0.805}
+    old = {k: v for k, v in last.items() if not k.startswith(("raw_", "init_"))}
+
+    def fake_run(cfg: Any, report: Any = None, checkpoint_dir: Any = None) -> dict[str, float]:
+        for m in (epoch, last, old):
+            report(m, None)
+        return old
+
+    monkeypatch.setattr(train, "run", fake_run)
+    assert train.main(["--method", "simclr", "--epochs", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert "val_knn 0.794 (raw 0.790, +0.4; init 0.747)" in lines[0]
+    assert "val_knn 0.770 (raw 0.790, −2.0; init 0.747)" in lines[1]
+    assert "probe val 0.812 (raw 0.800, +1.2) test 0.805 (raw 0.805, ±0.0)" in lines[1]
+    assert "val_knn 0.770  " in lines[2] and "probe val 0.812 test 0.805" in lines[2]
