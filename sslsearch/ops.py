@@ -50,7 +50,8 @@ def fp32(fn: Callable[P, R]) -> Callable[P, R]:
                                 if isinstance(x, Tensor)) or {"cpu": None}
         with contextlib.ExitStack() as stack:
             for device in devices:
-                stack.enter_context(torch.autocast(device, enabled=False))
+                if torch.amp.is_autocast_available(device):  # not "meta" (the bench's FLOP count)
+                    stack.enter_context(torch.autocast(device, enabled=False))
             call: Callable[..., R] = fn  # the upcast arguments no longer match P for mypy
             return call(*(_upcast(a) for a in args), **{k: _upcast(v) for k, v in kwargs.items()})
 
