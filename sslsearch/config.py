@@ -64,7 +64,7 @@ class TrialConfig:
     knn_k: int = 200  # capped by the size of the feature bank
     knn_t: float = 0.1
     probe: bool = True  # linear probe on frozen features after pretraining
-    probe_epochs: int = 100  # full-batch steps of the probe, per weight-decay candidate
+    probe_max_iter: int = 500  # L-BFGS iterations of the probe at most, per weight decay tried
     # --- runtime ---
     seed: int = 0
     device: str = "auto"  # auto: cuda when present, else cpu
@@ -222,6 +222,8 @@ def _check_trial(cfg: TrialConfig, source: str) -> None:
     for p in ("flip_p", "grayscale_p", "solarize_p"):
         if not 0 <= getattr(cfg, p) <= 1:
             raise bad(p, "a probability in [0, 1]")
+    if cfg.probe_max_iter < 1:
+        raise bad("probe_max_iter", "an integer ≥ 1")
     if cfg.knn_k < 1 or cfg.knn_t <= 0:
         raise bad("knn_k" if cfg.knn_k < 1 else "knn_t", "knn_k ≥ 1 and knn_t > 0")
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):

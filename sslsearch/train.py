@@ -27,6 +27,7 @@ from torch import Tensor
 
 from sslsearch import methods
 from sslsearch.augment import AugmentConfig, Augmenter, normalize
+from sslsearch.baselines import INIT_KEY, RAW_KEYS, raw_pixel_baseline
 from sslsearch.config import TrialConfig, load_experiment, trial_config
 from sslsearch.data import DataBundle, load_dataset_cached
 from sslsearch.errors import ConfigError, TrialFailure
@@ -194,15 +195,34 @@ def _views(trial: _Trial, x: Tensor, augs: tuple[AugmentConfig, AugmentConfig],
 
 
 @torch.inference_mode()
-def _evaluate(trial: _Trial, gen: torch.Generator,
-              augs: tuple[AugmentConfig, AugmentConfig]) -> dict[str, Tensor]:
-    """kNN accuracy on the validation split (bank: the training split) + collapse diagnostics."""
-    trial.method.eval()
+def _knn_acc(trial: _Trial) -> Tensor:
+    """Validation kNN accuracy of the backbone's features (bank: the training split)."""
     train_f, train_y = trial.features(trial.data.train)
     val_f, val_y = trial.features(trial.data.val)
     pred = knn_predict(train_f, train_y, val_f, trial.data.num_classes, k=trial.cfg.knn_k,
                        temperature=trial.cfg.knn_t)
-    out = {"val_knn_acc": accuracy(pred, val_y)}
+    return accuracy(pred, val_y)
+
+
+def _baselines(trial: _Trial) -> dict[str, float]:
+    """What the trial's accuracies are compared with: its encoder at random initialisation (call
+    before the first step) and the standardised raw pixels (cached per dataset and process)."""
+    was_training = trial.method.training
+    trial.method.eval()
+    init = float(_knn_acc(trial))
+    trial.method.train(was_training)
+    cfg = trial.cfg
+    raw = raw_pixel_baseline(trial.data, knn_k=cfg.knn_k, knn_t=cfg.knn_t,
+                             probe_max_iter=cfg.probe_max_iter if cfg.probe else None)
+    return {INIT_KEY: init, **raw}
+
+
+@torch.inference_mode()
+def _evaluate(trial: _Trial, gen: torch.Generator,
+              augs: tuple[AugmentConfig, AugmentConfig]) -> dict[str, Tensor]:
+    """kNN accuracy on the validation split (bank: the training split) + collapse diagnostics."""
+    trial.method.eval()
+    out = {"val_knn_acc": _knn_acc(trial)}
     # Collapse diagnostics on the projector embeddings of two augmented views of validation data.
     x, _ = next(trial.data.val.iter_batches(min(1024, len(trial.data.val)), None, shuffle=False,
                                             drop_last=False))
@@ -224,8 +244,8 @@ def _probe(trial: _Trial) -> dict[str, float]:
         assert frozen(backbone)
         train, val, test = (trial.features(s) for s in
                             (trial.data.train, trial.data.val, trial.data.test))
-        result = linear_probe(backbone, train, val, test, trial.data.num_classes,
-                              steps=trial.cfg.probe_epochs, seed=trial.cfg.seed)
+        result = linear_probe(train, val, test, trial.data.num_classes, backbone=backbone,
+                              max_iter=trial.cfg.probe_max_iter)
         test_knn = knn_predict(train[0], train[1], test[0], trial.data.num_classes,
                                k=trial.cfg.knn_k, temperature=trial.cfg.knn_t)
     finally:
@@ -338,6 +358,10 @@ def run(cfg: TrialConfig, report: ReportFn | None = None,
         start_epoch = int(state["epoch"])
 
     metrics: dict[str, float] = dict(state.get("last_metrics", {})) if state else {}
+    # Baselines: the random-init kNN only exists before the first step (a resumed trial keeps the
+    # value its checkpoint recorded); the raw-pixel numbers come from the per-process cache.
+    baselines = _baselines(trial) if INIT_KEY not in metrics else {
+        k: metrics[k] for k in (INIT_KEY, *RAW_KEYS) if k in metrics}
     method.train()
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -377,6 +401,7 @@ def run(cfg: TrialConfig, report: ReportFn | None = None,
             "lr": optimizer.param_groups[0]["lr"],
             "epoch_seconds": train_seconds,
             "images_per_second": steps_per_epoch * batch_size / train_seconds,
+            **baselines,
         }
         if epoch + 1 == cfg.epochs and cfg.probe:
             metrics.update(_probe(trial))

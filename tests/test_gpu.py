@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 CUDA = {"device": "cuda", "backbone_width": 16, "batch_size": 128, "epochs": 3, "knn_k": 20,
-        "probe_epochs": 50, "crop_min_scale": 0.5, "flip_p": 0.0}
+        "probe_max_iter": 50, "crop_min_scale": 0.5, "flip_p": 0.0}
 
 
 @contextlib.contextmanager

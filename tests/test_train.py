@@ -26,7 +26,7 @@ from tests.conftest import needs_fashion_mnist
 from tests.methods.learning import FASHION, knn_gain
 
 TINY = {"backbone_width": 8, "batch_size": 64, "epochs": 3, "device": "cpu", "knn_k": 10,
-        "probe_epochs": 20, "crop_min_scale": 0.5}
+        "probe_max_iter": 20, "crop_min_scale": 0.5}
 
 
 def test_reports_every_epoch_with_probe_at_the_end(tmp_path: Path) -> None:
@@ -150,7 +150,7 @@ def test_bad_input_exits_2_with_one_line(argv: list[str], needle: str,
 def test_cli_prints_one_line_per_epoch() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "sslsearch.train", "--method", "vicreg", "--epochs", "2",
-         "--set", "backbone_width=8", "--set", "probe_epochs=10"],
+         "--set", "backbone_width=8", "--set", "probe_max_iter=10"],
         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()

@@ -28,7 +28,7 @@ def digits_tabular() -> DataBundle:
 
 def tiny(method: str, **kw: object) -> TrialConfig:
     base = {"method": method, "backbone": "small_cnn", "backbone_width": 8, "epochs": 2,
-            "batch_size": 32, "device": "cpu", "knn_k": 10, "probe_epochs": 10}
+            "batch_size": 32, "device": "cpu", "knn_k": 10, "probe_max_iter": 10}
     base.update(kw)
     return trial_config(base)
 
