@@ -129,6 +129,12 @@ class SearchSpace:
     def method_names(self) -> tuple[str, ...]:
         return tuple(self.method.args) if isinstance(self.method, Dist) else (self.method,)
 
+    @property
+    def n_dims(self) -> int:
+        """How many parameters one trial draws: the largest method's (the method choice
+        included). What the number of random start-up trials scales with."""
+        return max(len(self.drawn_names(m)) for m in self.method_names)
+
     def __call__(self, trial: Any) -> dict[str, Any]:
         """Define-by-run: suggest the method, the shared parameters, then that method's own.
 
@@ -368,9 +374,32 @@ def param_importances(rows: list[tuple[dict[str, Any], float]], dists: dict[str,
     return {k: float(v) for k, v in values.items()}
 
 
-def optuna_sampler(seed: int) -> Any:
-    """The seeded multivariate TPE sampler; ``group=True`` handles the conditional sub-spaces."""
+# ------------------------------------------------------------------------------------------------
+# The sampler
+
+
+def n_startup_trials(num_samples: int, dims: int) -> int:
+    """Random trials before TPE models anything: ``clamp(2·dims, 4, 10)``, at most a third of
+    the budget, at least 1.
+
+    Two random points per searched dimension (the usual size of an initial design, e.g. TuRBO's
+    2·d), at least 4 and at most Optuna's default of 10; but never more than ``num_samples // 3``,
+    so that two thirds of a small budget are still proposed by TPE (a fixed 4 spent a 3-trial
+    search on random draws), and at least 1, as TPE needs an observation. Points from the space's
+    ``initial:`` list count towards it (Optuna counts every finished trial).
+    """
+    design = min(10, max(4, 2 * dims))
+    return max(1, min(design, num_samples // 3))
+
+
+def optuna_sampler(seed: int, n_startup_trials: int) -> Any:
+    """The seeded multivariate TPE sampler; ``group=True`` handles the conditional sub-spaces.
+
+    ``constant_liar=True``: trials still running count as bad results, so trials proposed while
+    others run (``max_concurrent > 1``) are pushed away from them instead of being drawn from the
+    same posterior. Optuna 5 defaults to it; Optuna 4 (which pyproject allows) does not.
+    """
     import optuna
 
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
-                                      n_startup_trials=4)
+                                      n_startup_trials=n_startup_trials, constant_liar=True)

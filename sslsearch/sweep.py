@@ -26,7 +26,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from sslsearch.config import Experiment, SearchConfig
 from sslsearch.errors import ConfigError
-from sslsearch.space import SearchSpace, optuna_sampler
+from sslsearch.space import SearchSpace, n_startup_trials, optuna_sampler
 from sslsearch.tracking import MLflowTrialCallback
 from sslsearch.trainable import trainable
 
@@ -157,8 +157,9 @@ def build_tuner(exp: Experiment, space: SearchSpace, settings: SweepSettings,
     fn = _trainable(search.metric, search.mode, search.cpus_per_trial, search.gpus_per_trial)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # multivariate TPE is marked experimental by Optuna
-        searcher = SSLOptunaSearch(space, metric=search.metric, mode=search.mode,
-                                   sampler=optuna_sampler(settings.seed),
+        sampler = optuna_sampler(settings.seed, n_startup_trials(search.num_samples,
+                                                                  space.n_dims))
+        searcher = SSLOptunaSearch(space, metric=search.metric, mode=search.mode, sampler=sampler,
                                    points_to_evaluate=[dict(p) for p in space.initial] or None)
     epochs = exp.trial.epochs
     scheduler = ASHAScheduler(time_attr="training_iteration", metric=search.metric,

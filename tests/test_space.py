@@ -16,7 +16,13 @@ from sslsearch import methods
 from sslsearch.config import SPACES_DIR
 from sslsearch.errors import ConfigError
 from sslsearch.run import main
-from sslsearch.space import load_space, parse_space, trial_from_config
+from sslsearch.space import (
+    load_space,
+    n_startup_trials,
+    optuna_sampler,
+    parse_space,
+    trial_from_config,
+)
 
 SHIPPED = sorted(p.name for p in SPACES_DIR.glob("*.yaml"))
 
@@ -70,6 +76,48 @@ def test_constants_and_quantized_and_list_choices() -> None:
     assert cfg.epochs == 2
     assert round(cfg.crop_min_scale / 0.2, 6) % 1 == 0
     assert cfg.method_params["expander_dims"] in ([64, 64], [32])
+
+
+
+@pytest.mark.parametrize("num_samples,dims,expected", [
+    (3, 6, 1),     # a 3-trial search (--compare's default demo): 1 random, 2 by TPE (was 4 of 3)
+    (8, 8, 2),     # quick.yaml's 8 trials: a third of them random
+    (16, 8, 5),    # table-1 experiments
+    (30, 8, 10),   # 2 per dimension, up to Optuna's default of 10
+    (30, 3, 6),
+    (100, 1, 4),   # at least 4 when the budget allows
+    (100, 12, 10),
+    (1, 5, 1), (2, 5, 1),  # at least 1: TPE needs an observation
+])
+def test_startup_trials_follow_budget_and_dimensions(num_samples: int, dims: int,
+                                                     expected: int) -> None:
+    assert n_startup_trials(num_samples, dims) == expected
+
+
+def test_startup_trials_never_spend_more_than_a_third_of_the_budget() -> None:
+    for num_samples in range(3, 60):
+        for dims in range(1, 20):
+            n = n_startup_trials(num_samples, dims)
+            assert 1 <= n <= max(1, num_samples // 3) and n <= 10
+            assert n >= min(4, num_samples // 3)
+
+
+def test_space_dimensions_count_what_one_trial_draws() -> None:
+    space = parse_space({"method": {"choice": ["simclr", "vicreg"]},
+                         "trial": {"base_lr": {"loguniform": [1e-4, 1e-2]}, "epochs": 2},
+                         "methods": {"simclr": {"temperature": {"loguniform": [0.05, 1.0]}},
+                                     "vicreg": {"sim_coeff": {"uniform": [1, 50]},
+                                                "std_coeff": {"uniform": [1, 50]}}}}, "t.yaml")
+    assert space.n_dims == 4  # method, base_lr, vicreg's two (the constant epochs is not drawn)
+    assert parse_space({"method": "simclr"}, "t.yaml").n_dims == 0
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # group=True
+def test_sampler_is_seeded_tpe_with_the_liar_and_the_given_startup() -> None:
+    sampler = optuna_sampler(3, 5)
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    # Private attributes: TPESampler has no getters for them.
+    assert sampler._n_startup_trials == 5 and sampler._constant_liar is True
 
 
 BAD: list[tuple[str, str]] = [

@@ -139,8 +139,25 @@ def test_sweep_killed_with_sigkill_resumes_without_loss_or_duplicates(
     assert (storage / "killed" / "best_experiment.yaml").is_file()
 
 
+# A fixed start (the space's `initial:`) so that ASHA has something to stop: on digits the val kNN
+# saturates (random init 0.986; TPE's draws 0.979-0.993, in steps of 1/144) and ties at a rung
+# never stop a trial, so whether it stopped any was chance. Trials 1-2 run quick.yaml's setting;
+# 3-4 an lr 150x higher (val kNN 0.90 after epoch 1), and reach the first rung after 1-2 did.
+ASHA_DESIGN = """
+initial:
+  - {base_lr: 0.002, batch_size: 128}
+  - {base_lr: 0.002, batch_size: 128}
+  - {base_lr: 0.3, batch_size: 128}
+  - {base_lr: 0.3, batch_size: 128}
+"""
+
+
 def test_default_sqlite_sweep_asha_stops_some(tmp_path: Path) -> None:
-    out = sslsearch_run(["--space", "simclr", "--num-samples", "6", "--epochs", "4", "--quiet",
+    from sslsearch.config import SPACES_DIR
+
+    space = tmp_path / "simclr_asha.yaml"
+    space.write_text((SPACES_DIR / "simclr.yaml").read_text() + ASHA_DESIGN)
+    out = sslsearch_run(["--space", str(space), "--num-samples", "6", "--epochs", "4", "--quiet",
                          "--grace-period", "1", "--max-concurrent", "2", "--name", "asha",
                          "--storage", "results"],
                         tmp_path)
