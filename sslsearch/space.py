@@ -375,6 +375,43 @@ def param_importances(rows: list[tuple[dict[str, Any], float]], dists: dict[str,
 
 
 # ------------------------------------------------------------------------------------------------
+# How a trial ended: the one rule the searcher, the progress lines and summary.md share
+
+
+FINISHED = "finished"
+STOPPED_EARLY = "stopped early"
+
+
+def configured_epochs(config: Mapping[str, Any]) -> int | None:
+    """The epochs a trial was configured to train: a searched ``epochs`` over the experiment's
+    (``_base``); None when the config says neither (a hand-built one)."""
+    base = config.get("_base")
+    value = config.get("epochs", base.get("epochs") if isinstance(base, Mapping) else None)
+    return int(value) if _number(value) else None
+
+
+def trial_status(last: Mapping[str, Any], config: Mapping[str, Any]) -> str:
+    """How a trial ended, from its last result and its config.
+
+    - its ``failure_reason`` (``nan_loss``, ``oom``, ``collapsed``) when it failed;
+    - ``finished`` when it trained every configured epoch (``epoch == configured epochs``), with a
+      linear probe or without one (``probe: false``);
+    - ``stopped early`` when it ended before: ASHA stopped it (or it was cut short otherwise).
+
+    A config that does not say its epochs (results built by hand) falls back to the probe: a
+    result with ``probe_val_acc`` is finished.
+    """
+    if last.get("failure_reason"):
+        return str(last["failure_reason"])
+    planned = configured_epochs(config)
+    if planned is None:
+        return FINISHED if "probe_val_acc" in last else STOPPED_EARLY
+    epoch = last.get("epoch")
+    done = int(epoch) if isinstance(epoch, int | float) and _number(epoch) else 0
+    return FINISHED if done >= planned else STOPPED_EARLY
+
+
+# ------------------------------------------------------------------------------------------------
 # The sampler
 
 

@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -26,7 +27,15 @@ from ray.tune.search.optuna import OptunaSearch
 
 from sslsearch.config import Experiment, SearchConfig
 from sslsearch.errors import ConfigError
-from sslsearch.space import SearchSpace, n_startup_trials, optuna_sampler
+from sslsearch.space import (
+    FINISHED,
+    STOPPED_EARLY,
+    SearchSpace,
+    configured_epochs,
+    n_startup_trials,
+    optuna_sampler,
+    trial_status,
+)
 from sslsearch.tracking import MLflowTrialCallback
 from sslsearch.trainable import trainable
 
@@ -65,18 +74,71 @@ class CollapseStopper(tune.Stopper):
 
 
 class SSLOptunaSearch(OptunaSearch):
-    """OptunaSearch that records a trial ended for a reason (NaN, OOM, collapse) as FAILED.
+    """Ray's OptunaSearch, told how each trial really ended.
 
-    Such a trial's last result carries a finite placeholder metric and ``failure_reason``; Optuna
-    is told it failed instead of learning the placeholder as a real value.
+    - Every epoch's metric is reported to the Optuna trial as an intermediate value at
+      ``step = epoch`` (Tune withholds the result it stops a trial on from ``on_trial_result``,
+      so the last one is reported on completion).
+    - A trial that trained all its configured epochs is COMPLETE with its final value; one that
+      ended before (ASHA stopped it) is PRUNED, so TPE does not learn a grace-period value as if
+      it were final (Ray's OptunaSearch marks it COMPLETE with its last result). The rule is
+      :func:`sslsearch.space.trial_status`, with the epochs recorded when the trial was proposed.
+    - A trial ended for a reason (NaN, OOM, collapse: ``failure_reason`` beside a finite
+      placeholder metric) or by an error is FAIL, never a learnt value.
+
+    The recorded epochs are part of the searcher's state, saved and restored with it on resume.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._planned_epochs: dict[str, int | None] = {}
+
+    def _planned(self) -> dict[str, int | None]:
+        # A searcher pickled by an older version (a sweep resumed across an upgrade) lacks it.
+        planned: dict[str, int | None] = self.__dict__.setdefault("_planned_epochs", {})
+        return planned
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        config: dict[str, Any] | None = super().suggest(trial_id)
+        if isinstance(config, dict):
+            self._planned()[trial_id] = configured_epochs(config)
+        return config
+
+    def _report(self, trial_id: str, result: dict[str, Any]) -> None:
+        """The epoch's metric as the Optuna trial's intermediate value at ``step = epoch``."""
+        value = result.get(self.metric)
+        step = result.get("epoch", result.get("training_iteration"))
+        if (trial_id not in self._ot_trials or result.get("failure_reason")
+                or not isinstance(value, int | float) or not math.isfinite(value)
+                or not isinstance(step, int | float)):
+            return
+        with warnings.catch_warnings():
+            # A trial restarted from its checkpoint repeats an epoch: Optuna keeps the first.
+            warnings.simplefilter("ignore")
+            self._ot_trials[trial_id].report(float(value), int(step))
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if trial_id not in self._completed_trials:
+            self._report(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:
-        if result and result.get("failure_reason"):
-            super().on_trial_complete(trial_id, None, error=True)
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            super().on_trial_complete(trial_id, result, error)  # Ray's warning / KeyError
+            return
+        planned = self._planned().pop(trial_id, None)
+        if error or (result and result.get("failure_reason")):
+            super().on_trial_complete(trial_id, None, error=True)  # FAIL
+        elif result:
+            self._report(trial_id, result)
+            # Epochs unknown (proposed by an older version): trial_status uses the probe.
+            config = {} if planned is None else {"epochs": planned}
+            if trial_status(result, config) == FINISHED:
+                super().on_trial_complete(trial_id, result)  # COMPLETE, the final value
+            else:
+                super().on_trial_complete(trial_id, None)  # no value: Ray tells PRUNED
         else:
-            super().on_trial_complete(trial_id, result, error)
+            super().on_trial_complete(trial_id, None)  # never reported (removed): PRUNED
 
 
 class Progress(tune.Callback):
@@ -98,9 +160,9 @@ class Progress(tune.Callback):
                           **info: Any) -> None:
         self.done += 1
         last = trial.last_result or {}
-        why = last.get("failure_reason")
-        state = f"ended: {why}" if why else (
-            "finished" if "probe_test_acc" in last else "stopped early by ASHA")
+        status = trial_status(last, trial.config)
+        state = {FINISHED: FINISHED, STOPPED_EARLY: f"{STOPPED_EARLY} by ASHA"}.get(
+            status, f"ended: {status}")
         print(f"trial {trial.trial_id} {state} ({self.done}/{self.total} done)", flush=True)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial,

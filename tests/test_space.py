@@ -17,11 +17,15 @@ from sslsearch.config import SPACES_DIR
 from sslsearch.errors import ConfigError
 from sslsearch.run import main
 from sslsearch.space import (
+    FINISHED,
+    STOPPED_EARLY,
+    configured_epochs,
     load_space,
     n_startup_trials,
     optuna_sampler,
     parse_space,
     trial_from_config,
+    trial_status,
 )
 
 SHIPPED = sorted(p.name for p in SPACES_DIR.glob("*.yaml"))
@@ -118,6 +122,24 @@ def test_sampler_is_seeded_tpe_with_the_liar_and_the_given_startup() -> None:
     assert isinstance(sampler, optuna.samplers.TPESampler)
     # Private attributes: TPESampler has no getters for them.
     assert sampler._n_startup_trials == 5 and sampler._constant_liar is True
+
+
+def test_trial_status_is_epochs_trained_against_configured() -> None:
+    config = {"_base": {"epochs": 4}, "method": "simclr"}
+    assert configured_epochs(config) == 4
+    assert configured_epochs({**config, "epochs": 2}) == 2  # a searched epochs wins
+    assert configured_epochs({"method": "simclr"}) is None
+    probe = {"probe_val_acc": 0.9, "probe_test_acc": 0.9}
+    assert trial_status({"epoch": 4.0, **probe}, config) == FINISHED
+    assert trial_status({"epoch": 4.0}, config) == FINISHED  # probe: false, every epoch
+    assert trial_status({"epoch": 2.0}, config) == STOPPED_EARLY
+    assert trial_status({"epoch": 2.0}, {**config, "epochs": 2}) == FINISHED
+    assert trial_status({"epoch": 3.0, "failure_reason": "collapsed"}, config) == "collapsed"
+    assert trial_status({"val_knn_acc": 0.0, "failure_reason": "nan_loss"}, config) == "nan_loss"
+    assert trial_status({}, config) == STOPPED_EARLY
+    # Without the configured epochs (a hand-built config) the probe decides.
+    assert trial_status({"epoch": 3.0, **probe}, {}) == FINISHED
+    assert trial_status({"epoch": 3.0}, {}) == STOPPED_EARLY
 
 
 BAD: list[tuple[str, str]] = [

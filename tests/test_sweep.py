@@ -15,6 +15,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -183,3 +184,25 @@ def test_resume_refuses_a_folder_without_a_sweep(tmp_path: Path) -> None:
     out = sslsearch_run(["--resume", str(tmp_path / "empty")], tmp_path)
     assert out.returncode == 2
     assert "holds no sslsearch sweep" in out.stderr and "Traceback" not in out.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# Unit tests on hand-built results (no sweep)
+
+BASE = {"epochs": 4}
+
+
+def test_progress_line_says_finished_for_a_trial_without_probe(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from sslsearch.sweep import Progress
+
+    progress = Progress("val_knn_acc", total=3, per_epoch=False)
+    config = {"_base": BASE, "method": "simclr"}
+    for trial_id, last in (("noprobe", {"epoch": 4.0}), ("asha", {"epoch": 2.0}),
+                           ("nan", {"failure_reason": "nan_loss"})):
+        trial = SimpleNamespace(trial_id=trial_id, config=config, last_result=last)
+        progress.on_trial_complete(0, [], trial)
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["trial noprobe finished (1/3 done)",
+                   "trial asha stopped early by ASHA (2/3 done)",
+                   "trial nan ended: nan_loss (3/3 done)"]

@@ -7,11 +7,15 @@ only), so no Ray sweep starts; the Optuna study behind the searcher is then insp
 
 from __future__ import annotations
 
+import pickle
 import statistics
 import warnings
+from pathlib import Path
 from typing import Any
 
 import optuna
+import pytest
+from optuna.trial import TrialState
 
 from sslsearch.config import TrialConfig
 from sslsearch.space import SearchSpace, optuna_sampler, parse_space
@@ -55,6 +59,115 @@ def _run(searcher: SSLOptunaSearch, trial_id: str, values: list[float], *, stopp
     if not stopped and len(values) == EPOCHS and last is None:
         final.update(PROBE)
     searcher.on_trial_complete(trial_id, final)
+
+
+def _frozen(searcher: SSLOptunaSearch, trial_id: str) -> optuna.trial.FrozenTrial:
+    number = searcher._ot_trials[trial_id].number
+    trial: optuna.trial.FrozenTrial = searcher._ot_study.get_trials(deepcopy=False)[number]
+    return trial
+
+
+def test_stopped_trial_is_pruned_and_finished_one_complete_with_every_epoch_reported() -> None:
+    searcher = _searcher()
+    for tid in ("done", "asha", "noprobe", "nan", "collapsed", "error"):
+        assert searcher.suggest(tid) is not None
+    _run(searcher, "done", [0.50, 0.60, 0.70, 0.80])
+    _run(searcher, "asha", [0.40, 0.45], stopped=True)  # ASHA stopped it after its grace period
+    _run(searcher, "noprobe", [0.50, 0.55, 0.60, 0.65], last={})  # probe: false, all epochs
+    searcher.on_trial_result("nan", _result(1, 0.3))
+    searcher.on_trial_complete("nan", {METRIC: 0.0, "failure_reason": "nan_loss",
+                                       "training_iteration": 2})
+    _run(searcher, "collapsed", [0.30, 0.20], last={"failure_reason": "collapsed"})
+    searcher.on_trial_result("error", _result(1, 0.3))
+    searcher.on_trial_complete("error", error=True)
+
+    done = _frozen(searcher, "done")
+    assert done.state == TrialState.COMPLETE and done.value == pytest.approx(0.80)
+    assert done.intermediate_values == pytest.approx({1: 0.50, 2: 0.60, 3: 0.70, 4: 0.80})
+    asha = _frozen(searcher, "asha")
+    assert asha.state == TrialState.PRUNED  # not COMPLETE with its grace-period value
+    assert asha.intermediate_values == pytest.approx({1: 0.40, 2: 0.45})
+    noprobe = _frozen(searcher, "noprobe")
+    assert noprobe.state == TrialState.COMPLETE and noprobe.value == pytest.approx(0.65)
+    for tid in ("nan", "collapsed", "error"):
+        assert _frozen(searcher, tid).state == TrialState.FAIL, tid
+    # A failure's placeholder metric is never recorded, not even as an intermediate value.
+    assert _frozen(searcher, "nan").intermediate_values == {1: 0.3}
+    assert _frozen(searcher, "collapsed").intermediate_values == {1: 0.30}
+    # TPE ranks the truncated trial below every finished one, whatever its value.
+    assert searcher._ot_study.best_trial.number == done.number
+
+
+def test_searched_epochs_decide_what_finished_means() -> None:
+    """A trial that draws fewer epochs than the experiment's finishes at its own count."""
+    searcher = _searcher(_space({"choice": [2, 6]}), n_startup=10)
+    seen = {}
+    for i in range(12):
+        config = searcher.suggest(f"t{i}")
+        assert config is not None
+        seen.setdefault(config["epochs"], f"t{i}")
+    assert set(seen) == {2, 6}
+    short, long = seen[2], seen[6]
+    for epoch in (1, 2):
+        searcher.on_trial_result(long, _result(epoch, 0.5))
+    searcher.on_trial_complete(short, _result(2, 0.6))  # 2 of its 2: finished (probe: false)
+    searcher.on_trial_complete(long, _result(3, 0.7))  # 3 of 6: stopped early
+    assert _frozen(searcher, short).state == TrialState.COMPLETE
+    assert _frozen(searcher, long).state == TrialState.PRUNED
+
+
+def test_a_restarted_epoch_keeps_its_first_value_without_a_warning() -> None:
+    searcher = _searcher()
+    searcher.suggest("t")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for epoch, value in ((1, 0.5), (2, 0.6), (2, 0.61), (3, 0.7)):  # epoch 2 twice
+            searcher.on_trial_result("t", _result(epoch, value))
+    assert _frozen(searcher, "t").intermediate_values == pytest.approx({1: 0.5, 2: 0.6, 3: 0.7})
+
+
+@pytest.mark.parametrize("how", ["save_restore", "pickle"])
+def test_searcher_state_survives_a_resume(how: str, tmp_path: Path) -> None:
+    """Tune saves the searcher (``save``) and pickles it in tuner.pkl; ``Tuner.restore`` brings
+    both back. Trials running at the kill end as they should afterwards."""
+    searcher = _searcher()
+    for tid in ("a", "b", "c"):
+        searcher.suggest(tid)
+    _run(searcher, "a", [0.5, 0.6, 0.7, 0.8])
+    searcher.on_trial_result("b", _result(1, 0.4))
+    searcher.on_trial_result("c", _result(1, 0.5))
+    if how == "save_restore":
+        path = tmp_path / "searcher.pkl"
+        searcher.save(str(path))
+        restored = _searcher(seed=1)
+        restored.restore(str(path))
+    else:
+        restored = pickle.loads(pickle.dumps(searcher))
+    restored.on_trial_complete("b", _result(2, 0.45))  # stopped by ASHA after the resume
+    _run(restored, "c", [0.5, 0.6, 0.7, 0.8])  # epoch 1 again (restarted), then to the end
+    assert _frozen(restored, "a").state == TrialState.COMPLETE
+    assert _frozen(restored, "b").state == TrialState.PRUNED
+    c = _frozen(restored, "c")
+    assert c.state == TrialState.COMPLETE and c.value == pytest.approx(0.8)
+    assert set(c.intermediate_values) == {1, 2, 3, 4}
+    assert restored.suggest("d") is not None  # and it goes on proposing
+
+
+def test_a_searcher_saved_by_an_older_version_still_resumes(tmp_path: Path) -> None:
+    """A sweep started before the epochs were recorded: its searcher has no such state; the
+    probe decides then (the rule's fallback)."""
+    searcher = _searcher()
+    for tid in ("a", "b"):
+        searcher.suggest(tid)
+    del searcher.__dict__["_planned_epochs"]
+    path = tmp_path / "old.pkl"
+    searcher.save(str(path))
+    restored = pickle.loads(pickle.dumps(searcher))
+    restored.restore(str(path))
+    _run(restored, "a", [0.5, 0.6, 0.7, 0.8])
+    _run(restored, "b", [0.4, 0.45], stopped=True)
+    assert _frozen(restored, "a").state == TrialState.COMPLETE
+    assert _frozen(restored, "b").state == TrialState.PRUNED
 
 
 def test_concurrent_proposals_after_the_startup_trials_differ() -> None:
