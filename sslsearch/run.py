@@ -31,6 +31,7 @@ from sslsearch.config import (
     resolve_file,
 )
 from sslsearch.errors import ConfigError
+from sslsearch.space import FINISHED, STOPPED_EARLY, configured_epochs, trial_status
 
 DEFAULT_STORAGE = "sslsearch_results"
 
@@ -245,9 +246,92 @@ def baseline_line(rows: list[dict[str, Any]]) -> str:
             "pretraining helped.\n")
 
 
+ERROR = "error"  # the status of a trial Ray gave up on (its error file says why)
+
+
+def result_status(result: Any) -> str:
+    """``finished``, ``stopped early``, a failure reason or ``error``: how a Ray ``Result``'s
+    trial ended (:func:`sslsearch.space.trial_status`, the one rule for it)."""
+    if getattr(result, "error", None) is not None:
+        return ERROR
+    return trial_status(result.metrics or {}, result.config or {})
+
+
+def epochs_trained(result: Any) -> int:
+    """Epochs a trial trained: its last result's ``epoch``, else (the placeholder result of a
+    trial that failed mid-epoch carries none) the last epoch of its progress file."""
+    epoch = _number((result.metrics or {}).get("epoch"))
+    if epoch is not None:
+        return int(epoch)
+    try:
+        frame = result.metrics_dataframe
+        last = frame["epoch"].max() if frame is not None and "epoch" in frame else None
+    except Exception:  # no progress file, or no such attribute (a hand-built result)
+        last = None
+    value = _number(last)
+    return int(value) if value is not None else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """What a search spent, in trial-epochs, against what it would have without early stopping.
+
+    ``planned``: Σ over trials of their configured epochs (trials × epochs), what the search
+    would have trained had no trial ended early. ``trained`` + ``saved_by_asha`` +
+    ``cut_by_failures`` = ``planned``.
+    """
+
+    trials: int
+    finished: int
+    stopped_early: int
+    failed: int  # failure reasons (nan_loss, oom, collapsed) and errors
+    trained: int  # Σ epochs actually trained
+    planned: int
+    saved_by_asha: int  # Σ (configured − trained) over trials stopped early
+    cut_by_failures: int  # Σ (configured − trained) over failed trials
+    epochs_per_trial: int | None  # the configured epochs when every trial shares them
+
+
+def budget(results: Any) -> Budget:
+    """The budget view of a sweep's results (every trial, errored ones too)."""
+    counts = {FINISHED: 0, STOPPED_EARLY: 0, "failed": 0}
+    trained = planned = saved = cut = 0
+    per_trial: set[int | None] = set()
+    for r in results:
+        status = result_status(r)
+        done = epochs_trained(r)
+        # A config that does not say its epochs (hand-built): counted as planned = trained.
+        configured = configured_epochs(r.config or {})
+        per_trial.add(configured)
+        configured = max(done, configured if configured is not None else done)
+        counts[status if status in counts else "failed"] += 1
+        trained, planned = trained + done, planned + configured
+        if status == STOPPED_EARLY:
+            saved += configured - done
+        elif status != FINISHED:
+            cut += configured - done
+    return Budget(trials=sum(counts.values()), finished=counts[FINISHED],
+                  stopped_early=counts[STOPPED_EARLY], failed=counts["failed"], trained=trained,
+                  planned=planned, saved_by_asha=saved, cut_by_failures=cut,
+                  epochs_per_trial=next(iter(per_trial)) if len(per_trial) == 1 else None)
+
+
+def budget_line(b: Budget) -> str:
+    """One line: trials by outcome, trial-epochs spent of those planned, what ASHA saved."""
+    plan = (f"{b.trials} trials × {b.epochs_per_trial} epochs" if b.epochs_per_trial is not None
+            else "Σ configured epochs")
+    share = f" ({100.0 * b.saved_by_asha / b.planned:.0f} %)" if b.planned else ""
+    cut = f"; failures ended {b.cut_by_failures} earlier" if b.cut_by_failures else ""
+    return (f"**Budget**: {b.trials} trials: {b.finished} finished, {b.stopped_early} stopped "
+            f"early by ASHA, {b.failed} failed. {b.trained} trial-epochs trained of {b.planned} "
+            f"without early stopping ({plan}): ASHA saved {b.saved_by_asha}{share}{cut}.\n")
+
+
 def summarize(results: Any, metric: str, mode: str) -> tuple[str, list[dict[str, Any]]]:
     """A Markdown table: the best trial of each method, and all trials ranked, each accuracy
-    beside its difference to the raw-pixel baseline (and val kNN to the random-init encoder)."""
+    beside its difference to the raw-pixel baseline (and val kNN to the random-init encoder);
+    above it the baselines and the budget (:func:`budget_line`)."""
+    results = list(results)
     rows = []
     for r in results:
         m = r.metrics or {}
@@ -263,19 +347,21 @@ def summarize(results: Any, metric: str, mode: str) -> tuple[str, list[dict[str,
                      "probe_val_acc": m.get("probe_val_acc"),
                      "probe_test_acc": m.get("probe_test_acc"),
                      "baselines": baselines_of(m),
-                     "status": m.get("failure_reason") or (
-                         "finished" if "probe_val_acc" in m else "stopped early"),
+                     "status": result_status(r),
                      "config": cfg, "path": r.path, "checkpoint": r.checkpoint})
     sign = -1 if mode == "max" else 1
 
-    def key(row: dict[str, Any]) -> tuple[int, float]:
-        # Selection is on validation: the probe's val accuracy once trained, else the kNN monitor.
-        failed = row["status"] not in ("finished", "stopped early")
+    def key(row: dict[str, Any]) -> tuple[bool, int, float, float]:
+        # Selection is on validation: the probe's val accuracy once trained, else the kNN monitor
+        # (which also orders trials without a probe: stopped early, or finished with probe: false).
+        failed = row["status"] not in (FINISHED, STOPPED_EARLY)
         probe = row["probe_val_acc"]
-        return (int(failed), sign * (probe if probe is not None else -1.0) if mode == "max"
-                else sign * row[metric])
+        value = _number(row[metric])
+        return (probe is None, int(failed),
+                sign * probe if probe is not None and mode == "max" else 0.0,
+                sign * value if value is not None else math.inf)
 
-    rows.sort(key=lambda r: (r["probe_val_acc"] is None, *key(r)))
+    rows.sort(key=key)
     lines = ["| method | trial | epochs | status | val kNN | vs raw pixels | vs random init | "
              "probe val | vs raw pixels | probe test | vs raw pixels | parameters |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -296,7 +382,8 @@ def summarize(results: Any, metric: str, mode: str) -> tuple[str, list[dict[str,
                 f"{vs(row, 'probe_val_acc', 'raw_probe_acc')} | {_fmt(row['probe_test_acc'])} | "
                 f"{vs(row, 'probe_test_acc', 'raw_probe_test_acc')} | {params} |")
 
-    text = [baseline_line(rows), "## Best trial per method (selected on validation)", "", *lines,
+    text = [baseline_line(rows), budget_line(budget(results)),
+            "## Best trial per method (selected on validation)", "", *lines,
             *(line(r) for r in best_per_method.values()), "", "## All trials", "", *lines,
             *(line(r) for r in rows)]
     return "\n".join(text) + "\n", rows
@@ -442,6 +529,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"best config: {folder_path / 'best_experiment.yaml'}")
     print(f"MLflow runs: mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 "
           f"--port 5000, then open {tracker.runs_link()}")
+    print(budget_line(budget(results)).strip().replace("**", ""))
     print(f"done in {elapsed:.0f} s")
     if results and not rows:  # every trial errored: a broken cluster or image is no success
         print(f"error: none of the {len(results)} trials reported a result; see their error "

@@ -16,10 +16,12 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from sslsearch.run import budget, budget_line, summarize
 from sslsearch.tracking import TAG_ROLE, TAG_TRIAL
 
 # Sweeps small enough for the default suite: digits, a tiny CNN, a few epochs.
@@ -168,8 +170,10 @@ def test_default_sqlite_sweep_asha_stops_some(tmp_path: Path) -> None:
     statuses = [c.data.tags.get("trial_status") for c in children]
     assert "stopped_early" in statuses and "completed" in statuses, statuses
     assert "Best trial per method" in out.stdout and "workflowType=machine_learning" in out.stdout
+    assert "Budget: 6 trials: " in out.stdout and "trial-epochs trained of 24 " in out.stdout
     assert_parent_baselines(f"sqlite:///{tmp_path / 'mlflow.db'}")
     summary = (tmp_path / "results" / "asha" / "summary.md").read_text()
+    assert "**Budget**: 6 trials: " in summary and "(6 trials × 4 epochs): ASHA saved " in summary
     assert "**Baselines on this split**: raw pixels (standardised) val kNN 0." in summary
     assert "vs raw pixels" in summary and "vs random init" in summary
     best = (tmp_path / "results" / "asha" / "best_experiment.yaml")
@@ -190,6 +194,58 @@ def test_resume_refuses_a_folder_without_a_sweep(tmp_path: Path) -> None:
 # Unit tests on hand-built results (no sweep)
 
 BASE = {"epochs": 4}
+PROBE = {"probe_val_acc": 0.9, "probe_test_acc": 0.88}
+
+
+def _result(trial_id: str, metrics: dict[str, Any], error: Exception | None = None,
+            epochs_logged: list[float] | None = None, **config: Any) -> Any:
+    """A stand-in for a Ray ``Result``: what ``summarize`` and ``budget`` read."""
+    import pandas as pd
+
+    return SimpleNamespace(
+        metrics={"trial_id": trial_id, **metrics}, error=error, path=f"/x/{trial_id}",
+        config={"_base": BASE, "method": "simclr", "base_lr": 0.001, **config}, checkpoint=None,
+        metrics_dataframe=pd.DataFrame({"epoch": epochs_logged or []}))
+
+
+def test_budget_counts_epochs_trained_planned_and_saved_by_asha() -> None:
+    results = [
+        _result("fin", {"epoch": 4.0, "val_knn_acc": 0.8, **PROBE}),
+        _result("noprobe", {"epoch": 4.0, "val_knn_acc": 0.85}),  # probe: false, all 4 epochs
+        _result("asha1", {"epoch": 1.0, "val_knn_acc": 0.5}),
+        _result("asha2", {"epoch": 2.0, "val_knn_acc": 0.6}),
+        # NaN in epoch 3: the placeholder result has no epoch; its progress file says 2
+        _result("nan", {"val_knn_acc": 0.0, "failure_reason": "nan_loss"},
+                epochs_logged=[1.0, 2.0]),
+        _result("collapsed", {"epoch": 3.0, "val_knn_acc": 0.2, "failure_reason": "collapsed"}),
+        _result("err", {"epoch": 1.0, "val_knn_acc": 0.4}, error=RuntimeError("node lost")),
+    ]
+    b = budget(results)
+    assert (b.trials, b.finished, b.stopped_early, b.failed) == (7, 2, 2, 3)
+    assert (b.trained, b.planned) == (4 + 4 + 1 + 2 + 2 + 3 + 1, 7 * 4)
+    assert (b.saved_by_asha, b.cut_by_failures) == (3 + 2, 2 + 1 + 3)
+    assert b.trained + b.saved_by_asha + b.cut_by_failures == b.planned
+    line = ("**Budget**: 7 trials: 2 finished, 2 stopped early by ASHA, 3 failed. 17 trial-epochs "
+            "trained of 28 without early stopping (7 trials × 4 epochs): ASHA saved 5 (18 %); "
+            "failures ended 6 earlier.\n")
+    assert budget_line(b) == line
+
+    text, rows = summarize(results, "val_knn_acc", "max")
+    assert line in text
+    status = {r["trial_id"]: r["status"] for r in rows}
+    assert status == {"fin": "finished", "noprobe": "finished", "asha1": "stopped early",
+                      "asha2": "stopped early", "nan": "nan_loss", "collapsed": "collapsed",
+                      "err": "error"}
+    # Ranked: probe first, then the kNN monitor among trials without a probe.
+    assert [r["trial_id"] for r in rows][:4] == ["fin", "noprobe", "asha2", "asha1"]
+
+
+def test_budget_with_searched_epochs_sums_each_trials_own() -> None:
+    results = [_result("short", {"epoch": 2.0, "val_knn_acc": 0.5}, epochs=2),
+               _result("long", {"epoch": 3.0, "val_knn_acc": 0.6}, epochs=6)]
+    b = budget(results)
+    assert (b.finished, b.stopped_early, b.trained, b.planned, b.saved_by_asha) == (1, 1, 5, 8, 3)
+    assert b.epochs_per_trial is None and "(Σ configured epochs)" in budget_line(b)
 
 
 def test_progress_line_says_finished_for_a_trial_without_probe(
