@@ -166,7 +166,7 @@ class Tracker:
                                 f"tags.`{TAG_ROLE}` = '{CHILD}' and "
                                 "attributes.status = 'RUNNING'"):
             trial_id = run.data.tags.get(TAG_TRIAL, "")
-            if trial_id in last_results:
+            if trial_id in last_results:  # Ray's results carry the trial's config
                 run_status, tags = outcome(last_results[trial_id], max_epochs)
             else:
                 run_status, tags = "KILLED", {"trial_status": "interrupted",
@@ -246,14 +246,30 @@ class Tracker:
         return f"{base}/#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
 
 
-def outcome(last: Mapping[str, Any], max_epochs: int) -> tuple[str, dict[str, str]]:
-    """A trial's MLflow status and tags from its last result."""
-    if last.get("failure_reason"):
-        return "FAILED", {"trial_status": "failed", "failure_reason": str(last["failure_reason"]),
-                          "failure_message": str(last.get("failure_message", ""))[:5000]}
-    if int(last.get("epoch", 0)) < max_epochs:
+def outcome(last: Mapping[str, Any], max_epochs: int | None = None,
+            config: Mapping[str, Any] | None = None) -> tuple[str, dict[str, str]]:
+    """A trial's MLflow status and tags from its last result: how it ended is
+    :func:`sslsearch.space.trial_status` (the one rule), against the trial's own configured
+    epochs (a searched ``epochs`` over the experiment's).
+
+    ``config`` is the trial's Ray config; by default the one Ray stores in its results
+    (``last["config"]``). ``max_epochs`` (the experiment's epochs) stands in only for a config
+    that says no epochs of its own.
+    """
+    from sslsearch.space import FINISHED, STOPPED_EARLY, configured_epochs, trial_status
+
+    if config is None:
+        stored = last.get("config")
+        config = stored if isinstance(stored, Mapping) else {}
+    if configured_epochs(config) is None and max_epochs is not None:
+        config = {**config, "epochs": max_epochs}
+    status = trial_status(last, config)
+    if status == FINISHED:
+        return "FINISHED", {"trial_status": "completed"}
+    if status == STOPPED_EARLY:
         return "FINISHED", {"trial_status": "stopped_early", "stopped_by": "scheduler"}
-    return "FINISHED", {"trial_status": "completed"}
+    return "FAILED", {"trial_status": "failed", "failure_reason": status,
+                      "failure_message": str(last.get("failure_message", ""))[:5000]}
 
 
 def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -320,7 +336,7 @@ class MLflowTrialCallback(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial,
                           **info: Any) -> None:
-        status, tags = outcome(trial.last_result or {}, self.max_epochs)
+        status, tags = outcome(trial.last_result or {}, self.max_epochs, trial.config)
         self.tracker.finish_child(self._run(trial), status, tags)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial,

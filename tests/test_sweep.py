@@ -262,3 +262,62 @@ def test_progress_line_says_finished_for_a_trial_without_probe(
     assert out == ["trial noprobe finished (1/3 done)",
                    "trial asha stopped early by ASHA (2/3 done)",
                    "trial nan ended: nan_loss (3/3 done)"]
+
+
+# ------------------------------------------------------------------------------------------------
+# How a trial ended, in MLflow: sslsearch.space.trial_status against the trial's own epochs
+
+
+def test_mlflow_outcome_is_trial_status_against_the_trials_own_epochs() -> None:
+    from sslsearch.tracking import outcome
+
+    exp = {"epochs": 3, "probe": True}
+    completed = ("FINISHED", {"trial_status": "completed"})
+    stopped = ("FINISHED", {"trial_status": "stopped_early", "stopped_by": "scheduler"})
+    # probe: false, every epoch: finished, though it has no probe_val_acc
+    assert outcome({"epoch": 3.0}, 3, {"_base": {**exp, "probe": False},
+                                       "method": "simclr"}) == completed
+    # searched epochs: 2 of 2 is finished (the experiment says 3), 3 of 6 is not
+    assert outcome({"epoch": 2.0}, 3, {"_base": exp, "method": "simclr", "epochs": 2}) == completed
+    assert outcome({"epoch": 2.0, "probe_val_acc": 0.9}, 3,
+                   {"_base": exp, "method": "simclr", "epochs": 2, "probe": False}) == completed
+    assert outcome({"epoch": 3.0}, 3, {"_base": exp, "method": "simclr", "epochs": 6}) == stopped
+    assert outcome({"epoch": 1.0}, 3, {"_base": exp, "method": "simclr"}) == stopped
+    # Ray's results carry the trial's config: end_sweep passes only the result
+    assert outcome({"epoch": 2.0, "config": {"_base": exp, "method": "simclr", "epochs": 2}},
+                   3) == completed
+    # a config that says no epochs: the experiment's
+    assert outcome({"epoch": 3.0}, 3) == completed and outcome({"epoch": 2.0}, 3) == stopped
+    status, tags = outcome({"epoch": 2.0, "failure_reason": "nan_loss", "failure_message": "x"},
+                           3, {"_base": exp, "method": "simclr", "epochs": 2})
+    assert (status, tags) == ("FAILED", {"trial_status": "failed", "failure_reason": "nan_loss",
+                                         "failure_message": "x"})
+
+
+def test_mlflow_child_runs_end_as_trial_status_says(tmp_path: Path) -> None:
+    """Through the callback (a trial's end) and end_sweep (a run a killed driver left RUNNING):
+    searched epochs 2 of 2 and probe: false 3 of 3 are completed; 3 of a searched 6 is not."""
+    from sslsearch.tracking import MLflowTrialCallback
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    callback = MLflowTrialCallback(uri, "sslsearch", "sweep-x", max_epochs=3)
+    base = {"epochs": 3, "probe": True, "dataset": "digits"}
+    trials = {"short": ({"epochs": 2}, 2.0), "noprobe": ({"probe": False}, 3.0),
+              "long": ({"epochs": 6}, 3.0)}
+    for trial_id, (searched, epoch) in trials.items():
+        config = {"_base": base, "method": "simclr", **searched}
+        trial = SimpleNamespace(trial_id=trial_id, config=config,
+                                last_result={"epoch": epoch, "val_knn_acc": 0.5})
+        callback.on_trial_result(0, [], trial, {"epoch": epoch, "val_knn_acc": 0.5})
+        if trial_id != "long":
+            callback.on_trial_complete(0, [], trial)
+    # "long" is left RUNNING (its driver died); the sweep's end closes it from Ray's result
+    callback.tracker.end_sweep({"long": {"epoch": 3.0, "config": {"_base": base,
+                                                                 "method": "simclr",
+                                                                 "epochs": 6}}}, 3)
+    _, children = runs(uri)
+    got = {c.data.tags[TAG_TRIAL]: (c.info.status, c.data.tags.get("trial_status"))
+           for c in children}
+    assert got == {"short": ("FINISHED", "completed"), "noprobe": ("FINISHED", "completed"),
+                   "long": ("FINISHED", "stopped_early")}
+
