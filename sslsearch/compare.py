@@ -5,11 +5,13 @@
 1. **Equal search budgets.** Each method gets its own search with the same number of trials
    (``--num-samples``, per method), the same epochs, the same seeded TPE and the same ASHA
    schedule: the method is fixed, its own and the shared parameters are searched.
-2. **Selection on validation only.** Each method's best configuration is the finished trial with
-   the highest ``probe_val_acc`` (a linear probe on frozen features, scored on the validation
-   split held out of the training set); ties go to ``val_knn_acc``. Trials that ASHA stopped
-   early have no probe and are not eligible unless no trial of the method finished (then the
-   highest final ``val_knn_acc`` is taken). The test split plays no part in any choice.
+2. **Selection on validation only.** Each method's best configuration is the finished trial
+   (one that trained all its configured epochs, :func:`sslsearch.space.trial_status`) with the
+   highest ``probe_val_acc`` (a linear probe on frozen features, scored on the validation split
+   held out of the training set); ties go to ``val_knn_acc``. When no finished trial has a probe
+   (``probe: false``, or none finished), the highest last ``val_knn_acc`` is taken: among the
+   finished trials, else among those ASHA stopped early. Failed trials are never selected. The
+   test split plays no part in any choice.
 3. **Seeds.** The selected configuration is re-trained with ``--seeds N`` fresh seeds (not the
    seed its search used: the selection's luck must not carry over), through Ray like any trial.
    The table reports mean ± sample std (ddof 1) over those seeds of the linear-probe **test**
@@ -43,12 +45,22 @@ from typing import Any
 
 from sslsearch.config import SPACES_DIR, load_experiment, resolve_file
 from sslsearch.errors import ConfigError
-from sslsearch.run import BASELINE_KEYS, INIT_KEY, RAW_VS, delta_points, fmt_delta
+from sslsearch.run import (
+    BASELINE_KEYS,
+    ERROR,
+    INIT_KEY,
+    RAW_VS,
+    delta_points,
+    fmt_delta,
+    result_status,
+)
+from sslsearch.space import FINISHED, STOPPED_EARLY
 
-SELECTION = ("probe_val_acc (linear probe on the validation split held out of the training set; "
-             "ties: val_knn_acc; trials stopped early by ASHA are eligible only when none of the "
-             "method finished, then on their last val_knn_acc). Test accuracy is never used to "
-             "select.")
+SELECTION = ("probe_val_acc (linear probe on the validation split held out of the training set) "
+             "among the finished trials (those that trained all their configured epochs); ties: "
+             "val_knn_acc. When no finished trial has a probe (probe: false, or none finished): "
+             "the last val_knn_acc, among the finished trials, else among those stopped early by "
+             "ASHA. Failed trials are never selected. Test accuracy is never used to select.")
 
 
 @dataclasses.dataclass
@@ -91,14 +103,11 @@ def record(result: Any, stage: str, space_keys: Sequence[str] = ()) -> TrialReco
     """A :class:`TrialRecord` from a Ray ``Result``."""
     metrics = dict(result.metrics or {})
     config = dict(result.config or {})
-    if result.error is not None:
-        status = "error"
-    elif metrics.get("failure_reason"):
-        status = f"failed: {metrics['failure_reason']}"
-    elif "probe_val_acc" in metrics:
-        status = "finished"
-    else:
-        status = "stopped early"
+    # How the trial ended is sslsearch.space.trial_status (via result_status, which adds Ray's
+    # errors): finished = trained all its configured epochs, with a probe or without one.
+    status = result_status(result)
+    if status not in (ERROR, FINISHED, STOPPED_EARLY):  # a failure reason
+        status = f"failed: {status}"
     epochs: list[float] = []
     val_knn: list[float] = []
     try:
@@ -122,11 +131,14 @@ def record(result: Any, stage: str, space_keys: Sequence[str] = ()) -> TrialReco
 
 def select_best(trials: Sequence[TrialRecord]) -> TrialRecord | None:
     """The method's configuration to re-run: see :data:`SELECTION`."""
-    finished = [t for t in trials if t.probe_val_acc is not None]
-    if finished:
-        return max(finished, key=lambda t: (t.probe_val_acc or 0.0, t.val_knn_acc or 0.0))
-    alive = [t for t in trials if t.val_knn_acc is not None]
-    return max(alive, key=lambda t: t.val_knn_acc or 0.0) if alive else None
+    probed = [t for t in trials if t.status == FINISHED and t.probe_val_acc is not None]
+    if probed:
+        return max(probed, key=lambda t: (t.probe_val_acc or 0.0, t.val_knn_acc or 0.0))
+    for status in (FINISHED, STOPPED_EARLY):  # no probe: the kNN monitor, finished trials first
+        alive = [t for t in trials if t.status == status and t.val_knn_acc is not None]
+        if alive:
+            return max(alive, key=lambda t: t.val_knn_acc or 0.0)
+    return None
 
 
 def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -209,6 +221,16 @@ def _short(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
+def _selected_by(sel: Any) -> str:
+    """The validation score a trial was selected on: its probe val acc, else (no probe) its
+    val kNN acc. ``sel``: a :class:`TrialRecord` or a row's ``selected`` dict."""
+    def get(key: str) -> Any:
+        return sel.get(key) if isinstance(sel, dict) else getattr(sel, key)
+
+    probe = get("probe_val_acc")
+    return _short(probe) if probe is not None else f"no probe; val kNN {_short(get('val_knn_acc'))}"
+
+
 def table_markdown(rows: Sequence[dict[str, Any]], n_seeds: int) -> str:
     """The comparison table (accuracies in %), one row per method."""
     lines = [f"| method | linear probe test acc (mean ± std, {n_seeds} seeds) | raw pixels | "
@@ -219,8 +241,7 @@ def table_markdown(rows: Sequence[dict[str, Any]], n_seeds: int) -> str:
              "|---" * 18 + "|"]
     for r in rows:
         sel = r["selected"]
-        chosen = ("none" if sel is None else
-                  f"{sel['trial_id']} ({_short(sel['probe_val_acc'])})")
+        chosen = "none" if sel is None else f"{sel['trial_id']} ({_selected_by(sel)})"
         params = "" if sel is None else ", ".join(
             f"{k}={_short(v)}" for k, v in sorted(sel["params"].items()))
         s = r["search"]
@@ -368,8 +389,9 @@ def run_compare(args: argparse.Namespace, argv: list[str]) -> int:
             print(f"== {method}: no usable trial; no seed re-runs", flush=True)
             seed_runs[method] = []
             continue
-        print(f"== {method}: selected {chosen.trial_id} (probe val acc "
-              f"{_short(chosen.probe_val_acc)}); re-running with seeds {seeds}", flush=True)
+        label = "probe val acc " if chosen.probe_val_acc is not None else ""
+        print(f"== {method}: selected {chosen.trial_id} ({label}{_selected_by(chosen)}); "
+              f"re-running with seeds {seeds}", flush=True)
         grid = _fit(sweep.build_seed_tuner(chosen.config, seeds, exp, str(folder),
                                            f"seeds-{method}", name, tracking_uri,
                                            args.mlflow_experiment, args.quiet))

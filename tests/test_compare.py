@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -176,3 +178,47 @@ def test_table_carries_the_baselines_and_the_differences() -> None:
     line = table_markdown([old], 2).splitlines()[2]
     assert [c.strip() for c in line.strip("|").split("|")][2:4] == ["n/a", "n/a"]
     assert {"raw_knn_acc", "init_knn_acc"} <= set(seeds["a"][0].to_json()["metrics"])
+
+
+def _ray_result(trial_id: str, metrics: dict[str, Any], error: Exception | None = None,
+                **searched: Any) -> Any:
+    """A stand-in for a Ray ``Result`` of a ``probe: false`` search over 3 epochs."""
+    import pandas as pd
+
+    epochs = [float(e) for e in range(1, int(metrics.get("epoch", 0)) + 1)]
+    config = {"_base": {"epochs": 3, "probe": False}, "method": "simclr", "base_lr": 0.001,
+              **searched}
+    return SimpleNamespace(
+        metrics={"trial_id": trial_id, "time_total_s": 1.0, **metrics}, config=config,
+        error=error, checkpoint=None,
+        metrics_dataframe=pd.DataFrame({"epoch": epochs, "val_knn_acc": [0.5] * len(epochs)}))
+
+
+def test_record_status_is_trial_status_and_probe_false_trials_can_be_selected() -> None:
+    """A probe: false trial that trained all its epochs is finished (not stopped early), and
+    is selected on val kNN over a trial ASHA stopped early with a higher one."""
+    from sslsearch.compare import record
+
+    results = [_ray_result("full", {"epoch": 3.0, "val_knn_acc": 0.7}),
+               _ray_result("asha", {"epoch": 1.0, "val_knn_acc": 0.9}),
+               _ray_result("short", {"epoch": 2.0, "val_knn_acc": 0.6}, epochs=2),
+               _ray_result("nan", {"epoch": 2.0, "val_knn_acc": 0.0, "failure_reason": "nan_loss"}),
+               _ray_result("err", {"epoch": 1.0, "val_knn_acc": 0.95}, error=RuntimeError("x"))]
+    trials = [record(r, "search", ["base_lr"]) for r in results]
+    assert [t.status for t in trials] == ["finished", "stopped early", "finished",
+                                          "failed: nan_loss", "error"]
+    assert trials[0].epochs == [1.0, 2.0, 3.0] and trials[0].params == {"base_lr": 0.001}
+    chosen = select_best(trials)
+    assert chosen is not None and chosen.trial_id == "full"
+    # Only trials stopped early (or failed): the best val kNN of those stopped early.
+    chosen = select_best([trials[1], *trials[3:]])
+    assert chosen is not None and chosen.trial_id == "asha"
+    # A finished trial with a probe wins over finished ones without.
+    probed = _t("simclr", "probed", probe_val=0.55, knn=0.1)
+    chosen = select_best([*trials, probed])
+    assert chosen is not None and chosen.trial_id == "probed"
+
+    rows = summarize({"simclr": trials}, {"simclr": []}, {"simclr": select_best(trials)})
+    assert rows[0]["search"]["finished"] == 2 and rows[0]["search"]["stopped_early"] == 1
+    assert rows[0]["search"]["failed"] == 2
+    assert "| full (no probe; val kNN 0.7) |" in table_markdown(rows, 2)
