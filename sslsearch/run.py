@@ -397,9 +397,12 @@ def _export_best(best: dict[str, Any], out: Path, exp: Experiment) -> Path:
     cfg["method_params"] = {k: list(v) if isinstance(v, tuple) else v
                             for k, v in cfg["method_params"].items()}
     cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
+    # A trial without a linear probe (probe: false) was selected on its val kNN accuracy.
+    score = (f"probe val acc {_fmt(best['probe_val_acc'])}"
+             if best.get("probe_val_acc") is not None
+             else f"val kNN acc {_fmt(best.get('val_knn_acc'))} (no linear probe)")
     doc = {"description": f"Best trial {best['trial_id']} of sweep {out.parent.name}: "
-                          f"probe val acc {_fmt(best['probe_val_acc'])}. Re-run with "
-                          f"`python -m sslsearch.train --experiment {out}`.",
+                          f"{score}. Re-run with `python -m sslsearch.train --experiment {out}`.",
            "trial": cfg, "search": dataclasses.asdict(exp.search)}
     out.write_text(yaml.safe_dump(doc, sort_keys=False))
     return out

@@ -321,3 +321,20 @@ def test_mlflow_child_runs_end_as_trial_status_says(tmp_path: Path) -> None:
     assert got == {"short": ("FINISHED", "completed"), "noprobe": ("FINISHED", "completed"),
                    "long": ("FINISHED", "stopped_early")}
 
+
+def test_best_experiment_without_probe_says_its_val_knn(tmp_path: Path) -> None:
+    import yaml
+
+    from sslsearch.config import load_experiment
+    from sslsearch.run import _export_best
+
+    exp = load_experiment("quick")
+    config = {"_base": {"epochs": 4, "probe": False}, "method": "simclr", "base_lr": 0.001}
+    out = tmp_path / "sweep" / "best_experiment.yaml"
+    out.parent.mkdir()
+    best = {"trial_id": "t1", "config": config, "probe_val_acc": None, "val_knn_acc": 0.8125}
+    text = yaml.safe_load(_export_best(best, out, exp).read_text())["description"]
+    assert "None" not in text and "val kNN acc 0.8125" in text and "no linear probe" in text
+    best = {**best, "probe_val_acc": 0.9}
+    text = yaml.safe_load(_export_best(best, out, exp).read_text())["description"]
+    assert "probe val acc 0.9" in text
