@@ -6,6 +6,7 @@ A benchmark, not a test::
     python -m sslsearch.bench --dataset digits --backbone small_cnn --batch-size 256
     python -m sslsearch.bench --backbone resnet18 --batch-size 512 --compile     # on a GPU
     python -m sslsearch.bench --dataset digits --trials 2      # K trials packed on one device
+    python -m sslsearch.bench search --help                    # does the search beat defaults?
 
 **The two paths** run the *same* model step (``method(x1, x2, y, step)`` under the training
 loop's autocast, then backward and the optimiser step, with the method, optimiser and augmentation
@@ -855,8 +856,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchConfig, bool, str | Non
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["search"]:  # the search benchmark: python -m sslsearch.bench search --help
+        from sslsearch.bench_search import main as search_main
+
+        return search_main(args[1:])
     try:
-        bc, child, json_path = parse_args(argv)
+        bc, child, json_path = parse_args(args)
         if bc.threads:
             torch.set_num_threads(bc.threads)
         if child:

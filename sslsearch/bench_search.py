@@ -1,0 +1,544 @@
+"""Does the search beat defaults? TPE + ASHA against the default config and random search.
+
+A benchmark, not a test::
+
+    python -m sslsearch.bench search --space simclr.yaml --experiment fashion_mnist \
+        --budget-trials 8 --search-seeds 3
+
+For one search space (one method: ``--method`` picks it from a space that draws several) and one
+experiment, three **strategies** spend the **same budget in trial-epochs** (pretraining epochs
+actually trained, summed over trials; ``--budget``, or ``--budget-trials`` × the epochs of a trial):
+
+* ``default``: the method's default configuration (the experiment's trial settings, the space's
+  constants, no searched parameter) trained ``budget // epochs`` times with different seeds
+  (``--seeds``), through :func:`sslsearch.sweep.build_seed_tuner` (no searcher, no ASHA);
+* ``random``: ``budget // epochs`` configurations drawn up front by Optuna's seeded
+  ``RandomSampler`` from the space, run to their last epoch (ASHA's grace period set to the
+  epochs, so it stops nothing) through :func:`sslsearch.sweep.build_tuner` as points to evaluate;
+* ``tpe_asha``: the product's search as ``python -m sslsearch.run`` runs it
+  (:func:`sslsearch.sweep.build_tuner`: seeded TPE, ASHA, the collapse stopper), which keeps
+  proposing trials until its trained trial-epochs reach the budget: ASHA's savings buy more
+  trials. Trials still running then are stopped (they count as stopped early).
+
+Each strategy is repeated for every search seed (``--search-seeds N``: seeds 0 … N−1; the seed of
+the random draws, of TPE and of the searched trials; the default config's seeds are
+``seed × runs + i``). Per strategy the report gives, mean ± sample std over the search seeds:
+the best validation kNN accuracy among the trials that trained all their epochs (selection on
+validation only) and that trial's linear-probe **test** accuracy; and the trial-epochs actually
+spent, the trials by outcome and the wall time. All strategies spend the budget ± one trial's
+epochs (``default`` / ``random``: ``budget // epochs`` whole trials; ``tpe_asha``: it stops at
+the first result that reaches the budget, so it can overshoot by the epochs other trials report
+at the same time).
+
+Writes ``bench_search.json``, ``bench_search.md`` and ``best_so_far.png`` (the best finished
+trial's val kNN against cumulative trial-epochs, per strategy) into ``--storage/--name``, with
+each strategy's Ray experiments beside them, and logs them to the benchmark's parent MLflow run,
+whose children are every trial (tagged ``sslsearch.stage``: strategy and search seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import shlex
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from ray import tune
+
+from sslsearch.bench_search_report import RESULTS_MD, aggregate, pct, write_results
+from sslsearch.config import SPACES_DIR, Experiment, load_experiment, resolve_file
+from sslsearch.errors import ConfigError
+from sslsearch.space import FINISHED, Dist, SearchSpace
+
+STRATEGIES = ("default", "random", "tpe_asha")
+SELECTION = ("the trial with the highest final val_knn_acc among those that trained all their "
+             "configured epochs (stopped-early and failed trials are never selected); its "
+             "linear-probe test accuracy is reported, never used")
+
+
+# ------------------------------------------------------------------------------------------------
+# The budget: pure functions
+
+
+def runs_for_budget(budget: int, epochs: int) -> int:
+    """Whole trials of ``epochs`` that fit in ``budget`` trial-epochs (``default``, ``random``)."""
+    return budget // epochs
+
+
+def tpe_trial_cap(budget: int, epochs: int, grace_period: int, max_concurrent: int) -> int:
+    """``num_samples`` for ``tpe_asha``: a cap the budget reaches first. ASHA never stops a trial
+    before its grace period, so no trial that reports spends fewer than ``min(grace, epochs)``
+    epochs; the extra ``max_concurrent`` covers the trials running when the budget runs out."""
+    return math.ceil(budget / max(1, min(grace_period, epochs))) + max_concurrent
+
+
+def within_one_trial(spent: int, budget: int, epochs: int) -> bool:
+    """The equal-budget rule: ``|spent − budget| ≤ epochs`` (one trial's epochs)."""
+    return abs(spent - budget) <= epochs
+
+
+def best_so_far(events: Sequence[tuple[float, str, int, float | None, bool]]
+                ) -> list[float | None]:
+    """The best-so-far curve: element ``x − 1`` is the best val kNN among the trials that had
+    finished (trained all their epochs) after ``x`` trial-epochs, None before the first.
+
+    ``events``: one per trial-epoch, ``(time, trial_id, epoch, val_knn, finishes_the_trial)``;
+    they are ordered by time (then trial and epoch), each counting one trial-epoch.
+    """
+    best: float | None = None
+    curve: list[float | None] = []
+    for _, _, _, value, final in sorted(events, key=lambda e: (e[0], e[1], e[2])):
+        if final and value is not None and (best is None or value > best):
+            best = value
+        curve.append(best)
+    return curve
+
+
+# ------------------------------------------------------------------------------------------------
+# Stopping tpe_asha at the budget
+
+
+class BudgetStopper(tune.Stopper):
+    """Stops the whole search once the trials' trained epochs (the highest ``epoch`` each trial
+    reported, so a restarted trial's repeated epoch counts once) reach ``budget``; wraps the
+    sweep's own stopper (the collapse stopper), which keeps deciding about single trials."""
+
+    def __init__(self, budget: int, inner: Any = None) -> None:
+        self.budget, self.inner = budget, inner
+        self._epochs: dict[str, int] = {}
+
+    @property
+    def spent(self) -> int:
+        return sum(self._epochs.values())
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        epoch = result.get("epoch")
+        if isinstance(epoch, int | float) and math.isfinite(epoch):
+            self._epochs[trial_id] = max(self._epochs.get(trial_id, 0), int(epoch))
+        return bool(self.inner(trial_id, result)) if self.inner is not None else False
+
+    def stop_all(self) -> bool:
+        inner = bool(self.inner.stop_all()) if self.inner is not None else False
+        return self.spent >= self.budget or inner
+
+
+def add_budget_stop(tuner: Any, budget: int) -> BudgetStopper:
+    """Put a :class:`BudgetStopper` in front of the stopper of a tuner from
+    :func:`sslsearch.sweep.build_tuner`, which takes none of its own. (Ray's ``Tuner`` keeps
+    its run config on its local ``TunerInternal``; a ``stoppers=`` argument of ``build_tuner``
+    would make this unnecessary.)"""
+    internal = getattr(tuner, "_local_tuner", None)
+    run_config = internal.get_run_config() if internal is not None else None
+    if run_config is None or not hasattr(run_config, "stop"):
+        raise RuntimeError("this Ray version's Tuner keeps no local run config; the budget "
+                           "stop of tpe_asha cannot be installed (Ray Client is not supported)")
+    stopper = BudgetStopper(budget, run_config.stop)
+    run_config.stop = stopper
+    return stopper
+
+
+# ------------------------------------------------------------------------------------------------
+# The command line
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line and exit code 2 (main)
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def _int_at_least(low: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number ≥ {low}, found {text!r}"
+                                             ) from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected a whole number ≥ {low}, found {text!r}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m sslsearch.bench search",
+                description="Equal trial-epoch budgets: the default config, random search and "
+                            "TPE + ASHA, over several search seeds.")
+    p.add_argument("--space", required=True,
+                   help="search-space YAML: a path or a name under search_spaces/")
+    p.add_argument("--experiment", default="quick",
+                   help="experiment YAML: a path or a name under experiments/ "
+                        "(default: %(default)s)")
+    p.add_argument("--method", help="the method, for a space that draws several "
+                                    "(all_methods.yaml)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--budget", type=_int_at_least(1),
+                        help="trial-epochs per strategy and search seed (default: "
+                             "--budget-trials × epochs)")
+    budget.add_argument("--budget-trials", type=_int_at_least(1),
+                        help="the budget in whole trials: budget = this × epochs (default: the "
+                             "experiment's search.num_samples)")
+    p.add_argument("--epochs", type=_int_at_least(1),
+                   help="pretraining epochs per trial (default: the experiment's)")
+    p.add_argument("--search-seeds", type=_int_at_least(1), default=3,
+                   help="repetitions of each strategy (seeds 0 … N−1; default: %(default)s); "
+                        "a claim wants ≥ 3")
+    p.add_argument("--seeds", type=_int_at_least(1),
+                   help="runs of the default config per search seed (default: budget // epochs; "
+                        "must spend the budget ± one trial)")
+    p.add_argument("--strategies", default=",".join(STRATEGIES),
+                   help="comma-separated subset of: " + ", ".join(STRATEGIES) + " (default: all)")
+    p.add_argument("--max-concurrent", type=_int_at_least(1),
+                   help="trials at once (default: the experiment's)")
+    p.add_argument("--grace-period", type=_int_at_least(1),
+                   help="tpe_asha: epochs before ASHA may stop a trial (default: the "
+                        "experiment's)")
+    p.add_argument("--name", help="benchmark name, a folder under --storage "
+                                  "(default: bench-search-<space>-<time>-<random>)")
+    p.add_argument("--storage", default="sslsearch_results",
+                   help="local folder for the results and the Ray experiments "
+                        "(default: %(default)s)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<cwd>/"
+                                          "mlflow.db)")
+    p.add_argument("--mlflow-experiment", default="sslsearch",
+                   help="MLflow experiment the benchmark's runs go to (default: %(default)s)")
+    p.add_argument("--data-dir", help="dataset folder, overriding the experiment's")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
+    return p
+
+
+def validate_name(name: str, storage: Path) -> Path:
+    """``storage / name`` for a user-given name that must stay a single folder inside
+    ``storage``: no separators, no ``..``, not absolute, no symlink out; and a new one."""
+    bad = (not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name
+           or Path(name).is_absolute() or name.strip() != name)
+    if bad:
+        raise ConfigError(f"--name {name!r}: must be a plain folder name inside the results "
+                          "folder (no '/', '\\', '..', absolute path or surrounding spaces)")
+    folder = storage / name
+    if folder.resolve().parent != storage.resolve():
+        raise ConfigError(f"--name {name!r}: leads out of the results folder {storage}")
+    if folder.exists():
+        raise ConfigError(f"--name {name!r}: {folder} already exists; choose another name")
+    return folder
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything validated before any work starts."""
+
+    exp: Experiment  # overrides applied; trial.seed is set per search seed
+    space: SearchSpace  # the method fixed
+    space_path: Path
+    method: str
+    budget: int  # trial-epochs per strategy and search seed
+    epochs: int
+    runs: int  # trials of default and random
+    default_seeds: int
+    tpe_cap: int
+    search_seeds: tuple[int, ...]
+    strategies: tuple[str, ...]
+    folder: Path
+    name: str
+    tracking_uri: str
+    mlflow_experiment: str
+    quiet: bool
+
+
+def plan(args: argparse.Namespace) -> Plan:
+    """Validate the command line and the files; :class:`ConfigError` (one line) on bad input."""
+    from sslsearch.compare import _only
+    from sslsearch.run import _apply_overrides
+    from sslsearch.space import load_space
+
+    space_path = resolve_file(args.space, SPACES_DIR, "space")
+    overrides = argparse.Namespace(
+        num_samples=None, max_concurrent=args.max_concurrent,
+        grace_period=args.grace_period,
+        cpus_per_trial=None, gpus_per_trial=None, epochs=args.epochs, seed=0,
+        data_dir=args.data_dir)
+    exp = _apply_overrides(load_experiment(args.experiment), overrides)
+    space = load_space(space_path, exp.trial)
+    methods = space.method_names
+    if args.method is None and len(methods) > 1:
+        raise ConfigError(f"--method: {space_path.name} draws {', '.join(methods)}; pick one "
+                          "with --method")
+    method = args.method or methods[0]
+    if method not in methods:
+        raise ConfigError(f"--method {method!r}: not drawn by {space_path.name} (it draws: "
+                          f"{', '.join(methods)})")
+    strategies = tuple(s.strip() for s in str(args.strategies).split(",") if s.strip())
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown or not strategies or len(set(strategies)) != len(strategies):
+        raise ConfigError(f"--strategies {args.strategies!r}: expected distinct names from "
+                          f"{', '.join(STRATEGIES)}")
+    epochs = exp.trial.epochs
+    budget = args.budget if args.budget is not None else (
+        (args.budget_trials or exp.search.num_samples) * epochs)
+    if budget < epochs:
+        raise ConfigError(f"--budget {budget}: less than one trial ({epochs} epochs); give at "
+                          f"least {epochs} trial-epochs")
+    runs = runs_for_budget(budget, epochs)
+    default_seeds = args.seeds if args.seeds is not None else runs
+    if not within_one_trial(default_seeds * epochs, budget, epochs):
+        raise ConfigError(f"--seeds {default_seeds}: {default_seeds} × {epochs} epochs = "
+                          f"{default_seeds * epochs} trial-epochs, not the budget {budget} ± one "
+                          f"trial; leave it out (default {runs})")
+    storage = Path(args.storage).expanduser()
+    if "://" in str(args.storage):
+        raise ConfigError(f"--storage {args.storage}: the benchmark writes to a local folder")
+    from sslsearch import sweep
+
+    name = args.name if args.name is not None else sweep.new_sweep_id(
+        f"bench-search-{space_path.stem}")
+    folder = validate_name(name, storage.resolve())
+    from sslsearch import tracking
+
+    tracking_uri = tracking.normalize_uri(args.tracking_uri)
+    tracking.check_reachable(tracking_uri)
+    search = exp.search
+    return Plan(exp=exp, space=_only(space, method), space_path=space_path, method=method,
+                budget=budget, epochs=epochs, runs=runs, default_seeds=default_seeds,
+                tpe_cap=tpe_trial_cap(budget, epochs, search.grace_period,
+                                      search.max_concurrent),
+                search_seeds=tuple(range(args.search_seeds)), strategies=strategies,
+                folder=folder, name=name, tracking_uri=tracking_uri,
+                mlflow_experiment=args.mlflow_experiment, quiet=bool(args.quiet))
+
+
+# ------------------------------------------------------------------------------------------------
+# Running the strategies (each through the sweep's own tuners)
+
+
+def default_config(space: SearchSpace) -> dict[str, Any]:
+    """The Ray config of the method's default: the experiment's trial settings (``_base``) and
+    the space's constants, no searched parameter (:func:`sslsearch.space.trial_from_config`
+    rebuilds the trial from it)."""
+    method = str(space.method)
+    config: dict[str, Any] = {"_base": dict(space.base), "method": method}
+    config.update({k: v for k, v in space.trial.items() if not isinstance(v, Dist)})
+    config.update({f"{method}.{k}": v for k, v in space.methods.get(method, {}).items()
+                   if not isinstance(v, Dist)})
+    return config
+
+
+def random_points(space: SearchSpace, n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` parameter sets drawn by Optuna's ``RandomSampler(seed)``, keyed (and labelled, for
+    choices) as the space's Optuna trials name them: points the sweep's searcher evaluates."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed),
+                                direction="maximize")
+    points = []
+    for _ in range(n):
+        trial = study.ask()
+        space(trial)
+        points.append(dict(trial.params))
+    return points
+
+
+def _for_seed(p: Plan, seed: int) -> tuple[Experiment, SearchSpace]:
+    exp = dataclasses.replace(p.exp, trial=dataclasses.replace(p.exp.trial, seed=seed))
+    return exp, dataclasses.replace(p.space, base={**p.space.base, "seed": seed})
+
+
+def run_strategy(p: Plan, strategy: str, seed: int) -> tuple[list[Any], float]:
+    """One strategy for one search seed: its Ray results and its wall time."""
+    from sslsearch import sweep
+
+    exp, space = _for_seed(p, seed)
+    run_name = f"{strategy}-seed{seed}"
+    t0 = time.time()
+    if strategy == "default":
+        seeds = [seed * p.default_seeds + i for i in range(p.default_seeds)]
+        tuner = sweep.build_seed_tuner(default_config(space), seeds, exp, str(p.folder),
+                                       run_name, p.name, p.tracking_uri, p.mlflow_experiment,
+                                       p.quiet)
+    else:
+        settings = sweep.SweepSettings(name=p.name, storage=str(p.folder / run_name),
+                                       tracking_uri=p.tracking_uri,
+                                       mlflow_experiment=p.mlflow_experiment, seed=seed)
+        if strategy == "random":
+            space = dataclasses.replace(space, initial=tuple(random_points(space, p.runs, seed)))
+            # ASHA's grace period = the epochs: it stops nothing; every trial is a drawn point.
+            search = dataclasses.replace(exp.search, num_samples=p.runs, grace_period=p.epochs)
+            tuner = sweep.build_tuner(dataclasses.replace(exp, search=search), space, settings,
+                                      quiet=p.quiet)
+        else:
+            search = dataclasses.replace(exp.search, num_samples=p.tpe_cap)
+            tuner = sweep.build_tuner(dataclasses.replace(exp, search=search), space, settings,
+                                      quiet=p.quiet)
+            add_budget_stop(tuner, p.budget)
+    grid = tuner.fit()
+    if grid.num_terminated + grid.num_errors < len(grid):  # Ray returns on Ctrl+C
+        raise KeyboardInterrupt
+    return [grid[i] for i in range(len(grid))], time.time() - t0
+
+
+def trained_trials(results: Sequence[Any]) -> list[Any]:
+    """The results that count: a trial the budget stop ended before its first epoch trained
+    nothing and is left out (an errored one is kept: it failed)."""
+    from sslsearch.run import epochs_trained
+
+    return [r for r in results
+            if epochs_trained(r) > 0 or getattr(r, "error", None) is not None]
+
+
+def _events(result: Any, record: Any) -> list[tuple[float, str, int, float | None, bool]]:
+    """One event per epoch the trial trained: ``(time, trial, epoch, val_knn, finishes it)``;
+    the time is the epoch's result timestamp (whole seconds; ties go by trial and epoch)."""
+    times: dict[int, float] = {}
+    try:
+        df = result.metrics_dataframe
+    except Exception:  # no progress file
+        df = None
+    if df is not None and "epoch" in df and "timestamp" in df:
+        rows = df[["epoch", "timestamp"]].dropna()
+        times = {int(e): float(ts) for e, ts in zip(rows["epoch"], rows["timestamp"],
+                                                     strict=True)}
+    events = []
+    for e, v in zip(record.epochs, record.val_knn, strict=True):
+        final = record.status == FINISHED and e == record.epochs[-1]
+        events.append((times.get(int(e), math.inf), record.trial_id, int(e),
+                       record.val_knn_acc if final else v, final))
+    return events
+
+
+def summarize_run(p: Plan, strategy: str, seed: int, results: Sequence[Any],
+                  wall_s: float) -> dict[str, Any]:
+    """One strategy × search seed: budget, best trial (on validation), curve, trials."""
+    from sslsearch.compare import _trial_keys, record
+    from sslsearch.run import budget as budget_of
+
+    keys = _trial_keys(p.space) + (["seed"] if strategy == "default" else [])
+    results = trained_trials(results)
+    records = [record(r, strategy, keys) for r in results]
+    b = budget_of(results)
+    finished = [t for t in records if t.status == FINISHED and t.val_knn_acc is not None]
+    best = max(finished, key=lambda t: (t.val_knn_acc or 0.0, t.probe_val_acc or 0.0),
+               default=None)
+    events = [e for r, t in zip(results, records, strict=True) for e in _events(r, t)]
+    return {
+        "strategy": strategy, "search_seed": seed, "wall_s": wall_s,
+        "budget": dataclasses.asdict(b), "spent": b.trained,
+        "within_budget": within_one_trial(b.trained, p.budget, p.epochs),
+        "best": None if best is None else {
+            "trial_id": best.trial_id, "val_knn_acc": best.val_knn_acc,
+            "probe_val_acc": best.probe_val_acc,
+            "probe_test_acc": best.metrics.get("probe_test_acc"), "params": best.params},
+        "curve": best_so_far(events),
+        "trials": [{**t.to_json(), "config_seed": t.seed} for t in records],
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# The command
+
+
+def command_line(argv: Sequence[str]) -> str:
+    return " ".join([Path(sys.executable).name, "-m", "sslsearch.bench", "search",
+                     *(shlex.quote(a) for a in argv)])
+
+
+def run(p: Plan, argv: Sequence[str]) -> int:
+    from sslsearch import sweep, tracking
+
+    command = command_line(argv)
+    tracker = tracking.Tracker(p.tracking_uri, p.mlflow_experiment, p.name)
+    tracker.log_sweep(
+        params={"space": p.space_path.name, "experiment": Path(p.exp.source).name,
+                "method": p.method, "epochs": p.epochs, "budget_trial_epochs": p.budget,
+                "runs_per_strategy": p.runs, "default_seeds": p.default_seeds,
+                "tpe_trial_cap": p.tpe_cap, "search_seeds": ",".join(map(str, p.search_seeds)),
+                "strategies": ",".join(p.strategies), "metric": p.exp.search.metric},
+        tags={**tracking.sweep_tags(), "command": command, "sslsearch.kind": "bench_search"},
+        texts={"space.yaml": p.space_path.read_text(),
+               "experiment.yaml": Path(p.exp.source).read_text(), "command.txt": command + "\n"})
+    print(f"bench search {p.name}: {p.method} ({p.space_path.name}), experiment "
+          f"{Path(p.exp.source).name}; {p.budget} trial-epochs per strategy "
+          f"({', '.join(p.strategies)}) × {len(p.search_seeds)} search seeds\n"
+          f"  results: {p.folder}\n  MLflow:  {p.tracking_uri}", flush=True)
+    p.folder.mkdir(parents=True)
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    t0 = time.time()
+    sweep.init_ray(None)
+    runs: list[dict[str, Any]] = []
+    last_results: dict[str, dict[str, Any]] = {}
+    stages: dict[str, str] = {}
+    for seed in p.search_seeds:
+        for strategy in p.strategies:
+            print(f"\n== {strategy}, search seed {seed}", flush=True)
+            results, wall = run_strategy(p, strategy, seed)
+            row = summarize_run(p, strategy, seed, results, wall)
+            runs.append(row)
+            for r in results:
+                if r.metrics and "trial_id" in r.metrics:
+                    last_results[str(r.metrics["trial_id"])] = r.metrics
+                    stages[str(r.metrics["trial_id"])] = f"{strategy} search-seed {seed}"
+            best = row["best"]
+            print(f"== {strategy}, search seed {seed}: {row['spent']} trial-epochs, "
+                  f"{wall:.0f} s, best val kNN {pct(best and best['val_knn_acc'])}", flush=True)
+    elapsed = time.time() - t0
+
+    summary = aggregate(runs, p.strategies)
+    info = {"name": p.name, "command": command, "space": p.space_path.name,
+            "experiment": Path(p.exp.source).name, "method": p.method,
+            "dataset": p.exp.trial.dataset, "backbone": p.exp.trial.backbone,
+            "epochs": p.epochs, "budget": p.budget, "runs": p.runs,
+            "default_seeds": p.default_seeds, "tpe_cap": p.tpe_cap,
+            "search_seeds": list(p.search_seeds), "strategies": list(p.strategies),
+            "metric": p.exp.search.metric, "selection": SELECTION, "wall_seconds": elapsed}
+    md, written = write_results(p.folder, info, runs)
+
+    tracker = tracking.Tracker(p.tracking_uri, p.mlflow_experiment, p.name)  # fresh after fits
+    for trial_id, stage in stages.items():
+        tracker.client.set_tag(tracker.child(trial_id, "", {}), "sslsearch.stage", stage)
+    for metrics in last_results.values():
+        tracker.log_parent_baselines(metrics)
+    for strategy, s in summary.items():
+        for key in ("best_val_knn_acc", "best_probe_test_acc"):
+            if s[key]["mean"] is not None:
+                tracker.client.log_metric(tracker.parent_id, f"{strategy}.{key}.mean",
+                                          s[key]["mean"])
+                tracker.client.log_metric(tracker.parent_id, f"{strategy}.{key}.std",
+                                          s[key]["std"])
+    for path in written:
+        tracker.log_parent_file(path)
+    tracker.end_sweep(last_results, p.epochs, "FINISHED")
+
+    print()
+    print(md)
+    print(f"report: {p.folder / RESULTS_MD}\nMLflow runs: mlflow ui --backend-store-uri "
+          f"{p.tracking_uri} --host 127.0.0.1 --port 5000, then open {tracker.runs_link()}")
+    off = [s for s, v in summary.items() if not v["within_budget"]]
+    if off:
+        print(f"warning: {', '.join(off)} spent more or less than the budget ± one trial "
+              "(failed trials?); see the per-seed table", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m sslsearch.bench search …``: exit code 2 and one line on bad input."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    try:
+        p = plan(build_parser().parse_args(argv))
+        return run(p, argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""``python -m sslsearch.bench search``: equal trial-epoch budgets for the default config, random
+search and TPE + ASHA; the budget accounting, the report files, bad input (exit 2, one line)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from sslsearch import bench_search as bs
+from sslsearch import bench_search_report as rep
+from sslsearch.space import FINISHED, load_space, trial_from_config
+
+# ------------------------------------------------------------------------------------------------
+# The budget: pure functions
+
+
+def test_budget_in_whole_trials_and_the_tpe_cap() -> None:
+    assert bs.runs_for_budget(12, 2) == 6 and bs.runs_for_budget(13, 3) == 4
+    # ASHA never stops a trial before min(grace, epochs) epochs: the cap outlasts the budget.
+    assert bs.tpe_trial_cap(12, 4, grace_period=1, max_concurrent=2) == 14
+    assert bs.tpe_trial_cap(12, 2, grace_period=3, max_concurrent=2) == 8
+    assert bs.within_one_trial(14, 12, 2) and bs.within_one_trial(10, 12, 2)
+    assert not bs.within_one_trial(15, 12, 2) and not bs.within_one_trial(9, 12, 2)
+
+
+class _Inner:
+    """A stand-in for the collapse stopper: stops trial 'bad', never everything."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        self.seen.append(trial_id)
+        return trial_id == "bad"
+
+    def stop_all(self) -> bool:
+        return False
+
+
+def test_budget_stopper_counts_each_trials_epochs_once_and_keeps_the_inner_stopper() -> None:
+    inner = _Inner()
+    stop = bs.BudgetStopper(5, inner)
+    assert stop("a", {"epoch": 1}) is False and stop("bad", {"epoch": 1}) is True
+    assert stop("a", {"epoch": 2}) is False
+    stop("a", {"epoch": 2})  # a restarted trial repeats its epoch: counted once
+    stop("b", {"val_knn_acc": 0.5})  # a result without an epoch trains nothing
+    assert stop.spent == 3 and not stop.stop_all()
+    stop("b", {"epoch": 1})
+    assert not stop.stop_all()
+    stop("a", {"epoch": 3})
+    assert stop.spent == 5 and stop.stop_all()
+    assert inner.seen == ["a", "bad", "a", "a", "b", "b", "a"]
+
+
+def _simulate_tpe_asha(budget: int, epochs: int, grace: int, concurrent: int,
+                       stop_at_grace: set[int]) -> int:
+    """Tune's loop in miniature: ``concurrent`` trials advance one epoch per step, each result
+    goes through the stopper, a trial ends at its epochs (or at the grace period, for the
+    proposals in ``stop_at_grace``: ASHA), new ones are proposed until ``stop_all``."""
+    stop = bs.BudgetStopper(budget)
+    cap = bs.tpe_trial_cap(budget, epochs, grace, concurrent)
+    proposed, running = 0, {}
+    while not stop.stop_all():
+        while len(running) < concurrent and proposed < cap:
+            running[f"t{proposed}"] = 0
+            proposed += 1
+        assert running, "the cap ran out before the budget"
+        for trial_id in list(running):
+            running[trial_id] += 1
+            stop(trial_id, {"epoch": running[trial_id]})
+            end = grace if int(trial_id[1:]) in stop_at_grace else epochs
+            if running[trial_id] >= end:
+                del running[trial_id]
+    return stop.spent
+
+
+@pytest.mark.parametrize("stopped", [set(), {1, 2, 3}, set(range(100))])
+def test_the_three_strategies_spend_the_same_budget(stopped: set[int]) -> None:
+    """default and random: budget // epochs whole trials; tpe_asha: until the trained epochs
+    reach the budget, however many trials ASHA stops at its grace period."""
+    budget, epochs = 12, 4
+    whole = bs.runs_for_budget(budget, epochs) * epochs
+    spent = _simulate_tpe_asha(budget, epochs, grace=1, concurrent=2, stop_at_grace=stopped)
+    assert bs.within_one_trial(whole, budget, epochs)
+    assert bs.within_one_trial(spent, budget, epochs) and abs(spent - whole) <= epochs
+
+
+def test_best_so_far_counts_only_finished_trials_in_time_order() -> None:
+    events = [(3.0, "a", 2, 0.7, True), (1.0, "a", 1, 0.5, False), (2.0, "b", 1, 0.9, False),
+              (4.0, "c", 1, 0.6, False), (5.0, "c", 2, 0.8, True)]
+    assert bs.best_so_far(events) == [None, None, 0.7, 0.7, 0.8]
+    assert rep.mean_curve([[None, 0.5, 0.7], [0.6, 0.6]]) == [None, 0.55, pytest.approx(0.65)]
+
+
+# ------------------------------------------------------------------------------------------------
+# The strategies' configurations
+
+
+def test_default_config_is_the_experiments_trial_without_searched_parameters() -> None:
+    from sslsearch.config import load_experiment
+
+    exp = load_experiment("quick")
+    space = load_space("simclr.yaml", exp.trial)
+    cfg = trial_from_config(bs.default_config(space))
+    assert cfg.method == "simclr" and cfg.method_params == {}
+    assert (cfg.base_lr, cfg.batch_size, cfg.crop_min_scale) == (
+        exp.trial.base_lr, exp.trial.batch_size, exp.trial.crop_min_scale)
+
+
+def test_random_points_are_seeded_inside_the_space_and_keyed_as_it_draws() -> None:
+    space = load_space("simclr.yaml")
+    a, b = bs.random_points(space, 3, seed=0), bs.random_points(space, 3, seed=1)
+    assert a == bs.random_points(space, 3, seed=0) and a != b and len({str(p) for p in a}) == 3
+    assert set(a[0]) == set(space.dists("simclr"))
+    lo, hi = space.methods["simclr"]["temperature"].args
+    assert all(lo <= p["simclr.temperature"] <= hi for p in a + b)
+
+
+def test_the_budget_stop_goes_in_front_of_the_sweeps_own_stopper(tmp_path: Path) -> None:
+    """Through the Tuner that sslsearch.sweep.build_tuner makes (no Ray started)."""
+    from sslsearch import sweep
+    from sslsearch.config import load_experiment
+
+    exp = load_experiment("quick")
+    settings = sweep.SweepSettings(name="x", storage=str(tmp_path), tracking_uri="sqlite:///"
+                                   f"{tmp_path / 'm.db'}", mlflow_experiment="sslsearch")
+    tuner = sweep.build_tuner(exp, load_space("simclr.yaml", exp.trial), settings, quiet=True)
+    stopper = bs.add_budget_stop(tuner, 7)
+    assert tuner._local_tuner.get_run_config().stop is stopper
+    assert isinstance(stopper.inner, sweep.CollapseStopper) and stopper.budget == 7
+
+
+# ------------------------------------------------------------------------------------------------
+# Summaries and the report, from hand-built Ray results
+
+
+def _result(trial_id: str, epochs: int, planned: int, vals: list[float], t0: float,
+            probe: float | None = None, **config: Any) -> Any:
+    metrics: dict[str, Any] = {"trial_id": trial_id}
+    if epochs:
+        metrics.update(epoch=float(epochs), val_knn_acc=vals[-1], time_total_s=float(epochs))
+    if probe is not None:
+        metrics.update(probe_val_acc=probe, probe_test_acc=probe - 0.01)
+    frame = pd.DataFrame({"epoch": [float(e + 1) for e in range(epochs)],
+                          "val_knn_acc": vals[:epochs],
+                          "timestamp": [t0 + e for e in range(epochs)]})
+    return SimpleNamespace(metrics=metrics, error=None, path=f"/x/{trial_id}", checkpoint=None,
+                           config={"_base": {"epochs": planned}, "method": "simclr", **config},
+                           metrics_dataframe=frame)
+
+
+def _plan(tmp_path: Path, budget: int = 6, epochs: int = 2) -> Any:
+    return SimpleNamespace(space=load_space("simclr.yaml"), budget=budget, epochs=epochs)
+
+
+def test_summarize_run_selects_on_validation_and_counts_the_trained_epochs(
+        tmp_path: Path) -> None:
+    results = [
+        _result("a", 2, 2, [0.5, 0.7], t0=0, probe=0.8, base_lr=1e-3),
+        _result("b", 1, 2, [0.95], t0=1),  # stopped early: never selected, however high
+        _result("c", 2, 2, [0.6, 0.75], t0=3, probe=0.7, base_lr=2e-3),
+        _result("d", 0, 2, [], t0=5),  # the budget stop came before its first epoch
+    ]
+    row = bs.summarize_run(_plan(tmp_path), "tpe_asha", 0, results, wall_s=12.0)
+    assert row["spent"] == 5 and row["within_budget"]
+    assert row["budget"]["trials"] == 3 and row["budget"]["stopped_early"] == 1
+    assert row["best"]["trial_id"] == "c" and row["best"]["probe_test_acc"] == pytest.approx(0.69)
+    assert row["best"]["params"] == {"base_lr": 2e-3}
+    assert row["curve"] == [None, 0.7, 0.7, 0.7, 0.75]
+    assert [t["status"] for t in row["trials"]] == [FINISHED, "stopped early", FINISHED]
+
+
+def _runs() -> list[dict[str, Any]]:
+    runs = []
+    for strategy, base in (("default", 0.70), ("random", 0.72), ("tpe_asha", 0.75)):
+        for seed in (0, 1):
+            best = {"trial_id": f"{strategy}{seed}", "val_knn_acc": base + 0.01 * seed,
+                    "probe_val_acc": 0.8, "probe_test_acc": base + 0.05, "params": {"x": 0.5}}
+            runs.append({"strategy": strategy, "search_seed": seed, "wall_s": 10.0,
+                         "budget": {"trials": 3, "finished": 3, "stopped_early": 0,
+                                    "failed": 0},
+                         "spent": 6 if strategy != "tpe_asha" else 7, "within_budget": True,
+                         "best": best, "curve": [None, base, base + 0.01 * seed],
+                         "trials": []})
+    return runs
+
+
+def test_results_are_written_as_json_markdown_and_png(tmp_path: Path) -> None:
+    info = {"name": "b", "command": "python -m sslsearch.bench search", "space": "simclr.yaml",
+            "experiment": "quick.yaml", "method": "simclr", "dataset": "digits",
+            "backbone": "small_cnn", "epochs": 2, "budget": 6, "runs": 3, "default_seeds": 3,
+            "tpe_cap": 8, "search_seeds": [0, 1], "strategies": list(bs.STRATEGIES),
+            "metric": "val_knn_acc", "selection": bs.SELECTION, "wall_seconds": 60.0}
+    md, written = rep.write_results(tmp_path, info, _runs())
+    assert [p.name for p in written] == [rep.RESULTS_MD, rep.RESULTS_JSON, rep.CURVE_PNG]
+    assert (tmp_path / rep.CURVE_PNG).read_bytes().startswith(b"\x89PNG")
+    assert (tmp_path / rep.RESULTS_MD).read_text() == md
+    doc = json.loads((tmp_path / rep.RESULTS_JSON).read_text())
+    tpe = doc["summary"]["tpe_asha"]
+    assert tpe["best_val_knn_acc"]["mean"] == pytest.approx(0.755)
+    assert tpe["best_val_knn_acc"]["n"] == 2 and tpe["spent"] == [7, 7]
+    rows = [line for line in md.splitlines() if line.startswith("| tpe_asha | 75.50 ± 0.71 |")]
+    assert rows and "| +5.00 |" in rows[0] and "| 80.00 ± 0.00 |" in rows[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input: exit code 2, one line naming the file or field, before anything starts
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["--space", "nope.yaml"], "space file 'nope.yaml' not found"),
+    (["--space", "simclr", "--experiment", "nope"], "experiment file 'nope' not found"),
+    (["--space", "simclr", "--budget", "x"], "argument --budget: expected a whole number"),
+    (["--space", "simclr", "--search-seeds", "0"], "argument --search-seeds"),
+    (["--space", "simclr", "--epochs", "4", "--budget", "3"], "--budget 3: less than one trial"),
+    (["--space", "simclr", "--budget", "8", "--budget-trials", "2"], "not allowed with"),
+    (["--space", "simclr", "--budget", "8", "--epochs", "2", "--seeds", "2"], "--seeds 2"),
+    (["--space", "all_methods"], "--method: all_methods.yaml draws"),
+    (["--space", "simclr", "--method", "byol"], "--method 'byol': not drawn by simclr.yaml"),
+    (["--space", "simclr", "--strategies", "default,grid"], "--strategies 'default,grid'"),
+    (["--space", "simclr", "--name", "../out"], "--name '../out'"),
+    (["--space", "simclr", "--name", "/tmp/out"], "--name '/tmp/out'"),
+    (["--space", "simclr", "--name", ".."], "--name '..'"),
+    (["--space", "simclr", "--storage", "s3://bucket/x"], "--storage s3://bucket/x"),
+    (["--space", "simclr", "--tracking-uri", "ftp://x"], "--tracking-uri 'ftp://x'"),
+])
+def test_bad_input_exits_2_with_one_line(args: list[str], named: str, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert bs.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and named in err, err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no folder, no mlflow.db
+
+
+def test_an_existing_benchmark_folder_is_refused(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "sslsearch_results" / "b1").mkdir(parents=True)
+    assert bs.main(["--space", "simclr", "--name", "b1"]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_the_bench_command_hands_search_to_the_benchmark(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "sslsearch.bench", "search", "--space",
+                           str(tmp_path / "missing.yaml")], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "missing.yaml' not found" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# End to end
+
+
+@pytest.mark.slow  # 60-100 s on the shared 2 cores: 3 Ray experiments (start-up each), ~7 trials
+def test_bench_search_end_to_end(tmp_path: Path) -> None:
+    """Digits, SimCLR, 2 epochs a trial, a budget of 4 trial-epochs, one search seed, ASHA
+    allowed to stop after 1 epoch: the three strategies spend the same budget (± one trial),
+    the report is written and logged to MLflow, every trial a child of one parent."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sslsearch.bench", "search", "--space", "simclr",
+         "--experiment", "quick", "--epochs", "2", "--budget", "4", "--grace-period", "1",
+         "--search-seeds", "1", "--name", "b", "--tracking-uri", uri, "--quiet"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    folder = tmp_path / "sslsearch_results" / "b"
+    doc = json.loads((folder / rep.RESULTS_JSON).read_text())
+    spent = {r["strategy"]: r["spent"] for r in doc["runs"]}
+    assert spent["default"] == spent["random"] == 4
+    assert abs(spent["tpe_asha"] - 4) <= 2, spent
+    for r in doc["runs"]:
+        assert r["best"] is not None and r["best"]["probe_test_acc"] is not None, r
+        assert len(r["curve"]) == r["spent"]
+    assert (folder / rep.CURVE_PNG).read_bytes().startswith(b"\x89PNG")
+    assert "| tpe_asha | " in (folder / rep.RESULTS_MD).read_text()
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("sslsearch")
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("sslsearch.role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("sslsearch.role") == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert all(c.info.status == "FINISHED" for c in children)
+    stages = {c.data.tags.get("sslsearch.stage") for c in children}
+    assert stages == {f"{s} search-seed 0" for s in bs.STRATEGIES}
+    artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {rep.RESULTS_MD, rep.RESULTS_JSON, rep.CURVE_PNG} <= artifacts
+    assert "tpe_asha.best_val_knn_acc.mean" in parents[0].data.metrics
+
