@@ -50,12 +50,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ray import tune
-
 from sslsearch.bench_search_report import RESULTS_MD, aggregate, pct, write_results
-from sslsearch.config import SPACES_DIR, Experiment, load_experiment, resolve_file
+from sslsearch.config import (
+    SPACES_DIR,
+    Experiment,
+    load_experiment,
+    resolve_file,
+    results_folder,
+)
 from sslsearch.errors import ConfigError
-from sslsearch.space import FINISHED, Dist, SearchSpace
+from sslsearch.space import FINISHED, Dist, SearchSpace, random_points
 
 STRATEGIES = ("default", "random", "tpe_asha")
 SELECTION = ("the trial with the highest final val_knn_acc among those that trained all their "
@@ -99,49 +103,6 @@ def best_so_far(events: Sequence[tuple[float, str, int, float | None, bool]]
             best = value
         curve.append(best)
     return curve
-
-
-# ------------------------------------------------------------------------------------------------
-# Stopping tpe_asha at the budget
-
-
-class BudgetStopper(tune.Stopper):
-    """Stops the whole search once the trials' trained epochs (the highest ``epoch`` each trial
-    reported, so a restarted trial's repeated epoch counts once) reach ``budget``; wraps the
-    sweep's own stopper (the collapse stopper), which keeps deciding about single trials."""
-
-    def __init__(self, budget: int, inner: Any = None) -> None:
-        self.budget, self.inner = budget, inner
-        self._epochs: dict[str, int] = {}
-
-    @property
-    def spent(self) -> int:
-        return sum(self._epochs.values())
-
-    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        epoch = result.get("epoch")
-        if isinstance(epoch, int | float) and math.isfinite(epoch):
-            self._epochs[trial_id] = max(self._epochs.get(trial_id, 0), int(epoch))
-        return bool(self.inner(trial_id, result)) if self.inner is not None else False
-
-    def stop_all(self) -> bool:
-        inner = bool(self.inner.stop_all()) if self.inner is not None else False
-        return self.spent >= self.budget or inner
-
-
-def add_budget_stop(tuner: Any, budget: int) -> BudgetStopper:
-    """Put a :class:`BudgetStopper` in front of the stopper of a tuner from
-    :func:`sslsearch.sweep.build_tuner`, which takes none of its own. (Ray's ``Tuner`` keeps
-    its run config on its local ``TunerInternal``; a ``stoppers=`` argument of ``build_tuner``
-    would make this unnecessary.)"""
-    internal = getattr(tuner, "_local_tuner", None)
-    run_config = internal.get_run_config() if internal is not None else None
-    if run_config is None or not hasattr(run_config, "stop"):
-        raise RuntimeError("this Ray version's Tuner keeps no local run config; the budget "
-                           "stop of tpe_asha cannot be installed (Ray Client is not supported)")
-    stopper = BudgetStopper(budget, run_config.stop)
-    run_config.stop = stopper
-    return stopper
 
 
 # ------------------------------------------------------------------------------------------------
@@ -214,16 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def validate_name(name: str, storage: Path) -> Path:
-    """``storage / name`` for a user-given name that must stay a single folder inside
-    ``storage``: no separators, no ``..``, not absolute, no symlink out; and a new one."""
-    bad = (not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name
-           or Path(name).is_absolute() or name.strip() != name)
-    if bad:
-        raise ConfigError(f"--name {name!r}: must be a plain folder name inside the results "
-                          "folder (no '/', '\\', '..', absolute path or surrounding spaces)")
-    folder = storage / name
-    if folder.resolve().parent != storage.resolve():
-        raise ConfigError(f"--name {name!r}: leads out of the results folder {storage}")
+    """``storage / name`` (:func:`sslsearch.config.results_folder`), and a new one."""
+    folder = results_folder(name, storage)
     if folder.exists():
         raise ConfigError(f"--name {name!r}: {folder} already exists; choose another name")
     return folder
@@ -328,22 +281,6 @@ def default_config(space: SearchSpace) -> dict[str, Any]:
     return config
 
 
-def random_points(space: SearchSpace, n: int, seed: int) -> list[dict[str, Any]]:
-    """``n`` parameter sets drawn by Optuna's ``RandomSampler(seed)``, keyed (and labelled, for
-    choices) as the space's Optuna trials name them: points the sweep's searcher evaluates."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed),
-                                direction="maximize")
-    points = []
-    for _ in range(n):
-        trial = study.ask()
-        space(trial)
-        points.append(dict(trial.params))
-    return points
-
-
 def _for_seed(p: Plan, seed: int) -> tuple[Experiment, SearchSpace]:
     exp = dataclasses.replace(p.exp, trial=dataclasses.replace(p.exp.trial, seed=seed))
     return exp, dataclasses.replace(p.space, base={**p.space.base, "seed": seed})
@@ -374,8 +311,7 @@ def run_strategy(p: Plan, strategy: str, seed: int) -> tuple[list[Any], float]:
         else:
             search = dataclasses.replace(exp.search, num_samples=p.tpe_cap)
             tuner = sweep.build_tuner(dataclasses.replace(exp, search=search), space, settings,
-                                      quiet=p.quiet)
-            add_budget_stop(tuner, p.budget)
+                                      quiet=p.quiet, budget_epochs=p.budget)
     grid = tuner.fit()
     if grid.num_terminated + grid.num_errors < len(grid):  # Ray returns on Ctrl+C
         raise KeyboardInterrupt

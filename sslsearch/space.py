@@ -382,6 +382,22 @@ FINISHED = "finished"
 STOPPED_EARLY = "stopped early"
 
 
+def random_points(space: SearchSpace, n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` parameter sets drawn by Optuna's ``RandomSampler(seed)``, keyed (and labelled, for
+    choices) as the space's Optuna trials name them: points the sweep's searcher evaluates."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed),
+                                direction="maximize")
+    points = []
+    for _ in range(n):
+        trial = study.ask()
+        space(trial)
+        points.append(dict(trial.params))
+    return points
+
+
 def configured_epochs(config: Mapping[str, Any]) -> int | None:
     """The epochs a trial was configured to train: a searched ``epochs`` over the experiment's
     (``_base``); None when the config says neither (a hand-built one)."""

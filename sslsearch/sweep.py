@@ -213,8 +213,34 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
 
 
+class BudgetStopper(tune.Stopper):
+    """Stops the whole search once the trials' trained epochs (the highest ``epoch`` each trial
+    reported, so a restarted trial's repeated epoch counts once) reach ``budget``; wraps the
+    sweep's own stopper (the collapse stopper), which keeps deciding about single trials."""
+
+    def __init__(self, budget: int, inner: Any = None) -> None:
+        self.budget, self.inner = budget, inner
+        self._epochs: dict[str, int] = {}
+
+    @property
+    def spent(self) -> int:
+        return sum(self._epochs.values())
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        epoch = result.get("epoch")
+        if isinstance(epoch, int | float) and math.isfinite(epoch):
+            self._epochs[trial_id] = max(self._epochs.get(trial_id, 0), int(epoch))
+        return bool(self.inner(trial_id, result)) if self.inner is not None else False
+
+    def stop_all(self) -> bool:
+        inner = bool(self.inner.stop_all()) if self.inner is not None else False
+        return self.spent >= self.budget or inner
+
+
 def build_tuner(exp: Experiment, space: SearchSpace, settings: SweepSettings,
-                quiet: bool = False) -> tune.Tuner:
+                quiet: bool = False, budget_epochs: int | None = None) -> tune.Tuner:
+    """The sweep's Tuner; ``budget_epochs`` ends the whole search once its trials have trained
+    that many epochs in all (``python -m sslsearch.bench search``'s equal budgets)."""
     search: SearchConfig = exp.search
     fn = _trainable(search.metric, search.mode, search.cpus_per_trial, search.gpus_per_trial)
     with warnings.catch_warnings():
@@ -228,8 +254,12 @@ def build_tuner(exp: Experiment, space: SearchSpace, settings: SweepSettings,
                               mode=search.mode, max_t=epochs,
                               grace_period=min(search.grace_period, epochs),
                               reduction_factor=search.reduction_factor)
-    stop = (CollapseStopper(search.collapse_std_ratio, search.collapse_rank_ratio,
-                            search.collapse_patience) if search.stop_on_collapse else None)
+    stop: tune.Stopper | None = None
+    if search.stop_on_collapse:
+        stop = CollapseStopper(search.collapse_std_ratio, search.collapse_rank_ratio,
+                               search.collapse_patience)
+    if budget_epochs is not None:
+        stop = BudgetStopper(budget_epochs, stop)
     callbacks = [
         MLflowTrialCallback(settings.tracking_uri, settings.mlflow_experiment, settings.name,
                             epochs),

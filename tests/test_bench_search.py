@@ -15,7 +15,8 @@ import pytest
 
 from sslsearch import bench_search as bs
 from sslsearch import bench_search_report as rep
-from sslsearch.space import FINISHED, load_space, trial_from_config
+from sslsearch import sweep
+from sslsearch.space import FINISHED, load_space, random_points, trial_from_config
 
 # ------------------------------------------------------------------------------------------------
 # The budget: pure functions
@@ -46,7 +47,7 @@ class _Inner:
 
 def test_budget_stopper_counts_each_trials_epochs_once_and_keeps_the_inner_stopper() -> None:
     inner = _Inner()
-    stop = bs.BudgetStopper(5, inner)
+    stop = sweep.BudgetStopper(5, inner)
     assert stop("a", {"epoch": 1}) is False and stop("bad", {"epoch": 1}) is True
     assert stop("a", {"epoch": 2}) is False
     stop("a", {"epoch": 2})  # a restarted trial repeats its epoch: counted once
@@ -64,7 +65,7 @@ def _simulate_tpe_asha(budget: int, epochs: int, grace: int, concurrent: int,
     """Tune's loop in miniature: ``concurrent`` trials advance one epoch per step, each result
     goes through the stopper, a trial ends at its epochs (or at the grace period, for the
     proposals in ``stop_at_grace``: ASHA), new ones are proposed until ``stop_all``."""
-    stop = bs.BudgetStopper(budget)
+    stop = sweep.BudgetStopper(budget)
     cap = bs.tpe_trial_cap(budget, epochs, grace, concurrent)
     proposed, running = 0, {}
     while not stop.stop_all():
@@ -116,8 +117,8 @@ def test_default_config_is_the_experiments_trial_without_searched_parameters() -
 
 def test_random_points_are_seeded_inside_the_space_and_keyed_as_it_draws() -> None:
     space = load_space("simclr.yaml")
-    a, b = bs.random_points(space, 3, seed=0), bs.random_points(space, 3, seed=1)
-    assert a == bs.random_points(space, 3, seed=0) and a != b and len({str(p) for p in a}) == 3
+    a, b = random_points(space, 3, seed=0), random_points(space, 3, seed=1)
+    assert a == random_points(space, 3, seed=0) and a != b and len({str(p) for p in a}) == 3
     assert set(a[0]) == set(space.dists("simclr"))
     lo, hi = space.methods["simclr"]["temperature"].args
     assert all(lo <= p["simclr.temperature"] <= hi for p in a + b)
@@ -125,15 +126,15 @@ def test_random_points_are_seeded_inside_the_space_and_keyed_as_it_draws() -> No
 
 def test_the_budget_stop_goes_in_front_of_the_sweeps_own_stopper(tmp_path: Path) -> None:
     """Through the Tuner that sslsearch.sweep.build_tuner makes (no Ray started)."""
-    from sslsearch import sweep
     from sslsearch.config import load_experiment
 
     exp = load_experiment("quick")
     settings = sweep.SweepSettings(name="x", storage=str(tmp_path), tracking_uri="sqlite:///"
                                    f"{tmp_path / 'm.db'}", mlflow_experiment="sslsearch")
-    tuner = sweep.build_tuner(exp, load_space("simclr.yaml", exp.trial), settings, quiet=True)
-    stopper = bs.add_budget_stop(tuner, 7)
-    assert tuner._local_tuner.get_run_config().stop is stopper
+    tuner = sweep.build_tuner(exp, load_space("simclr.yaml", exp.trial), settings, quiet=True,
+                              budget_epochs=7)
+    stopper = tuner._local_tuner.get_run_config().stop
+    assert isinstance(stopper, sweep.BudgetStopper)
     assert isinstance(stopper.inner, sweep.CollapseStopper) and stopper.budget == 7
 
 
