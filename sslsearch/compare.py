@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sslsearch.config import SPACES_DIR, load_experiment, resolve_file
+from sslsearch.config import SPACES_DIR, load_experiment, resolve_file, results_folder
 from sslsearch.errors import ConfigError
 from sslsearch.run import (
     BASELINE_KEYS,
@@ -343,7 +343,7 @@ def run_compare(args: argparse.Namespace, argv: list[str]) -> int:
     if "://" in storage:
         raise ConfigError("--compare writes its report to a local folder: give a local --storage")
     name = args.name or sweep.new_sweep_id(f"compare-{space_path.stem}")
-    folder = Path(storage) / name
+    folder = results_folder(name, storage)  # a user-given name stays in the results folder
     folder.mkdir(parents=True, exist_ok=True)
     tracking_uri = tracking.normalize_uri(args.tracking_uri)
     tracking.check_reachable(tracking_uri)

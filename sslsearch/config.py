@@ -278,6 +278,20 @@ def resolve_file(name: str | Path, folder: Path, kind: str) -> Path:
                       f"known: {', '.join(known) or 'none'}")
 
 
+def results_folder(name: str, storage: str | Path) -> Path:
+    """``storage / name`` for a user-given ``--name``, which must stay one plain folder inside
+    the results folder ``storage``: no separators, no ``..``, not absolute, no symlink out."""
+    bad = (not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name
+           or Path(name).is_absolute() or name.strip() != name)
+    if bad:
+        raise ConfigError(f"--name {name!r}: must be a plain folder name inside the results "
+                          "folder (no '/', '\\', '..', absolute path or surrounding spaces)")
+    folder = Path(storage) / name
+    if folder.resolve().parent != Path(storage).resolve():
+        raise ConfigError(f"--name {name!r}: leads out of the results folder {storage}")
+    return folder
+
+
 def load_experiment(name: str | Path | None = None) -> Experiment:
     """Load ``experiments/<name>.yaml`` (default ``quick``) or a path to an experiment YAML."""
     path = resolve_file(name or "quick", EXPERIMENTS_DIR, "experiment")

@@ -29,6 +29,7 @@ from sslsearch.config import (
     build_dataclass,
     load_experiment,
     resolve_file,
+    results_folder,
 )
 from sslsearch.errors import ConfigError
 from sslsearch.space import FINISHED, STOPPED_EARLY, configured_epochs, trial_status
@@ -458,6 +459,8 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
         space_path = resolve_file(args.space, SPACES_DIR, "space")
         exp = _apply_overrides(load_experiment(args.experiment), args)
         name = args.name or sweep.new_sweep_id(space_path.stem)
+        if args.name and "://" not in storage:
+            results_folder(args.name, storage)  # a user-given name stays in the results folder
         tracking_uri = tracking.normalize_uri(args.tracking_uri)
         mlflow_experiment = args.mlflow_experiment
     space = load_space(space_path, exp.trial)

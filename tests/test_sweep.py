@@ -338,3 +338,15 @@ def test_best_experiment_without_probe_says_its_val_knn(tmp_path: Path) -> None:
     best = {**best, "probe_val_acc": 0.9}
     text = yaml.safe_load(_export_best(best, out, exp).read_text())["description"]
     assert "probe val acc 0.9" in text
+
+
+@pytest.mark.parametrize("name", ["../outside", "/tmp/abs", "a/b", ".."])
+@pytest.mark.parametrize("compare", [False, True])
+def test_a_name_may_not_write_outside_the_results_folder(tmp_path: Path, name: str,
+                                                         compare: bool) -> None:
+    args = ["--space", "simclr.yaml", "--name", name, "--storage", "results"]
+    out = sslsearch_run(args + (["--compare"] if compare else []), tmp_path)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--name" in lines[0] and "results folder" in lines[0], lines
+    assert not (tmp_path / "outside").exists() and not (tmp_path / "results").exists()
