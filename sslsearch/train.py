@@ -256,19 +256,6 @@ def _probe(trial: _Trial) -> dict[str, float]:
             "test_knn_acc": float(accuracy(test_knn, test[1]))}
 
 
-def evaluate_initial(cfg: TrialConfig, data: DataBundle | None = None) -> dict[str, float]:
-    """Validation kNN accuracy and collapse diagnostics of the encoder at random initialisation.
-
-    The baseline every method must beat: the same encoder, the same seed, no pretraining.
-    """
-    device = select_device(cfg.device)
-    data = data if data is not None else load_data(cfg, device)
-    trial = setup_trial(cfg, data, device, compile=False)  # compiling for one pass is waste
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    return {k: float(v) for k, v in
-            _evaluate(trial, gen, augment_configs(cfg, data.image_size)).items()}
-
-
 def setup_trial(cfg: TrialConfig, data: DataBundle, device: torch.device, *,
                 compile: bool | None = None) -> _Trial:
     """The method on ``device`` as every step runs it: seeded initialisation, channels_last and

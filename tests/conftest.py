@@ -25,12 +25,3 @@ def needs_fashion_mnist() -> pytest.MarkDecorator:
 def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test runs in its own folder, so stray files (mlflow.db, results) never collide."""
     monkeypatch.chdir(tmp_path)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every per-method learning test (15 epochs with the method's full-width heads: 30 s to
-    several minutes on 2 cores) is `slow`; the default run keeps the unit and contract tests and
-    SimCLR/VICReg's digits learning tests in tests/test_train.py. Run them with `-m slow`."""
-    for item in items:
-        if "tests/methods/" in str(item.path).replace("\\", "/") and "learn" in item.name:
-            item.add_marker(pytest.mark.slow)

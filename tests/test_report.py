@@ -35,7 +35,8 @@ def _trial(method: str, i: int, stage: str = "search", value: float | None = Non
            status: str = "finished") -> TrialRecord:
     v = 0.5 + 0.04 * i if value is None else value
     params = {"base_lr": 1e-3 * (1 + i), "batch_size": [64, 128, 256][i % 3],
-              "weight_decay": 1e-5 * (1 + i), "crop_min_scale": 0.2 + 0.1 * i}
+              "weight_decay": 1e-5 * (1 + i), "crop_min_scale": 0.2 + 0.1 * i,
+              "jitter_strength": 0.25 * i}
     if method == "simclr":
         params["simclr.temperature"] = 0.1 + 0.1 * i
     if method == "vicreg":
@@ -63,7 +64,7 @@ def test_importance_needs_two_completed_trials_and_varying_params() -> None:
     values, note = importance([_trial("simclr", i) for i in range(5)], space, "simclr")
     assert values is not None and "too few to trust" in note
     assert set(values) <= {"base_lr", "batch_size", "weight_decay", "crop_min_scale",
-                           "simclr.temperature"}
+                           "jitter_strength", "simclr.temperature"}
     assert sum(values.values()) == pytest.approx(1.0, abs=1e-6)
 
 

@@ -109,6 +109,11 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
             proc.wait()
 
 
+# Slow (about 2 minutes): the default suite keeps the same contract in
+# tests/test_faults.py::test_driver_killed_inside_a_callback_resumes_with_nothing_lost (a SIGKILLed
+# driver, a resume, no trial lost or duplicated, every MLflow child FINISHED) and the parent run's
+# baselines across a resume in tests/test_baselines_report.py.
+@pytest.mark.slow
 def test_sweep_killed_with_sigkill_resumes_without_loss_or_duplicates(
         tmp_path: Path, mlflow_server: str) -> None:
     storage = tmp_path / "results"
