@@ -345,8 +345,17 @@ def test_best_experiment_without_probe_says_its_val_knn(tmp_path: Path) -> None:
     assert "probe val acc 0.9" in text
 
 
-@pytest.mark.parametrize("name", ["../outside", "/tmp/abs", "a/b", ".."])
-@pytest.mark.parametrize("compare", [False, True])
+@pytest.mark.parametrize("name", ["../outside", "/tmp/abs", "a/b", "..", ".", "", " x", "a\\b"])
+def test_results_folder_refuses_a_name_that_leaves_it(tmp_path: Path, name: str) -> None:
+    from sslsearch.config import results_folder
+    from sslsearch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--name"):
+        results_folder(name, tmp_path / "results")
+    assert results_folder("ok-1", tmp_path / "results") == tmp_path / "results" / "ok-1"
+
+
+@pytest.mark.parametrize("name,compare", [("../outside", False), ("/tmp/abs", True)])
 def test_a_name_may_not_write_outside_the_results_folder(tmp_path: Path, name: str,
                                                          compare: bool) -> None:
     args = ["--space", "simclr.yaml", "--name", name, "--storage", "results"]
