@@ -111,6 +111,12 @@ CASES: dict[str, list[tuple[str, Callable[[torch.Generator], Args]]]] = {
     "sslsearch.methods.dare.decoupled_contrastive_loss": [
         ("tau0.1", lambda g: ((_z(g), _z(g), 0.1), {})),
     ],
+    "sslsearch.methods.rotation.rotation_loss": [
+        ("logits", lambda g: ((_z(g, N, 4) / 0.1, torch.randint(0, 4, (N,), generator=g)), {})),
+    ],
+    "sslsearch.methods.dae.dae_loss": [
+        ("plain", lambda g: ((_z(g), _z(g)), {})),
+    ],
     "sslsearch.methods.dare.dare_loss": [
         ("decoupled", lambda g: ((_z(g), _z(g), *_gaussians(g), 0.1, 0.01), {})),
         ("ntxent", lambda g: ((_z(g), _z(g), *_gaussians(g), 0.1, 0.01),
