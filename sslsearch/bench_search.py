@@ -50,6 +50,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from sslsearch.bench_budget import best_so_far, runs_for_budget, tpe_trial_cap, within_one_trial
 from sslsearch.bench_search_report import RESULTS_MD, aggregate, pct, write_results
 from sslsearch.config import (
     SPACES_DIR,
@@ -65,44 +66,6 @@ STRATEGIES = ("default", "random", "tpe_asha")
 SELECTION = ("the trial with the highest final val_knn_acc among those that trained all their "
              "configured epochs (stopped-early and failed trials are never selected); its "
              "linear-probe test accuracy is reported, never used")
-
-
-# ------------------------------------------------------------------------------------------------
-# The budget: pure functions
-
-
-def runs_for_budget(budget: int, epochs: int) -> int:
-    """Whole trials of ``epochs`` that fit in ``budget`` trial-epochs (``default``, ``random``)."""
-    return budget // epochs
-
-
-def tpe_trial_cap(budget: int, epochs: int, grace_period: int, max_concurrent: int) -> int:
-    """``num_samples`` for ``tpe_asha``: a cap the budget reaches first. ASHA never stops a trial
-    before its grace period, so no trial that reports spends fewer than ``min(grace, epochs)``
-    epochs; the extra ``max_concurrent`` covers the trials running when the budget runs out."""
-    return math.ceil(budget / max(1, min(grace_period, epochs))) + max_concurrent
-
-
-def within_one_trial(spent: int, budget: int, epochs: int) -> bool:
-    """The equal-budget rule: ``|spent − budget| ≤ epochs`` (one trial's epochs)."""
-    return abs(spent - budget) <= epochs
-
-
-def best_so_far(events: Sequence[tuple[float, str, int, float | None, bool]]
-                ) -> list[float | None]:
-    """The best-so-far curve: element ``x − 1`` is the best val kNN among the trials that had
-    finished (trained all their epochs) after ``x`` trial-epochs, None before the first.
-
-    ``events``: one per trial-epoch, ``(time, trial_id, epoch, val_knn, finishes_the_trial)``;
-    they are ordered by time (then trial and epoch), each counting one trial-epoch.
-    """
-    best: float | None = None
-    curve: list[float | None] = []
-    for _, _, _, value, final in sorted(events, key=lambda e: (e[0], e[1], e[2])):
-        if final and value is not None and (best is None or value > best):
-            best = value
-        curve.append(best)
-    return curve
 
 
 # ------------------------------------------------------------------------------------------------
@@ -206,8 +169,8 @@ class Plan:
 
 def plan(args: argparse.Namespace) -> Plan:
     """Validate the command line and the files; :class:`ConfigError` (one line) on bad input."""
-    from sslsearch.compare import _only
-    from sslsearch.run import _apply_overrides
+    from sslsearch.compare import only_method
+    from sslsearch.run import apply_overrides
     from sslsearch.space import load_space
 
     space_path = resolve_file(args.space, SPACES_DIR, "space")
@@ -216,7 +179,7 @@ def plan(args: argparse.Namespace) -> Plan:
         grace_period=args.grace_period,
         cpus_per_trial=None, gpus_per_trial=None, epochs=args.epochs, seed=0,
         data_dir=args.data_dir)
-    exp = _apply_overrides(load_experiment(args.experiment), overrides)
+    exp = apply_overrides(load_experiment(args.experiment), overrides)
     space = load_space(space_path, exp.trial)
     methods = space.method_names
     if args.method is None and len(methods) > 1:
@@ -256,7 +219,7 @@ def plan(args: argparse.Namespace) -> Plan:
     tracking_uri = tracking.normalize_uri(args.tracking_uri)
     tracking.check_reachable(tracking_uri)
     search = exp.search
-    return Plan(exp=exp, space=_only(space, method), space_path=space_path, method=method,
+    return Plan(exp=exp, space=only_method(space, method), space_path=space_path, method=method,
                 budget=budget, epochs=epochs, runs=runs, default_seeds=default_seeds,
                 tpe_cap=tpe_trial_cap(budget, epochs, search.grace_period,
                                       search.max_concurrent),

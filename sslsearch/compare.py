@@ -307,7 +307,7 @@ def _fit(tuner: Any) -> Any:
     return grid
 
 
-def _only(space: Any, method: str) -> Any:
+def only_method(space: Any, method: str) -> Any:
     """``space`` with its method fixed to ``method`` (and only that method's initial points)."""
     changes: dict[str, Any] = {"method": method}
     if getattr(space, "initial", None):
@@ -320,7 +320,7 @@ def _only(space: Any, method: str) -> Any:
 def run_compare(args: argparse.Namespace, argv: list[str]) -> int:
     """``python -m sslsearch.run --compare``: see the module docstring."""
     from sslsearch import report, sweep, tracking
-    from sslsearch.run import _apply_overrides, _storage
+    from sslsearch.run import apply_overrides, storage_location
     from sslsearch.space import load_space
 
     if args.resume is not None:
@@ -329,7 +329,7 @@ def run_compare(args: argparse.Namespace, argv: list[str]) -> int:
     if not args.space:
         raise ConfigError("--compare needs --space (e.g. --space all_methods.yaml)")
     space_path = resolve_file(args.space, SPACES_DIR, "space")
-    exp = _apply_overrides(load_experiment(args.experiment), args)
+    exp = apply_overrides(load_experiment(args.experiment), args)
     space = load_space(space_path, exp.trial)
     methods = list(space.method_names)
     if args.methods:
@@ -339,7 +339,7 @@ def run_compare(args: argparse.Namespace, argv: list[str]) -> int:
             raise ConfigError(f"--methods: {', '.join(unknown)} not in {space_path.name} "
                               f"(it draws: {', '.join(methods)})")
         methods = wanted
-    storage = _storage(args.storage)
+    storage = storage_location(args.storage)
     if "://" in storage:
         raise ConfigError("--compare writes its report to a local folder: give a local --storage")
     name = args.name or sweep.new_sweep_id(f"compare-{space_path.stem}")
@@ -379,7 +379,7 @@ def run_compare(args: argparse.Namespace, argv: list[str]) -> int:
                                        tracking_uri=tracking_uri,
                                        mlflow_experiment=args.mlflow_experiment,
                                        seed=exp.trial.seed, address=address)
-        tuner = sweep.build_tuner(exp, _only(space, method), settings, quiet=args.quiet)
+        tuner = sweep.build_tuner(exp, only_method(space, method), settings, quiet=args.quiet)
         grid = _fit(tuner)
         results = [grid[i] for i in range(len(grid))]
         search[method] = [record(r, "search", keys) for r in results]

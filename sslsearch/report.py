@@ -32,7 +32,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.ticker import MaxNLocator
 
-from sslsearch.space import Dist, SearchSpace, _label, param_importances
+from sslsearch.space import Dist, SearchSpace, label, param_importances
 
 CURVES = "learning_curves.png"
 IMPORTANCE = "param_importance.png"
@@ -96,9 +96,9 @@ def learning_curves_figure(trials: Sequence[Any], best: Mapping[str, Any]) -> An
     init = _finite([t.metrics.get("init_knn_acc") for t in drawn])
     if init:
         mean = sum(init) / len(init)
-        label = (f"random init ({mean:.3f})" if max(init) - min(init) < 1e-9 else
-                 f"random init (mean of {len(init)}: {mean:.3f})")
-        ax.axhline(mean, color="grey", ls=":", lw=1.5, label=label)
+        init_label = (f"random init ({mean:.3f})" if max(init) - min(init) < 1e-9 else
+                      f"random init (mean of {len(init)}: {mean:.3f})")
+        ax.axhline(mean, color="grey", ls=":", lw=1.5, label=init_label)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation kNN accuracy")
@@ -139,7 +139,7 @@ def importance(trials: Sequence[Any], space: SearchSpace, method: str
         return None, "nothing was searched"
     if len(usable) < MIN_TRIALS:
         return None, f"{len(usable)} completed trial(s); fANOVA needs ≥ {MIN_TRIALS}"
-    varying = [k for k in dists if len({repr(_label(t.params[k])) for t in usable}) > 1]
+    varying = [k for k in dists if len({repr(label(t.params[k])) for t in usable}) > 1]
     if not varying:
         return None, "no parameter varied across the completed trials"
     if len({t.val_knn_acc for t in usable}) < 2:
@@ -195,8 +195,8 @@ def plot_importance(results: Mapping[str, tuple[dict[str, float] | None, str]],
 def _normalise(spec: Dist, value: Any) -> float:
     """``value`` on [0, 1] along ``spec``'s range (log for log scales, position for choices)."""
     if spec.kind == "choice":
-        labels = [repr(_label(v)) for v in spec.args]
-        i = labels.index(repr(_label(value))) if repr(_label(value)) in labels else 0
+        labels = [repr(label(v)) for v in spec.args]
+        i = labels.index(repr(label(value))) if repr(label(value)) in labels else 0
         return i / (len(labels) - 1) if len(labels) > 1 else 0.5
     low, high = float(spec.args[0]), float(spec.args[1])
     v = float(value)
@@ -209,7 +209,7 @@ def _normalise(spec: Dist, value: Any) -> float:
 
 def _ticks(spec: Dist) -> tuple[str, str]:
     if spec.kind == "choice":
-        return str(_label(spec.args[0])), str(_label(spec.args[-1]))
+        return str(label(spec.args[0])), str(label(spec.args[-1]))
     return f"{spec.args[0]:.3g}", f"{spec.args[1]:.3g}"
 
 

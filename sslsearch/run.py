@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------------------
 
 
-def _apply_overrides(exp: Experiment, args: argparse.Namespace) -> Experiment:
+def apply_overrides(exp: Experiment, args: argparse.Namespace) -> Experiment:
     search = dict(dataclasses.asdict(exp.search))
     for flag, key in (("num_samples", "num_samples"), ("max_concurrent", "max_concurrent"),
                       ("grace_period", "grace_period"),
@@ -147,7 +147,7 @@ def _apply_overrides(exp: Experiment, args: argparse.Namespace) -> Experiment:
     return dataclasses.replace(exp, trial=trial, search=search_cfg)
 
 
-def _storage(text: str) -> str:
+def storage_location(text: str) -> str:
     if "://" in text:
         return text.rstrip("/")
     return str(Path(text).expanduser().resolve())
@@ -432,7 +432,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     from sslsearch import sweep, tracking
     from sslsearch.space import load_space
 
-    storage = _storage(args.storage)
+    storage = storage_location(args.storage)
     address = args.address or os.environ.get("RAY_ADDRESS") or None
     resume_info: dict[str, Any] | None = None
     if args.resume is not None:
@@ -446,7 +446,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
                                   "changed since); drop --space to resume it as it was")
         space_path = Path(resume_info["space_path"])
         exp = load_experiment(resume_info["experiment_path"])
-        exp = _apply_overrides(exp, argparse.Namespace(
+        exp = apply_overrides(exp, argparse.Namespace(
             **{**vars(args), **resume_info["overrides"]}))
         name = folder.name
         storage = str(folder.parent)
@@ -457,7 +457,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
             raise ConfigError("--space is required (a file under search_spaces/, e.g. "
                               "--space vicreg.yaml), unless --resume")
         space_path = resolve_file(args.space, SPACES_DIR, "space")
-        exp = _apply_overrides(load_experiment(args.experiment), args)
+        exp = apply_overrides(load_experiment(args.experiment), args)
         name = args.name or sweep.new_sweep_id(space_path.stem)
         if args.name and "://" not in storage:
             results_folder(args.name, storage)  # a user-given name stays in the results folder

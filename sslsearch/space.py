@@ -63,7 +63,7 @@ class Dist:
             return trial.suggest_float(name, self.args[0], self.args[1], step=self.args[2])
         # choice: Optuna's categorical takes scalars only, so list values (e.g. layer widths) are
         # drawn by their printed form and mapped back.
-        labels = [_label(v) for v in self.args]
+        labels = [label(v) for v in self.args]
         picked = trial.suggest_categorical(name, labels)
         return self.args[labels.index(picked)]
 
@@ -81,7 +81,7 @@ class Dist:
                                      step=a[2] if self.kind == "quantized" else None)
         if self.kind in ("int", "logint"):
             return IntDistribution(a[0], a[1], log=self.kind == "logint")
-        return CategoricalDistribution([_label(v) for v in a])
+        return CategoricalDistribution([label(v) for v in a])
 
     def corners(self) -> list[Any]:
         """Values that must all be valid for the field: the bounds, or every choice."""
@@ -93,7 +93,7 @@ class Dist:
         return [self.args[0], self.args[1]]
 
 
-def _label(value: Any) -> Any:
+def label(value: Any) -> Any:
     return value if isinstance(value, str | int | float | bool) or value is None else str(value)
 
 
@@ -195,7 +195,7 @@ def _parse_dist(spec: Mapping[str, Any], src: str, path: str) -> Dist:
     if kind == "choice":
         if not isinstance(args, list) or not args:
             raise ConfigError(f"{where} must be a non-empty list of values, found {args!r}")
-        labels = [_label(v) for v in args]
+        labels = [label(v) for v in args]
         if len(set(map(repr, labels))) != len(labels):
             raise ConfigError(f"{where} lists a value twice: {args!r}")
         return Dist(kind, tuple(args))
@@ -367,7 +367,7 @@ def param_importances(rows: list[tuple[dict[str, Any], float]], dists: dict[str,
     study = optuna.create_study(direction="maximize")
     for params, value in rows:
         study.add_trial(optuna.trial.create_trial(
-            params={k: _label(params[k]) for k in dists},
+            params={k: label(params[k]) for k in dists},
             distributions={k: d.distribution() for k, d in dists.items()}, value=value))
     values = optuna.importance.get_param_importances(
         study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))

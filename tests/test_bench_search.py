@@ -13,9 +13,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from sslsearch import bench_budget, sweep
 from sslsearch import bench_search as bs
 from sslsearch import bench_search_report as rep
-from sslsearch import sweep
 from sslsearch.space import FINISHED, load_space, random_points, trial_from_config
 
 # ------------------------------------------------------------------------------------------------
@@ -23,12 +23,13 @@ from sslsearch.space import FINISHED, load_space, random_points, trial_from_conf
 
 
 def test_budget_in_whole_trials_and_the_tpe_cap() -> None:
-    assert bs.runs_for_budget(12, 2) == 6 and bs.runs_for_budget(13, 3) == 4
+    assert bench_budget.runs_for_budget(12, 2) == 6 and bench_budget.runs_for_budget(13, 3) == 4
     # ASHA never stops a trial before min(grace, epochs) epochs: the cap outlasts the budget.
-    assert bs.tpe_trial_cap(12, 4, grace_period=1, max_concurrent=2) == 14
-    assert bs.tpe_trial_cap(12, 2, grace_period=3, max_concurrent=2) == 8
-    assert bs.within_one_trial(14, 12, 2) and bs.within_one_trial(10, 12, 2)
-    assert not bs.within_one_trial(15, 12, 2) and not bs.within_one_trial(9, 12, 2)
+    assert bench_budget.tpe_trial_cap(12, 4, grace_period=1, max_concurrent=2) == 14
+    assert bench_budget.tpe_trial_cap(12, 2, grace_period=3, max_concurrent=2) == 8
+    assert bench_budget.within_one_trial(14, 12, 2) and bench_budget.within_one_trial(10, 12, 2)
+    assert not bench_budget.within_one_trial(15, 12, 2)
+    assert not bench_budget.within_one_trial(9, 12, 2)
 
 
 class _Inner:
@@ -66,7 +67,7 @@ def _simulate_tpe_asha(budget: int, epochs: int, grace: int, concurrent: int,
     goes through the stopper, a trial ends at its epochs (or at the grace period, for the
     proposals in ``stop_at_grace``: ASHA), new ones are proposed until ``stop_all``."""
     stop = sweep.BudgetStopper(budget)
-    cap = bs.tpe_trial_cap(budget, epochs, grace, concurrent)
+    cap = bench_budget.tpe_trial_cap(budget, epochs, grace, concurrent)
     proposed, running = 0, {}
     while not stop.stop_all():
         while len(running) < concurrent and proposed < cap:
@@ -87,16 +88,16 @@ def test_the_three_strategies_spend_the_same_budget(stopped: set[int]) -> None:
     """default and random: budget // epochs whole trials; tpe_asha: until the trained epochs
     reach the budget, however many trials ASHA stops at its grace period."""
     budget, epochs = 12, 4
-    whole = bs.runs_for_budget(budget, epochs) * epochs
+    whole = bench_budget.runs_for_budget(budget, epochs) * epochs
     spent = _simulate_tpe_asha(budget, epochs, grace=1, concurrent=2, stop_at_grace=stopped)
-    assert bs.within_one_trial(whole, budget, epochs)
-    assert bs.within_one_trial(spent, budget, epochs) and abs(spent - whole) <= epochs
+    assert bench_budget.within_one_trial(whole, budget, epochs)
+    assert bench_budget.within_one_trial(spent, budget, epochs) and abs(spent - whole) <= epochs
 
 
 def test_best_so_far_counts_only_finished_trials_in_time_order() -> None:
     events = [(3.0, "a", 2, 0.7, True), (1.0, "a", 1, 0.5, False), (2.0, "b", 1, 0.9, False),
               (4.0, "c", 1, 0.6, False), (5.0, "c", 2, 0.8, True)]
-    assert bs.best_so_far(events) == [None, None, 0.7, 0.7, 0.8]
+    assert bench_budget.best_so_far(events) == [None, None, 0.7, 0.7, 0.8]
     assert rep.mean_curve([[None, 0.5, 0.7], [0.6, 0.6]]) == [None, 0.55, pytest.approx(0.65)]
 
 

@@ -113,7 +113,7 @@ def test_compare_end_to_end(tmp_path: Path) -> None:
 def test_each_method_searches_alone_with_its_own_initial_points() -> None:
     import optuna
 
-    from sslsearch.compare import _only
+    from sslsearch.compare import only_method
     from sslsearch.space import parse_space
 
     doc = {"method": {"choice": ["simclr", "vicreg"]},
@@ -122,12 +122,12 @@ def test_each_method_searches_alone_with_its_own_initial_points() -> None:
            "initial": [{"method": "simclr", "simclr.temperature": 0.2},
                        {"method": "vicreg", "base_lr": 0.001}]}
     space = parse_space(doc, "test")
-    only = _only(space, "simclr")
+    only = only_method(space, "simclr")
     assert only.method_names == ("simclr",)
     assert tuple(only.initial) == ({"simclr.temperature": 0.2},)
     config = only(optuna.trial.FixedTrial({"base_lr": 0.001, "simclr.temperature": 0.2}))
     assert config["method"] == "simclr" and config["simclr.temperature"] == 0.2
-    assert tuple(_only(space, "vicreg").initial) == ({"base_lr": 0.001},)
+    assert tuple(only_method(space, "vicreg").initial) == ({"base_lr": 0.001},)
 
 
 BASE = {"raw_knn_acc": 0.40, "raw_test_knn_acc": 0.41, "raw_probe_acc": 0.45,
