@@ -38,14 +38,21 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sslsearch.errors import ConfigError
+from sslsearch.imageops import (
+    blend,
+    check_input,
+    gaussian_blur,
+    gray,
+    hue_rotate,
+    normalize_unit,
+    per_sample,
+)
 
 __all__ = ["AugmentConfig", "Augmenter", "apply_params", "augment", "normalize", "sample_params"]
 
-# ITU-R BT.601 luma weights: what torchvision's rgb_to_grayscale uses.
-_LUMA = (0.299, 0.587, 0.114)
 
 # torchvision's ColorJitter(0.4, 0.4, 0.4, 0.1) of the SimCLR recipe, before ``jitter_strength``.
-_BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = 0.4, 0.4, 0.4, 0.1
+BRIGHTNESS, CONTRAST, SATURATION, HUE = 0.4, 0.4, 0.4, 0.1
 
 # Columns of the single uniform draw in ``sample_params``: one RNG kernel for the whole batch.
 _U_AREA, _U_RATIO, _U_X, _U_Y, _U_FLIP = 0, 1, 2, 3, 4
@@ -54,27 +61,8 @@ _U_GRAY, _U_BLUR, _U_SIGMA, _U_SOLAR = 10, 11, 12, 13
 _N_UNIFORMS = 14
 
 
-def _hue_rotation_terms() -> tuple[list[list[float]], list[list[float]], list[list[float]]]:
-    """Constant matrices A, B, C with ``T⁻¹ R(θ) T = A + cos θ · B + sin θ · C``.
-
-    ``T`` maps RGB to YIQ (NTSC); ``R(θ)`` rotates the chroma plane (I, Q) and keeps luma Y.
-    Splitting the product this way lets the per-sample 3x3 matrix be built from per-sample cos/sin
-    tensors and Python-float constants, with no constant tensor copied to the device.
-    """
-    yiq = torch.tensor(
-        [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
-        dtype=torch.float64,
-    )
-    inv = torch.linalg.inv(yiq)
-    keep = torch.diag(torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))  # Y passes through
-    cos = torch.diag(torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64))  # I' = cI - sQ
-    sin = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
-    a, b, c = (inv @ m @ yiq for m in (keep, cos, sin))
-    return a.tolist(), b.tolist(), c.tolist()
 
 
-# Computed once at import on the CPU; used as Python floats afterwards.
-_HUE_A, _HUE_B, _HUE_C = _hue_rotation_terms()
 
 
 @dataclass(frozen=True)
@@ -188,7 +176,7 @@ def _params_from_uniforms(u: Tensor, cfg: AugmentConfig) -> dict[str, Tensor]:
     log_r0, log_r1 = (math.log(r) for r in cfg.crop_ratio)
     s = cfg.jitter_strength
     # torchvision: factor ~ U[max(0, 1 - strength), 1 + strength]; hue ~ U[-h, h] with h <= 0.5.
-    hue = min(0.5, _HUE * s)
+    hue = min(0.5, HUE * s)
     return {
         "crop_area": uniform(_U_AREA, cfg.crop_min_scale, 1.0),
         "crop_ratio": torch.exp(uniform(_U_RATIO, log_r0, log_r1)),
@@ -196,9 +184,9 @@ def _params_from_uniforms(u: Tensor, cfg: AugmentConfig) -> dict[str, Tensor]:
         "crop_y": u[:, _U_Y],
         "flip": coin(_U_FLIP, cfg.flip_p),
         "jitter": coin(_U_JITTER, cfg.jitter_p),
-        "brightness": uniform(_U_BRIGHT, max(0.0, 1 - _BRIGHTNESS * s), 1 + _BRIGHTNESS * s),
-        "contrast": uniform(_U_CONTRAST, max(0.0, 1 - _CONTRAST * s), 1 + _CONTRAST * s),
-        "saturation": uniform(_U_SAT, max(0.0, 1 - _SATURATION * s), 1 + _SATURATION * s),
+        "brightness": uniform(_U_BRIGHT, max(0.0, 1 - BRIGHTNESS * s), 1 + BRIGHTNESS * s),
+        "contrast": uniform(_U_CONTRAST, max(0.0, 1 - CONTRAST * s), 1 + CONTRAST * s),
+        "saturation": uniform(_U_SAT, max(0.0, 1 - SATURATION * s), 1 + SATURATION * s),
         "hue": uniform(_U_HUE, -hue, hue),
         "grayscale": coin(_U_GRAY, cfg.grayscale_p),
         "blur": coin(_U_BLUR, cfg.blur_p),
@@ -224,7 +212,7 @@ def augment(
     Returns ``(v/255 - mean)/std`` as ``out_dtype`` ``[N, C, out_size, out_size]`` (``[N, C, H, W]``
     when ``out_size`` is None). Single-channel inputs get brightness and contrast jitter only.
     """
-    _check_input(x, mean, std)
+    check_input(x, mean, std)
     if generator.device.type != x.device.type:
         raise ValueError(
             f"augment: generator is on {generator.device}, images on {x.device} (must match)"
@@ -256,7 +244,7 @@ class Augmenter:
                             std=self.std, out_dtype=self.out_dtype)
 
     def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        _check_input(x, self.mean, self.std)
+        check_input(x, self.mean, self.std)
         if generator.device.type != x.device.type:
             raise ValueError(
                 f"augment: generator is on {generator.device}, images on {x.device} (must match)"
@@ -281,7 +269,7 @@ def apply_params(
     ``cfg`` only decides which ops run at all (probability > 0); the per-sample draws come from
     ``params``.
     """
-    _check_input(x, mean, std)
+    check_input(x, mean, std)
     _, c, h, w = x.shape
     out_h, out_w = (h, w) if out_size is None else (out_size, out_size)
     v = x.to(torch.float32).div_(255.0)  # N x C x H x W in [0, 1]; the only uint8 -> float pass
@@ -291,19 +279,19 @@ def apply_params(
         # One channel too: brightness and contrast apply to gray images as torchvision's
         # ColorJitter applies them (without it a gray view is crop + flip only, and contrastive
         # methods can match views by their intensity histograms).
-        v = torch.where(_per_sample(params["jitter"]), _color_jitter(v, params, cfg), v)
+        v = torch.where(per_sample(params["jitter"]), _color_jitter(v, params, cfg), v)
     if c == 3 and cfg.grayscale_p > 0.0:
-        v = torch.where(_per_sample(params["grayscale"]), _gray(v).expand_as(v), v)
+        v = torch.where(per_sample(params["grayscale"]), gray(v).expand_as(v), v)
     if cfg.blur_p > 0.0:
-        v = torch.where(_per_sample(params["blur"]), _gaussian_blur(v, params["blur_sigma"]), v)
+        v = torch.where(per_sample(params["blur"]), gaussian_blur(v, params["blur_sigma"]), v)
     if cfg.solarize_p > 0.0:
         # torchvision's RandomSolarize(threshold=0.5) on float images: v >= 0.5 -> 1 - v.
         solarized = torch.where(v >= 0.5, 1.0 - v, v)
-        v = torch.where(_per_sample(params["solarize"]), solarized, v)
+        v = torch.where(per_sample(params["solarize"]), solarized, v)
     # Rounding (luma weights summing to 1 + 1 ulp, interpolation, convolution) can step an ulp
     # outside [0, 1]; torchvision's outputs never do, so neither do ours.
     v = v.clamp_(0.0, 1.0)
-    return _normalize_unit(v, mean, std, out_dtype)
+    return normalize_unit(v, mean, std, out_dtype)
 
 
 def normalize(
@@ -314,41 +302,12 @@ def normalize(
     Runs exactly the same arithmetic as ``augment``'s final step, so ``augment`` with
     ``AugmentConfig.identity()`` reproduces it bit for bit.
     """
-    _check_input(x, mean, std)
-    return _normalize_unit(x.to(torch.float32).div_(255.0), mean, std, out_dtype)
+    check_input(x, mean, std)
+    return normalize_unit(x.to(torch.float32).div_(255.0), mean, std, out_dtype)
 
 
 # --------------------------------------------------------------------------------------------------
-# The ops. Each takes float images in [0, 1] (N x C x H x W) and returns the same shape and range.
-
-
-def _check_input(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> None:
-    """Fail early, with the offending value, on anything but uint8 N x {1,3} x H x W."""
-    if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] not in (1, 3):
-        raise ValueError(
-            f"augment: expected uint8 images N x C x H x W with C in (1, 3), got {x.dtype} "
-            f"{tuple(x.shape)}"
-        )
-    c = x.shape[1]
-    if len(mean) != c or len(std) != c:
-        raise ValueError(f"augment: mean {mean!r} and std {std!r} need {c} value(s) each")
-    if any(isinstance(s, (int, float)) and s <= 0 for s in std):  # tensors: no host sync
-        raise ValueError(f"augment: std {std!r} must be positive")
-
-
-def _per_sample(mask: Tensor) -> Tensor:
-    """[N] bool -> [N, 1, 1, 1], to broadcast a per-sample decision over an image batch."""
-    return mask.view(-1, 1, 1, 1)
-
-
-def _normalize_unit(
-    v: Tensor, mean: Sequence[float], std: Sequence[float], out_dtype: torch.dtype
-) -> Tensor:
-    """(v - mean)/std per channel; mean/std as Python floats, so no constant tensor is copied."""
-    out = torch.empty(v.shape, dtype=out_dtype, device=v.device)
-    for ch, (m, s) in enumerate(zip(mean, std, strict=True)):  # C <= 3 kernels, not a sample loop
-        torch.div(v[:, ch] - m, s, out=out[:, ch])  # writes (and casts) straight into out
-    return out
+# Crop and flip, colour jitter: the ops that read the config (the others are sslsearch.imageops').
 
 
 def _crop_flip(
@@ -362,7 +321,7 @@ def _crop_flip(
     n, c, h, w = v.shape
     if cfg.crop_min_scale >= 1.0:
         if cfg.flip_p > 0.0:
-            v = torch.where(_per_sample(params["flip"]), v.flip(-1), v)
+            v = torch.where(per_sample(params["flip"]), v.flip(-1), v)
         if (out_h, out_w) != (h, w):
             v = F.interpolate(
                 v, size=(out_h, out_w), mode="bilinear", align_corners=False, antialias=True
@@ -387,21 +346,17 @@ def _crop_flip(
     return F.grid_sample(v, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def _gray(v: Tensor) -> Tensor:
-    """ITU-R 601 luma of RGB images: N x 3 x H x W -> N x 1 x H x W (a gray image is its own)."""
-    if v.shape[1] == 1:
-        return v
-    r, g, b = v.unbind(dim=1)
-    # add_(alpha=) fuses each multiply-add into one kernel: 3 passes instead of 5
-    return (r * _LUMA[0]).add_(g, alpha=_LUMA[1]).add_(b, alpha=_LUMA[2]).unsqueeze(1)
 
 
-def _blend(a: Tensor, b: Tensor, factor: Tensor) -> Tensor:
-    """torchvision's ``_blend``: factor·a + (1 - factor)·b, clamped to [0, 1]; factor is [N].
 
-    Written as ``lerp(b, a, factor) = b + factor·(a - b)``: one fused kernel.
-    """
-    return torch.lerp(b.expand_as(a), a, _per_sample(factor)).clamp_(0.0, 1.0)
+
+
+
+
+
+
+
+
 
 
 def _color_jitter(v: Tensor, params: dict[str, Tensor], cfg: AugmentConfig) -> Tensor:
@@ -412,55 +367,19 @@ def _color_jitter(v: Tensor, params: dict[str, Tensor], cfg: AugmentConfig) -> T
     image: saturation and hue have nothing to act on).
     """
     # brightness: blend with black
-    v = (v * _per_sample(params["brightness"])).clamp_(0.0, 1.0)
+    v = (v * per_sample(params["brightness"])).clamp_(0.0, 1.0)
     # contrast: blend with the image's mean gray level (a scalar per image, as in torchvision)
-    v = _blend(v, _gray(v).mean(dim=(1, 2, 3), keepdim=True), params["contrast"])
+    v = blend(v, gray(v).mean(dim=(1, 2, 3), keepdim=True), params["contrast"])
     if v.shape[1] == 1:
         return v
     # saturation: blend with the image's grayscale version
-    v = _blend(v, _gray(v), params["saturation"])
-    if min(0.5, _HUE * cfg.jitter_strength) > 0.0:
-        v = _hue_rotate(v, params["hue"])
+    v = blend(v, gray(v), params["saturation"])
+    if min(0.5, HUE * cfg.jitter_strength) > 0.0:
+        v = hue_rotate(v, params["hue"])
     return v
 
 
-def _hue_rotate(v: Tensor, hue: Tensor) -> Tensor:
-    """Shift hue by ``hue`` turns ([N]) as a rotation of the chroma plane in YIQ space.
-
-    A cheap, vectorised approximation of torchvision's HSV hue shift: one per-sample 3x3 matrix
-    ``T⁻¹ R(2π·hue) T`` applied with a batched matmul. It keeps luma and leaves gray pixels fixed,
-    but unlike the HSV shift it can leave the RGB cube, hence the clamp.
-    """
-    n, _, h, w = v.shape
-    angle = (2.0 * math.pi) * hue
-    cos, sin = torch.cos(angle), torch.sin(angle)  # [N]
-    rows = [
-        _HUE_A[i][j] + _HUE_B[i][j] * cos + _HUE_C[i][j] * sin for i in range(3) for j in range(3)
-    ]
-    m = torch.stack(rows, dim=-1).view(n, 3, 3)  # N x 3 x 3
-    return torch.bmm(m, v.reshape(n, 3, h * w)).view(n, 3, h, w).clamp_(0.0, 1.0)
 
 
-def _blur_kernel_size(size: int) -> int:
-    """SimCLR's kernel: about 10% of the image side, odd (so it has a centre), at least 3."""
-    k = max(3, int(0.1 * size))
-    return k if k % 2 == 1 else k + 1
 
 
-def _gaussian_blur(v: Tensor, sigma: Tensor) -> Tensor:
-    """Separable Gaussian blur with a per-sample ``sigma`` ([N], px), reflect padding.
-
-    Each (sample, channel) plane gets its own 1-D kernel, applied as a grouped convolution over
-    N·C channels (groups = N·C), horizontally then vertically.
-    """
-    n, c, h, w = v.shape
-    k = _blur_kernel_size(min(h, w))
-    half = k // 2
-    t = torch.arange(k, device=v.device, dtype=v.dtype) - half  # [k] tap offsets
-    kernel = torch.exp(-(t**2) / (2.0 * sigma[:, None] ** 2))  # N x k
-    kernel = kernel / kernel.sum(dim=1, keepdim=True)
-    kernel = kernel[:, None, :].expand(n, c, k).reshape(n * c, k)  # NC x k: a kernel per plane
-    planes = F.pad(v.reshape(1, n * c, h, w), (half, half, half, half), mode="reflect")
-    planes = F.conv2d(planes, kernel.view(n * c, 1, 1, k), groups=n * c)  # 1 x NC x H+2h x W
-    planes = F.conv2d(planes, kernel.view(n * c, 1, k, 1), groups=n * c)  # 1 x NC x H x W
-    return planes.view(n, c, h, w)

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sslsearch.evaluate import accuracy, knn_predict, linear_probe
+from sslsearch.results import INIT_KEY, RAW_KEYS
 
-RAW_KEYS = ("raw_knn_acc", "raw_test_knn_acc", "raw_probe_acc", "raw_probe_test_acc")
-INIT_KEY = "init_knn_acc"
+__all__ = ["INIT_KEY", "MAX_RAW_SIDE", "RAW_KEYS", "raw_pixel_baseline"]
 MAX_RAW_SIDE = 32  # larger images are area-averaged to this side for the raw baseline
 
 # DataBundle -> {(knn_k, knn_t, probe_max_iter or 0): metrics}; weak, so a dropped dataset frees it.

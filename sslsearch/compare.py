@@ -6,7 +6,7 @@
    (``--num-samples``, per method), the same epochs, the same seeded TPE and the same ASHA
    schedule: the method is fixed, its own and the shared parameters are searched.
 2. **Selection on validation only.** Each method's best configuration is the finished trial
-   (one that trained all its configured epochs, :func:`sslsearch.space.trial_status`) with the
+   (one that trained all its configured epochs, :func:`sslsearch.results.trial_status`) with the
    highest ``probe_val_acc`` (a linear probe on frozen features, scored on the validation split
    held out of the training set); ties go to ``val_knn_acc``. When no finished trial has a probe
    (``probe: false``, or none finished), the highest last ``val_knn_acc`` is taken: among the
@@ -33,120 +33,30 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import shlex
-import statistics
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sslsearch.config import SPACES_DIR, load_experiment, resolve_file, results_folder
+from sslsearch.cli import apply_overrides, storage_location
+from sslsearch.config import SPACES_DIR, Experiment, load_experiment
 from sslsearch.errors import ConfigError
-from sslsearch.run import (
+from sslsearch.results import (
     BASELINE_KEYS,
-    ERROR,
     INIT_KEY,
     RAW_VS,
+    SELECTION,
+    TrialRecord,
     delta_points,
     fmt_delta,
-    result_status,
+    mean_std,
+    record,
+    select_best,
 )
-from sslsearch.space import FINISHED, STOPPED_EARLY
-
-SELECTION = ("probe_val_acc (linear probe on the validation split held out of the training set) "
-             "among the finished trials (those that trained all their configured epochs); ties: "
-             "val_knn_acc. When no finished trial has a probe (probe: false, or none finished): "
-             "the last val_knn_acc, among the finished trials, else among those stopped early by "
-             "ASHA. Failed trials are never selected. Test accuracy is never used to select.")
-
-
-@dataclasses.dataclass
-class TrialRecord:
-    """One trial as the comparison and the report need it (plain data, no Ray objects)."""
-
-    method: str
-    trial_id: str
-    stage: str  # "search" or "seed"
-    params: dict[str, Any]  # the searched values, keyed as the space names them
-    config: dict[str, Any]  # Ray's config: trial_from_config() of it rebuilds the TrialConfig
-    status: str  # finished, stopped early, failed: <reason>, error
-    epochs: list[float]
-    val_knn: list[float]
-    seconds: float
-    metrics: dict[str, Any]  # the last result
-    checkpoint: Any = None
-    seed: int | None = None
-
-    @property
-    def val_knn_acc(self) -> float | None:
-        v = self.metrics.get("val_knn_acc")
-        return None if self.status.startswith(("failed", "error")) or v is None else float(v)
-
-    @property
-    def probe_val_acc(self) -> float | None:
-        v = self.metrics.get("probe_val_acc")
-        return None if v is None or self.status != "finished" else float(v)
-
-    def to_json(self) -> dict[str, Any]:
-        keep = ("val_knn_acc", "probe_val_acc", "probe_test_acc", "test_knn_acc", "epoch",
-                "time_total_s", "effective_rank", "embed_std_ratio", *BASELINE_KEYS)
-        return {"method": self.method, "trial_id": self.trial_id, "stage": self.stage,
-                "seed": self.seed, "status": self.status, "params": self.params,
-                "seconds": self.seconds, "epochs_trained": len(self.epochs),
-                "metrics": {k: self.metrics[k] for k in keep if k in self.metrics}}
-
-
-def record(result: Any, stage: str, space_keys: Sequence[str] = ()) -> TrialRecord:
-    """A :class:`TrialRecord` from a Ray ``Result``."""
-    metrics = dict(result.metrics or {})
-    config = dict(result.config or {})
-    # How the trial ended is sslsearch.space.trial_status (via result_status, which adds Ray's
-    # errors): finished = trained all its configured epochs, with a probe or without one.
-    status = result_status(result)
-    if status not in (ERROR, FINISHED, STOPPED_EARLY):  # a failure reason
-        status = f"failed: {status}"
-    epochs: list[float] = []
-    val_knn: list[float] = []
-    try:
-        df = result.metrics_dataframe
-    except Exception:  # no progress file (a trial that errored at once)
-        df = None
-    if df is not None and "val_knn_acc" in df and "epoch" in df:
-        rows = df[["epoch", "val_knn_acc"]].dropna()
-        last: dict[float, float] = {}  # a restarted trial may report an epoch twice
-        for e, v in zip(rows["epoch"], rows["val_knn_acc"], strict=True):
-            last[float(e)] = float(v)
-        epochs, val_knn = list(last), list(last.values())
-    params = {k: config[k] for k in space_keys if k in config}
-    return TrialRecord(
-        method=str(config.get("method", "?")), trial_id=str(metrics.get("trial_id", "?")),
-        stage=stage, params=params, config=config, status=status, epochs=epochs,
-        val_knn=val_knn, seconds=float(metrics.get("time_total_s", 0.0)), metrics=metrics,
-        checkpoint=result.checkpoint,
-        seed=int(config["seed"]) if "seed" in config else None)
-
-
-def select_best(trials: Sequence[TrialRecord]) -> TrialRecord | None:
-    """The method's configuration to re-run: see :data:`SELECTION`."""
-    probed = [t for t in trials if t.status == FINISHED and t.probe_val_acc is not None]
-    if probed:
-        return max(probed, key=lambda t: (t.probe_val_acc or 0.0, t.val_knn_acc or 0.0))
-    for status in (FINISHED, STOPPED_EARLY):  # no probe: the kNN monitor, finished trials first
-        alive = [t for t in trials if t.status == status and t.val_knn_acc is not None]
-        if alive:
-            return max(alive, key=lambda t: t.val_knn_acc or 0.0)
-    return None
-
-
-def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (ddof 1; 0 for a single value); None when empty."""
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    if not vals:
-        return None, None
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+from sslsearch.schema import resolve_file, results_folder
 
 
 def summarize(search: dict[str, list[TrialRecord]], seeds: dict[str, list[TrialRecord]],
@@ -287,7 +197,7 @@ def comparison_markdown(info: dict[str, Any], rows: Sequence[dict[str, Any]]) ->
 # The command
 
 
-def _trial_keys(space: Any) -> list[str]:
+def trial_keys(space: Any) -> list[str]:
     from sslsearch.space import Dist
 
     keys = [k for k, v in space.trial.items() if isinstance(v, Dist)]
@@ -296,7 +206,7 @@ def _trial_keys(space: Any) -> list[str]:
     return keys
 
 
-def _fit(tuner: Any) -> Any:
+def _fit(tuner: Any) -> list[Any]:
     """``tuner.fit()``; Ray Tune returns (not raises) on Ctrl+C, with trials left unfinished:
     that must end the comparison, not carry on with half a search."""
     grid = tuner.fit()
@@ -304,7 +214,7 @@ def _fit(tuner: Any) -> Any:
         print("comparison interrupted; a comparison cannot be resumed: start it again",
               file=sys.stderr, flush=True)
         raise KeyboardInterrupt
-    return grid
+    return [grid[i] for i in range(len(grid))]
 
 
 def only_method(space: Any, method: str) -> Any:
@@ -317,10 +227,66 @@ def only_method(space: Any, method: str) -> Any:
     return dataclasses.replace(space, **changes)
 
 
+@dataclasses.dataclass
+class Comparison:
+    """One ``--compare`` run: what it compares, where it writes, where it logs."""
+
+    name: str
+    folder: Path
+    space_path: Path
+    space: Any  # sslsearch.space.SearchSpace
+    exp: Experiment
+    methods: list[str]
+    seeds: list[int]
+    tracking_uri: str
+    mlflow_experiment: str
+    command: str
+    address: str | None
+    quiet: bool
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What the comparison found: each method's search, its selected trial and its seed runs."""
+
+    search: dict[str, list[TrialRecord]] = dataclasses.field(default_factory=dict)
+    seed_runs: dict[str, list[TrialRecord]] = dataclasses.field(default_factory=dict)
+    best: dict[str, TrialRecord | None] = dataclasses.field(default_factory=dict)
+    last_results: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def all_trials(self) -> list[TrialRecord]:
+        return [t for runs in (*self.search.values(), *self.seed_runs.values()) for t in runs]
+
+
 def run_compare(args: argparse.Namespace, argv: list[str]) -> int:
     """``python -m sslsearch.run --compare``: see the module docstring."""
-    from sslsearch import report, sweep, tracking
-    from sslsearch.run import apply_overrides, storage_location
+    from sslsearch import sweep
+
+    c = _plan(args, argv)
+    _log_start(c)
+    # Every epoch checkpoints; Tune's "snapshotting too often" warning is noise at this scale.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    t0 = time.time()
+    sweep.init_ray(c.address)
+    outcome = Outcome()
+    for method in c.methods:
+        _compare_one(c, method, outcome)
+    elapsed = time.time() - t0
+    md, winner, link = _write_outputs(c, outcome, elapsed)
+    print(f"\n{md}")
+    print(f"comparison: {c.folder / 'comparison.md'}\nreport:     {c.folder / 'report.md'}")
+    if winner is not None:
+        print(f"best encoder ({winner}, selected on validation): {c.folder / 'best_encoder'}"
+              " (load with sslsearch.load_encoder)")
+    print(f"MLflow runs: mlflow ui --backend-store-uri {c.tracking_uri} --host 127.0.0.1 "
+          f"--port 5000, then open {link}")
+    print(f"done in {elapsed:.0f} s")
+    return 0
+
+
+def _plan(args: argparse.Namespace, argv: list[str]) -> Comparison:
+    """Every input checked (and the folder made) before any trial starts."""
+    from sslsearch import sweep, tracking
     from sslsearch.space import load_space
 
     if args.resume is not None:
@@ -344,94 +310,116 @@ def run_compare(args: argparse.Namespace, argv: list[str]) -> int:
         raise ConfigError("--compare writes its report to a local folder: give a local --storage")
     name = args.name or sweep.new_sweep_id(f"compare-{space_path.stem}")
     folder = results_folder(name, storage)  # a user-given name stays in the results folder
-    folder.mkdir(parents=True, exist_ok=True)
     tracking_uri = tracking.normalize_uri(args.tracking_uri)
     tracking.check_reachable(tracking_uri)
-    address = args.address or None  # None: $RAY_ADDRESS, else a fresh local Ray (sweep.init_ray)
-    seeds = [exp.trial.seed + 1 + i for i in range(args.seeds)]
-    command = sweep.python_command([shlex.quote(a) for a in argv])
-    keys = _trial_keys(space)
+    folder.mkdir(parents=True, exist_ok=True)
+    return Comparison(
+        name=name, folder=folder, space_path=space_path, space=space, exp=exp, methods=methods,
+        seeds=[exp.trial.seed + 1 + i for i in range(args.seeds)], tracking_uri=tracking_uri,
+        mlflow_experiment=args.mlflow_experiment,
+        command=sweep.python_command([shlex.quote(a) for a in argv]),
+        address=args.address or None,  # None: $RAY_ADDRESS, else a fresh local Ray
+        quiet=args.quiet)
 
-    tracker = tracking.Tracker(tracking_uri, args.mlflow_experiment, name)
-    tracker.log_sweep(
-        params={"space": space_path.name, "experiment": Path(exp.source).name,
+
+def _log_start(c: Comparison) -> None:
+    from sslsearch import tracking
+
+    exp = c.exp
+    tracking.Tracker(c.tracking_uri, c.mlflow_experiment, c.name).log_sweep(
+        params={"space": c.space_path.name, "experiment": Path(exp.source).name,
                 "num_samples_per_method": exp.search.num_samples, "epochs": exp.trial.epochs,
                 "metric": exp.search.metric, "seed": exp.trial.seed, "compare": True,
-                "methods": ",".join(methods), "seeds": ",".join(map(str, seeds))},
-        tags={**tracking.sweep_tags(), "command": command, "sslsearch.kind": "compare"},
-        texts={"space.yaml": space_path.read_text(),
-               "experiment.yaml": Path(exp.source).read_text(), "command.txt": command + "\n"})
-    print(f"comparison {name}: {', '.join(methods)}; {exp.search.num_samples} search trials × "
-          f"≤ {exp.trial.epochs} epochs per method, then {len(seeds)} seeds each\n"
-          f"  results: {folder}\n  MLflow:  {tracking_uri}", flush=True)
+                "methods": ",".join(c.methods), "seeds": ",".join(map(str, c.seeds))},
+        tags={**tracking.sweep_tags(), "command": c.command, "sslsearch.kind": "compare"},
+        texts={"space.yaml": c.space_path.read_text(),
+               "experiment.yaml": Path(exp.source).read_text(), "command.txt": c.command + "\n"})
+    print(f"comparison {c.name}: {', '.join(c.methods)}; {exp.search.num_samples} search trials "
+          f"× ≤ {exp.trial.epochs} epochs per method, then {len(c.seeds)} seeds each\n"
+          f"  results: {c.folder}\n  MLflow:  {c.tracking_uri}", flush=True)
 
-    # Every epoch checkpoints; Tune's "snapshotting too often" warning is noise at this scale.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    t0 = time.time()
-    sweep.init_ray(address)
-    search: dict[str, list[TrialRecord]] = {}
-    seed_runs: dict[str, list[TrialRecord]] = {}
-    best: dict[str, TrialRecord | None] = {}
-    last_results: dict[str, dict[str, Any]] = {}
-    for method in methods:
-        print(f"\n== {method}: search ({exp.search.num_samples} trials)", flush=True)
-        settings = sweep.SweepSettings(name=name, storage=str(folder / f"search-{method}"),
-                                       tracking_uri=tracking_uri,
-                                       mlflow_experiment=args.mlflow_experiment,
-                                       seed=exp.trial.seed, address=address)
-        tuner = sweep.build_tuner(exp, only_method(space, method), settings, quiet=args.quiet)
-        grid = _fit(tuner)
-        results = [grid[i] for i in range(len(grid))]
-        search[method] = [record(r, "search", keys) for r in results]
-        best[method] = select_best(search[method])
-        chosen = best[method]
-        if chosen is None:
-            print(f"== {method}: no usable trial; no seed re-runs", flush=True)
-            seed_runs[method] = []
-            continue
+
+def _compare_one(c: Comparison, method: str, outcome: Outcome) -> None:
+    """One method: its search, the selected trial, that trial re-run with every seed."""
+    from sslsearch import sweep
+
+    keys = trial_keys(c.space)
+    print(f"\n== {method}: search ({c.exp.search.num_samples} trials)", flush=True)
+    settings = sweep.SweepSettings(name=c.name, storage=str(c.folder / f"search-{method}"),
+                                   tracking_uri=c.tracking_uri,
+                                   mlflow_experiment=c.mlflow_experiment, seed=c.exp.trial.seed,
+                                   address=c.address)
+    results = _fit(sweep.build_tuner(c.exp, only_method(c.space, method), settings,
+                                     quiet=c.quiet))
+    outcome.search[method] = [record(r, "search", keys) for r in results]
+    chosen = outcome.best[method] = select_best(outcome.search[method])
+    outcome.seed_runs[method] = []
+    if chosen is None:
+        print(f"== {method}: no usable trial; no seed re-runs", flush=True)
+    else:
         label = "probe val acc " if chosen.probe_val_acc is not None else ""
         print(f"== {method}: selected {chosen.trial_id} ({label}{_selected_by(chosen)}); "
-              f"re-running with seeds {seeds}", flush=True)
-        grid = _fit(sweep.build_seed_tuner(chosen.config, seeds, exp, str(folder),
-                                           f"seeds-{method}", name, tracking_uri,
-                                           args.mlflow_experiment, args.quiet))
-        seed_results = [grid[i] for i in range(len(grid))]
-        seed_runs[method] = [record(r, "seed", keys) for r in seed_results]
-        for r in [*results, *seed_results]:
-            if r.metrics and "trial_id" in r.metrics:
-                last_results[str(r.metrics["trial_id"])] = r.metrics
-    elapsed = time.time() - t0
+              f"re-running with seeds {c.seeds}", flush=True)
+        seed_results = _fit(sweep.build_seed_tuner(
+            chosen.config, c.seeds, c.exp, str(c.folder), f"seeds-{method}", c.name,
+            c.tracking_uri, c.mlflow_experiment, c.quiet))
+        outcome.seed_runs[method] = [record(r, "seed", keys) for r in seed_results]
+        results += seed_results
+    for r in results:
+        if r.metrics and "trial_id" in r.metrics:
+            outcome.last_results[str(r.metrics["trial_id"])] = r.metrics
 
-    tracker = tracking.Tracker(tracking_uri, args.mlflow_experiment, name)  # fresh after fits
-    for t in (t for runs in (*search.values(), *seed_runs.values()) for t in runs):
+
+def _write_outputs(c: Comparison, outcome: Outcome, elapsed: float
+                   ) -> tuple[str, str | None, str]:
+    """comparison.md/.json, the encoders and the report, logged to the parent run; returns the
+    Markdown, the method whose encoder is the overall best (None if none was exported) and the
+    MLflow link to the runs."""
+    from sslsearch import report, tracking
+
+    tracker = tracking.Tracker(c.tracking_uri, c.mlflow_experiment, c.name)  # fresh after fits
+    for t in outcome.all_trials():
         tracker.log_parent_baselines(t.metrics)  # once; a no-op when the callbacks logged them
-    for t in (t for runs in seed_runs.values() for t in runs):
+    for t in (t for runs in outcome.seed_runs.values() for t in runs):
         tracker.client.set_tag(tracker.child(t.trial_id, "", {}), "sslsearch.stage",
                                f"seed re-run {t.seed}")
-    rows = summarize(search, seed_runs, best)
-    info = {"name": name, "command": command, "space": space_path.name,
+    exp = c.exp
+    rows = summarize(outcome.search, outcome.seed_runs, outcome.best)
+    info = {"name": c.name, "command": c.command, "space": c.space_path.name,
             "experiment": Path(exp.source).name, "dataset": exp.trial.dataset,
             "backbone": exp.trial.backbone, "epochs": exp.trial.epochs,
             "num_samples": exp.search.num_samples, "search_seed": exp.trial.seed,
-            "metric": exp.search.metric, "seeds": seeds, "n_seeds": len(seeds),
-            "methods": methods, "selection": SELECTION, "wall_seconds": elapsed}
+            "metric": exp.search.metric, "seeds": c.seeds, "n_seeds": len(c.seeds),
+            "methods": c.methods, "selection": SELECTION, "wall_seconds": elapsed}
     md = comparison_markdown(info, rows)
-    doc = {**info, "rows": rows,
-           "trials": [t.to_json() for runs in (*search.values(), *seed_runs.values())
-                      for t in runs]}
-    (folder / "comparison.md").write_text(md)
-    (folder / "comparison.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    tracker.log_parent_file(folder / "comparison.md")
-    tracker.log_parent_file(folder / "comparison.json")
+    doc = {**info, "rows": rows, "trials": [t.to_json() for t in outcome.all_trials()]}
+    (c.folder / "comparison.md").write_text(md)
+    (c.folder / "comparison.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    tracker.log_parent_file(c.folder / "comparison.md")
+    tracker.log_parent_file(c.folder / "comparison.json")
+    winner = _export_encoders(c, outcome.best, tracker)
+    written = report.write_report(
+        c.folder, md, outcome.all_trials(), outcome.best, c.space,
+        winner_encoder=None if winner is None else c.folder / "best_encoder", winner=winner,
+        metric=exp.search.metric)
+    for path in written:
+        tracker.log_parent_file(path, "report")
+    tracker.end_sweep(outcome.last_results, exp.trial.epochs, "FINISHED")
+    return md, winner, tracker.runs_link()
 
-    # Encoders: each method's selected trial, and the best of them on validation.
+
+def _export_encoders(c: Comparison, best: dict[str, TrialRecord | None], tracker: Any
+                     ) -> str | None:
+    """Each method's selected encoder, and the best of them on validation as ``best_encoder``."""
+    import shutil
+
     from sslsearch.export import export_trial
 
     exports: dict[str, Path] = {}
     for method, chosen in best.items():
         if chosen is None:
             continue
-        out = export_trial(chosen.config, chosen.checkpoint, folder / "encoders" / method,
+        out = export_trial(chosen.config, chosen.checkpoint, c.folder / "encoders" / method,
                            extra={"trial_id": chosen.trial_id,
                                   "probe_val_acc": chosen.probe_val_acc})
         if out is not None:
@@ -441,28 +429,9 @@ def run_compare(args: argparse.Namespace, argv: list[str]) -> int:
     eligible = [b for b in best.values() if b is not None and b.method in exports]
     winner = max(eligible, key=lambda t: (t.probe_val_acc or 0.0, t.val_knn_acc or 0.0),
                  default=None)
-    if winner is not None:
-        import shutil
-
-        shutil.copytree(exports[winner.method], folder / "best_encoder", dirs_exist_ok=True)
-        for path in sorted((folder / "best_encoder").iterdir()):
-            tracker.log_parent_file(path, "best_encoder")
-
-    written = report.write_report(
-        folder, md, [t for runs in (*search.values(), *seed_runs.values()) for t in runs],
-        best, space, winner_encoder=None if winner is None else folder / "best_encoder",
-        winner=None if winner is None else winner.method, metric=exp.search.metric)
-    for path in written:
-        tracker.log_parent_file(path, "report")
-    tracker.end_sweep(last_results, exp.trial.epochs, "FINISHED")
-
-    print()
-    print(md)
-    print(f"comparison: {folder / 'comparison.md'}\nreport:     {folder / 'report.md'}")
-    if winner is not None:
-        print(f"best encoder ({winner.method}, selected on validation): {folder / 'best_encoder'}"
-              " (load with sslsearch.load_encoder)")
-    print(f"MLflow runs: mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 "
-          f"--port 5000, then open {tracker.runs_link()}")
-    print(f"done in {elapsed:.0f} s")
-    return 0
+    if winner is None:
+        return None
+    shutil.copytree(exports[winner.method], c.folder / "best_encoder", dirs_exist_ok=True)
+    for path in sorted((c.folder / "best_encoder").iterdir()):
+        tracker.log_parent_file(path, "best_encoder")
+    return winner.method

@@ -9,21 +9,25 @@ the key and the valid keys.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import yaml
-
+from sslsearch import methods
 from sslsearch.errors import ConfigError
+from sslsearch.schema import build_dataclass, read_yaml, resolve_file
 
-T = TypeVar("T")
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-EXPERIMENTS_DIR = PACKAGE_ROOT / "experiments"
-SPACES_DIR = PACKAGE_ROOT / "search_spaces"
+def _shipped(folder: str) -> Path:
+    """Where the shipped YAML files of ``folder`` are: inside the package when installed from a
+    wheel (package data, pyproject's ``package-dir``), beside it in a source checkout, where users
+    look for them (and where an editable install reads them)."""
+    inside = Path(__file__).resolve().parent / folder
+    return inside if inside.is_dir() else Path(__file__).resolve().parent.parent / folder
+
+
+EXPERIMENTS_DIR = _shipped("experiments")
+SPACES_DIR = _shipped("search_spaces")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,90 +116,6 @@ class Experiment:
     source: str = "<defaults>"
 
 
-# ------------------------------------------------------------------------------------------------
-# Generic, typed construction of a frozen dataclass from a mapping, with one-line errors.
-
-
-def _type_name(tp: Any) -> str:
-    if isinstance(tp, type):
-        return tp.__name__
-    return str(tp).replace("typing.", "")
-
-
-def _check_value(value: Any, tp: Any) -> Any:
-    """Return ``value`` coerced to ``tp`` (int → float only), or raise TypeError."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        for arm in typing.get_args(tp):
-            try:
-                return _check_value(value, arm)
-            except TypeError:
-                continue
-        raise TypeError
-    if tp is type(None):
-        if value is None:
-            return None
-        raise TypeError
-    if tp is Any:
-        return value
-    if origin in (Mapping, dict) or tp in (Mapping, dict):
-        if isinstance(value, Mapping):
-            return dict(value)
-        raise TypeError
-    if origin is tuple:
-        if isinstance(value, list | tuple):
-            args = typing.get_args(tp)
-            if len(args) == 2 and args[1] is Ellipsis:
-                return tuple(_check_value(v, args[0]) for v in value)
-            if len(args) == len(value):
-                return tuple(_check_value(v, a) for v, a in zip(value, args, strict=True))
-        raise TypeError
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise TypeError
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise TypeError
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise TypeError
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise TypeError
-    raise TypeError
-
-
-def build_dataclass(cls: type[T], values: Mapping[str, Any], *, source: str, where: str = "") -> T:
-    """``cls(**values)``; unknown keys and wrong types raise a one-line :class:`ConfigError`.
-
-    ``source`` names the file (or flag) the values came from, ``where`` the key path inside it.
-    """
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"{source}: {where or 'the document'} must be a mapping of keys to "
-                          f"values, found {type(values).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    hints = typing.get_type_hints(cls)
-    prefix = f"{where}." if where else ""
-    kwargs: dict[str, Any] = {}
-    for key, value in values.items():
-        if key not in fields:
-            raise ConfigError(f"{source}: unknown key {prefix}{key!s}; valid keys: "
-                              f"{', '.join(sorted(fields))}")
-        try:
-            kwargs[key] = _check_value(value, hints[key])
-        except TypeError:
-            raise ConfigError(f"{source}: {prefix}{key} must be {_type_name(hints[key])}, "
-                              f"found {value!r}") from None
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{source}: {where or cls.__name__}: {exc}") from None
-
-
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 PRECISIONS = ("auto", "bf16", "fp32")
 
@@ -244,52 +164,8 @@ def trial_config(values: Mapping[str, Any], *, source: str = "<trial>",
     merged.update(values)
     cfg = build_dataclass(TrialConfig, merged, source=source, where="trial")
     _check_trial(cfg, source)
-    from sslsearch.methods import method_config  # late: methods import config for TrialConfig
-
-    method_config(cfg.method, cfg.method_params, source=source)
+    methods.method_config(cfg.method, cfg.method_params, source=source)
     return cfg
-
-
-def read_yaml(path: Path) -> Any:
-    """``yaml.safe_load`` of ``path`` with a one-line error for a missing file or bad YAML."""
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" (line {mark.line + 1})" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise ConfigError(f"{path}: not valid YAML{line}: {problem}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file") from None
-
-
-def resolve_file(name: str | Path, folder: Path, kind: str) -> Path:
-    """A path as given, else a bare name (with or without ``.yaml``) looked up in ``folder``."""
-    path = Path(name).expanduser()
-    if path.is_file():
-        return path.resolve()
-    for candidate in (folder / str(name), folder / f"{name}.yaml"):
-        if candidate.is_file():
-            return candidate.resolve()
-    known = sorted(p.stem for p in folder.glob("*.yaml"))
-    raise ConfigError(f"{kind} file {str(name)!r} not found (looked in . and {folder}); "
-                      f"known: {', '.join(known) or 'none'}")
-
-
-def results_folder(name: str, storage: str | Path) -> Path:
-    """``storage / name`` for a user-given ``--name``, which must stay one plain folder inside
-    the results folder ``storage``: no separators, no ``..``, not absolute, no symlink out."""
-    bad = (not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name
-           or Path(name).is_absolute() or name.strip() != name)
-    if bad:
-        raise ConfigError(f"--name {name!r}: must be a plain folder name inside the results "
-                          "folder (no '/', '\\', '..', absolute path or surrounding spaces)")
-    folder = Path(storage) / name
-    if folder.resolve().parent != Path(storage).resolve():
-        raise ConfigError(f"--name {name!r}: leads out of the results folder {storage}")
-    return folder
 
 
 def load_experiment(name: str | Path | None = None) -> Experiment:

@@ -1,8 +1,13 @@
 """The one error type for bad user input.
 
 Every entry point catches :class:`ConfigError`, prints its one-line message and exits with code 2,
-so a typo in a YAML file or a flag never ends in a traceback.
+so a typo in a YAML file or a flag never ends in a traceback (:func:`exit_code`).
 """
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
 
 
 class ConfigError(ValueError):
@@ -19,3 +24,24 @@ class TrialFailure(RuntimeError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def exit_code(body: Callable[[], int], *, interrupted: str = "interrupted",
+              failures: tuple[type[Exception], ...] = ()) -> int:
+    """Run a command's ``body`` and turn the ways it can end into exit codes, each with one line
+    on stderr: bad input (:class:`ConfigError`) → ``error: …``, 2; a ``failures`` exception (a
+    :class:`TrialFailure` reads ``trial failed (reason): …``) → 1; Ctrl+C → ``interrupted``, 130.
+    Every entry point goes through here, so none ends in a traceback on input it can name."""
+    try:
+        return body()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except failures as exc:
+        text = (f"trial failed ({exc.reason}): {exc}" if isinstance(exc, TrialFailure)
+                else f"error: {exc}")
+        print(text, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130

@@ -99,14 +99,21 @@ def learning_curves_figure(trials: Sequence[Any], best: Mapping[str, Any]) -> An
         init_label = (f"random init ({mean:.3f})" if max(init) - min(init) < 1e-9 else
                       f"random init (mean of {len(init)}: {mean:.3f})")
         ax.axhline(mean, color="grey", ls=":", lw=1.5, label=init_label)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation kNN accuracy")
-    ax.set_title("Learning curves of the selected configurations")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    style_curve_axes(ax, "epoch", "validation kNN accuracy",
+                     "Learning curves of the selected configurations")
     fig.tight_layout()
     return fig
+
+
+def style_curve_axes(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
+    """The reports' curve plots alike: integer x ticks (epochs), labels, a light grid, the
+    legend at the lower right (where rising accuracy curves leave room)."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
 
 
 def plot_learning_curves(trials: Sequence[Any], best: Mapping[str, Any], path: Path,
@@ -281,7 +288,7 @@ def tsne_embedding(encoder_path: Path, max_points: int = 2000, seed: int = 0
     from sslsearch.augment import normalize
     from sslsearch.config import trial_config
     from sslsearch.export import load_encoder, read_config
-    from sslsearch.train import load_data
+    from sslsearch.trial import load_data
 
     doc = read_config(encoder_path)
     cfg = trial_config({**doc["trial"], "device": "cpu"}, source=str(encoder_path))

@@ -26,15 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from sslsearch import methods
-from sslsearch.config import (
-    SPACES_DIR,
-    TrialConfig,
-    _check_value,
-    read_yaml,
-    resolve_file,
-    trial_config,
-)
+from sslsearch.config import SPACES_DIR, TrialConfig, trial_config
 from sslsearch.errors import ConfigError
+from sslsearch.schema import check_value, read_yaml, resolve_file
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "logint", "choice", "quantized")
 TOP_KEYS = ("description", "initial", "method", "methods", "trial")
@@ -231,7 +225,7 @@ def _check_field(cls: type, key: str, spec: Dist | Any, src: str, path: str) -> 
         values = [float(v) for v in values]
     for v in values:
         try:
-            _check_value(v, hint)
+            check_value(v, hint)
         except TypeError:
             what = f"{spec.kind} gives {v!r}" if isinstance(spec, Dist) else f"found {v!r}"
             raise ConfigError(f"{src}: {path} must be {getattr(hint, '__name__', hint)}; "
@@ -378,10 +372,6 @@ def param_importances(rows: list[tuple[dict[str, Any], float]], dists: dict[str,
 # How a trial ended: the one rule the searcher, the progress lines and summary.md share
 
 
-FINISHED = "finished"
-STOPPED_EARLY = "stopped early"
-
-
 def random_points(space: SearchSpace, n: int, seed: int) -> list[dict[str, Any]]:
     """``n`` parameter sets drawn by Optuna's ``RandomSampler(seed)``, keyed (and labelled, for
     choices) as the space's Optuna trials name them: points the sweep's searcher evaluates."""
@@ -396,35 +386,6 @@ def random_points(space: SearchSpace, n: int, seed: int) -> list[dict[str, Any]]
         space(trial)
         points.append(dict(trial.params))
     return points
-
-
-def configured_epochs(config: Mapping[str, Any]) -> int | None:
-    """The epochs a trial was configured to train: a searched ``epochs`` over the experiment's
-    (``_base``); None when the config says neither (a hand-built one)."""
-    base = config.get("_base")
-    value = config.get("epochs", base.get("epochs") if isinstance(base, Mapping) else None)
-    return int(value) if _number(value) else None
-
-
-def trial_status(last: Mapping[str, Any], config: Mapping[str, Any]) -> str:
-    """How a trial ended, from its last result and its config.
-
-    - its ``failure_reason`` (``nan_loss``, ``oom``, ``collapsed``) when it failed;
-    - ``finished`` when it trained every configured epoch (``epoch == configured epochs``), with a
-      linear probe or without one (``probe: false``);
-    - ``stopped early`` when it ended before: ASHA stopped it (or it was cut short otherwise).
-
-    A config that does not say its epochs (results built by hand) falls back to the probe: a
-    result with ``probe_val_acc`` is finished.
-    """
-    if last.get("failure_reason"):
-        return str(last["failure_reason"])
-    planned = configured_epochs(config)
-    if planned is None:
-        return FINISHED if "probe_val_acc" in last else STOPPED_EARLY
-    epoch = last.get("epoch")
-    done = int(epoch) if isinstance(epoch, int | float) and _number(epoch) else 0
-    return FINISHED if done >= planned else STOPPED_EARLY
 
 
 # ------------------------------------------------------------------------------------------------

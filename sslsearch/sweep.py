@@ -27,15 +27,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 from sslsearch.config import Experiment, SearchConfig
 from sslsearch.errors import ConfigError
-from sslsearch.space import (
-    FINISHED,
-    STOPPED_EARLY,
-    SearchSpace,
-    configured_epochs,
-    n_startup_trials,
-    optuna_sampler,
-    trial_status,
-)
+from sslsearch.results import FINISHED, STOPPED_EARLY, configured_epochs, trial_status
+from sslsearch.space import SearchSpace, n_startup_trials, optuna_sampler
 from sslsearch.tracking import MLflowTrialCallback
 from sslsearch.trainable import trainable
 
@@ -82,7 +75,7 @@ class SSLOptunaSearch(OptunaSearch):
     - A trial that trained all its configured epochs is COMPLETE with its final value; one that
       ended before (ASHA stopped it) is PRUNED, so TPE does not learn a grace-period value as if
       it were final (Ray's OptunaSearch marks it COMPLETE with its last result). The rule is
-      :func:`sslsearch.space.trial_status`, with the epochs recorded when the trial was proposed.
+      :func:`sslsearch.results.trial_status`, with the epochs recorded when the trial was proposed.
     - A trial ended for a reason (NaN, OOM, collapse: ``failure_reason`` beside a finite
       placeholder metric) or by an error is FAIL, never a learnt value.
 

@@ -23,8 +23,8 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from sslsearch.baselines import RAW_KEYS
 from sslsearch.errors import ConfigError
+from sslsearch.results import FINISHED, RAW_KEYS, STOPPED_EARLY, configured_epochs, trial_status
 
 PARENT = "parent"
 CHILD = "trial"
@@ -249,14 +249,13 @@ class Tracker:
 def outcome(last: Mapping[str, Any], max_epochs: int | None = None,
             config: Mapping[str, Any] | None = None) -> tuple[str, dict[str, str]]:
     """A trial's MLflow status and tags from its last result: how it ended is
-    :func:`sslsearch.space.trial_status` (the one rule), against the trial's own configured
+    :func:`sslsearch.results.trial_status` (the one rule), against the trial's own configured
     epochs (a searched ``epochs`` over the experiment's).
 
     ``config`` is the trial's Ray config; by default the one Ray stores in its results
     (``last["config"]``). ``max_epochs`` (the experiment's epochs) stands in only for a config
     that says no epochs of its own.
     """
-    from sslsearch.space import FINISHED, STOPPED_EARLY, configured_epochs, trial_status
 
     if config is None:
         stored = last.get("config")

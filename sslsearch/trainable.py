@@ -20,6 +20,7 @@ import ray
 from ray import tune
 
 from sslsearch import train
+from sslsearch.checkpoint import CHECKPOINT, PREVIOUS
 from sslsearch.errors import TrialFailure
 from sslsearch.space import trial_from_config
 
@@ -40,7 +41,7 @@ def trainable(config: dict[str, Any], metric: str = "val_knn_acc", mode: str = "
         restored = tune.get_checkpoint()
         if restored is not None:
             with restored.as_directory() as folder:
-                for name in (train.CHECKPOINT, train.PREVIOUS):
+                for name in (CHECKPOINT, PREVIOUS):
                     if (Path(folder) / name).is_file():
                         shutil.copy2(Path(folder) / name, work / name)
 

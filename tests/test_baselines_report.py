@@ -7,6 +7,8 @@ MLflow store). The end-to-end checks ride on the sweeps of tests/test_sweep.py.
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -14,8 +16,8 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sslsearch import baselines, run, train
-from sslsearch.run import baseline_line, delta_points, fmt_delta, summarize
+from sslsearch import baselines, results, train
+from sslsearch.results import baseline_line, delta_points, fmt_delta, summarize
 from sslsearch.tracking import MLflowTrialCallback, Tracker
 
 RAW = {"raw_knn_acc": 0.787, "raw_test_knn_acc": 0.78, "raw_probe_acc": 0.82,
@@ -45,10 +47,14 @@ def _rows(text: str, section: str) -> dict[str, dict[str, str]]:
     return out
 
 
-def test_baseline_names_match_the_trials_metrics() -> None:
-    """run.py repeats the names (to stay free of torch): they must be the ones trials report."""
-    assert set(run.RAW_KEYS) == set(baselines.RAW_KEYS)
-    assert run.INIT_KEY == baselines.INIT_KEY
+def test_baseline_names_have_one_owner_that_imports_no_torch() -> None:
+    """The trials report the names the summary reads (one owner, results.py), and the command's
+    side of them imports no torch."""
+    assert baselines.RAW_KEYS is results.RAW_KEYS and baselines.INIT_KEY is results.INIT_KEY
+    assert tuple(results.RAW_VS.values()) == results.RAW_KEYS
+    code = "import sys, sslsearch.results; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize("points,digits,text", [

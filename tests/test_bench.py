@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from sslsearch.augment import AugmentConfig
-from sslsearch.bench import BenchConfig, _summary, conventional_transform, main, run_packing
+from sslsearch.bench import BenchConfig, conventional_transform, run_packing
+from sslsearch.bench.__main__ import main
+from sslsearch.bench.timing import summary as _summary
 
 # One intra-op thread: on a loaded 2-core machine two OpenMP threads spin against each other and a
 # step takes ten times longer.

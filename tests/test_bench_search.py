@@ -13,10 +13,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from sslsearch import bench_budget, sweep
-from sslsearch import bench_search as bs
-from sslsearch import bench_search_report as rep
-from sslsearch.space import FINISHED, load_space, random_points, trial_from_config
+from sslsearch import sweep
+from sslsearch.bench import budget as bench_budget
+from sslsearch.bench import search as bs
+from sslsearch.bench import search_report as rep
+from sslsearch.results import FINISHED
+from sslsearch.space import load_space, random_points, trial_from_config
 
 # ------------------------------------------------------------------------------------------------
 # The budget: pure functions

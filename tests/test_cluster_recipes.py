@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from sslsearch.config import SPACES_DIR, resolve_file
-from sslsearch.run import build_parser
+from sslsearch.cli import build_parser
+from sslsearch.config import SPACES_DIR
+from sslsearch.schema import resolve_file
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"

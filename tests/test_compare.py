@@ -16,7 +16,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 import sslsearch
-from sslsearch.compare import TrialRecord, mean_std, select_best, summarize, table_markdown
+from sslsearch.compare import summarize, table_markdown
+from sslsearch.results import TrialRecord, mean_std, select_best
 
 ROW = re.compile(r"^\| (\w+) \| (\d+\.\d+) ± (\d+\.\d+) \|")
 
@@ -197,7 +198,7 @@ def _ray_result(trial_id: str, metrics: dict[str, Any], error: Exception | None 
 def test_record_status_is_trial_status_and_probe_false_trials_can_be_selected() -> None:
     """A probe: false trial that trained all its epochs is finished (not stopped early), and
     is selected on val kNN over a trial ASHA stopped early with a higher one."""
-    from sslsearch.compare import record
+    from sslsearch.results import record
 
     results = [_ray_result("full", {"epoch": 3.0, "val_knn_acc": 0.7}),
                _ray_result("asha", {"epoch": 1.0, "val_knn_acc": 0.9}),

@@ -20,6 +20,7 @@ from PIL import Image
 
 from sslsearch import data
 from sslsearch.data import DATASETS, DataBundle, Split, StreamingSplit, load_dataset
+from sslsearch.data.assemble import allocate
 from sslsearch.errors import ConfigError
 
 FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
@@ -173,7 +174,7 @@ def test_allocate_is_exact_and_proportional(
     counts: list[int], n: int, keep_one: bool, expected: list[int]
 ) -> None:
     caps = [c - 1 if keep_one else c for c in counts]
-    assert data._allocate(counts, n, caps) == expected
+    assert allocate(counts, n, caps) == expected
 
 
 # ----------------------------------------------------------------------------- digits, covtype

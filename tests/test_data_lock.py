@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sslsearch import data
+from sslsearch.data.files import locked_download
 from sslsearch.errors import ConfigError
 
 
@@ -24,7 +24,7 @@ def _fake_fetch(root: Path) -> None:
 
 
 def _download_in_child(root: Path) -> None:
-    data._download("fake", root, functools.partial(_fake_fetch, root))
+    locked_download("fake", root, functools.partial(_fake_fetch, root))
 
 
 def test_concurrent_downloads_into_one_folder_fetch_once(tmp_path: Path) -> None:
@@ -44,7 +44,7 @@ def test_the_lock_is_released_when_a_download_fails(tmp_path: Path) -> None:
         raise OSError("connection reset")
 
     with pytest.raises(ConfigError, match=r"could not download fake .*connection reset"):
-        data._download("fake", tmp_path, broken)
+        locked_download("fake", tmp_path, broken)
     # A later attempt (another trial, or a retry) is not blocked by the failed one.
     child = multiprocessing.get_context("fork").Process(target=_download_in_child,
                                                         args=(tmp_path,))

@@ -15,18 +15,18 @@ import pytest
 import torch
 
 from sslsearch.augment import AugmentConfig, Augmenter, augment
+from sslsearch.checkpoint import load_checkpoint
 from sslsearch.config import trial_config
 from sslsearch.data import load_dataset
 from sslsearch.methods.base import Step
-from sslsearch.train import (
-    _batches,
-    _views,
+from sslsearch.train import run
+from sslsearch.trial import (
     augment_configs,
-    load_checkpoint,
-    run,
     setup_trial,
+    train_batches,
     train_step,
     trial_optimizer,
+    two_views,
 )
 from tests.conftest import needs_fashion_mnist
 from tests.methods.learning import FAST
@@ -85,8 +85,8 @@ def test_training_step_in_bf16_without_host_sync(method: str) -> None:
     gen = torch.Generator("cuda").manual_seed(0)
     augs = augment_configs(cfg, data.image_size)
     opt = trial_optimizer(trial, 128)
-    x, y = next(_batches(trial, gen, 128))
-    x1, x2 = _views(trial, x, augs, gen)
+    x, y = next(train_batches(trial, gen, 128))
+    x1, x2 = two_views(trial, x, augs, gen)
     assert x1.is_contiguous(memory_format=torch.channels_last)
     with trial._autocast():
         feats = m.backbone(x1)
@@ -95,8 +95,8 @@ def test_training_step_in_bf16_without_host_sync(method: str) -> None:
         step = Step(i, 10, 0, 10)
         ctx = no_host_sync() if i == 2 else contextlib.nullcontext()
         with ctx:
-            x, y = next(_batches(trial, gen, 128))
-            x1, x2 = _views(trial, x, augs, gen)
+            x, y = next(train_batches(trial, gen, 128))
+            x1, x2 = two_views(trial, x, augs, gen)
             out = train_step(trial, opt, x1, x2, y, step)
     assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
     assert all(p.dtype == torch.float32 for p in m.parameters())  # master weights stay fp32

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 import torch
 
-from sslsearch.compare import TrialRecord
 from sslsearch.config import load_experiment
 from sslsearch.export import export_encoder
 from sslsearch.report import (
@@ -21,8 +20,9 @@ from sslsearch.report import (
     importance,
     write_report,
 )
+from sslsearch.results import TrialRecord
 from sslsearch.space import load_space
-from sslsearch.train import build_method, load_data
+from sslsearch.trial import build_method, load_data
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -15,17 +15,15 @@ from hypothesis import strategies as st
 from sslsearch import methods
 from sslsearch.config import SPACES_DIR
 from sslsearch.errors import ConfigError
+from sslsearch.results import FINISHED, STOPPED_EARLY, configured_epochs, trial_status
 from sslsearch.run import main
 from sslsearch.space import (
-    FINISHED,
-    STOPPED_EARLY,
-    configured_epochs,
+    Dist,
     load_space,
     n_startup_trials,
     optuna_sampler,
     parse_space,
     trial_from_config,
-    trial_status,
 )
 
 SHIPPED = sorted(p.name for p in SPACES_DIR.glob("*.yaml"))
@@ -43,6 +41,27 @@ def test_shipped_spaces_compile_and_sample(name: str) -> None:
         drawn.add(cfg.method)
         study.tell(trial, 0.5)
     assert drawn <= set(space.method_names)
+
+
+def test_all_methods_is_derived_from_the_per_method_spaces() -> None:
+    """all_methods.yaml equals its derivation (python -m sslsearch.all_methods): each method's
+    own parameters as its file has them, each shared trial field spanning every file's range."""
+    from sslsearch.all_methods import derive
+
+    assert (SPACES_DIR / "all_methods.yaml").read_text() == derive(), (
+        "search_spaces/all_methods.yaml is stale: run python -m sslsearch.all_methods")
+    union = load_space("all_methods")
+    for name in union.method_names:
+        own = load_space(name)
+        assert dict(union.methods.get(name, {})) == dict(own.methods.get(name, {})), name
+        for key, dist in own.trial.items():
+            wide = union.trial.get(key)
+            if isinstance(dist, Dist) and isinstance(wide, Dist):  # the union holds its range
+                if wide.kind == "choice":
+                    assert set(map(str, dist.args)) <= set(map(str, wide.args)), (name, key)
+                else:
+                    assert wide.args[0] <= dist.args[0] and dist.args[1] <= wide.args[1], key
+    assert union.trial["base_lr"].args[0] <= load_space("swav").trial["base_lr"].args[0]
 
 
 def test_one_space_per_method_and_all_methods() -> None:

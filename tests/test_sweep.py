@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sslsearch.run import budget, budget_line, summarize
+from sslsearch.results import budget, budget_line, summarize
 from sslsearch.tracking import TAG_ROLE, TAG_TRIAL
 
 # Sweeps small enough for the default suite: digits, a tiny CNN, a few epochs.
@@ -270,7 +270,7 @@ def test_progress_line_says_finished_for_a_trial_without_probe(
 
 
 # ------------------------------------------------------------------------------------------------
-# How a trial ended, in MLflow: sslsearch.space.trial_status against the trial's own epochs
+# How a trial ended, in MLflow: sslsearch.results.trial_status against the trial's own epochs
 
 
 def test_mlflow_outcome_is_trial_status_against_the_trials_own_epochs() -> None:
@@ -331,24 +331,24 @@ def test_best_experiment_without_probe_says_its_val_knn(tmp_path: Path) -> None:
     import yaml
 
     from sslsearch.config import load_experiment
-    from sslsearch.run import _export_best
+    from sslsearch.run import export_best
 
     exp = load_experiment("quick")
     config = {"_base": {"epochs": 4, "probe": False}, "method": "simclr", "base_lr": 0.001}
     out = tmp_path / "sweep" / "best_experiment.yaml"
     out.parent.mkdir()
     best = {"trial_id": "t1", "config": config, "probe_val_acc": None, "val_knn_acc": 0.8125}
-    text = yaml.safe_load(_export_best(best, out, exp).read_text())["description"]
+    text = yaml.safe_load(export_best(best, out, exp).read_text())["description"]
     assert "None" not in text and "val kNN acc 0.8125" in text and "no linear probe" in text
     best = {**best, "probe_val_acc": 0.9}
-    text = yaml.safe_load(_export_best(best, out, exp).read_text())["description"]
+    text = yaml.safe_load(export_best(best, out, exp).read_text())["description"]
     assert "probe val acc 0.9" in text
 
 
 @pytest.mark.parametrize("name", ["../outside", "/tmp/abs", "a/b", "..", ".", "", " x", "a\\b"])
 def test_results_folder_refuses_a_name_that_leaves_it(tmp_path: Path, name: str) -> None:
-    from sslsearch.config import results_folder
     from sslsearch.errors import ConfigError
+    from sslsearch.schema import results_folder
 
     with pytest.raises(ConfigError, match="--name"):
         results_folder(name, tmp_path / "results")

@@ -9,19 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from sslsearch.checkpoint import load_checkpoint, save_checkpoint
 from sslsearch.config import trial_config
 from sslsearch.data import load_dataset
 from sslsearch.errors import ConfigError, TrialFailure
 from sslsearch.methods.base import Step
-from sslsearch.train import (
-    load_checkpoint,
-    main,
-    run,
-    save_checkpoint,
-    setup_trial,
-    train_step,
-    trial_optimizer,
-)
+from sslsearch.train import main, run
+from sslsearch.trial import setup_trial, train_step, trial_optimizer
 
 TINY = {"backbone_width": 8, "batch_size": 64, "epochs": 3, "device": "cpu", "knn_k": 10,
         "probe_max_iter": 20, "crop_min_scale": 0.5}

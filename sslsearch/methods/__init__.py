@@ -16,6 +16,7 @@ from types import ModuleType
 from typing import Any
 
 from sslsearch.errors import ConfigError
+from sslsearch.schema import build_dataclass
 
 _NOT_METHODS = {"base"}
 
@@ -41,8 +42,6 @@ def get(name: str) -> ModuleType:
 def method_config(name: str, params: Mapping[str, Any] | None = None, *,
                   source: str = "<config>") -> Any:
     """The method's frozen ``Config`` from ``params`` (unknown keys and bad types rejected)."""
-    from sslsearch.config import build_dataclass
-
     module = get(name)
     cfg = build_dataclass(module.Config, dict(params or {}), source=source,
                           where=f"method_params[{name}]")

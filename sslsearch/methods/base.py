@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from sslsearch.networks import Backbone
+from sslsearch.networks import Backbone, mlp
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,3 +70,23 @@ class Method(nn.Module):
 
     def before_optimizer_step(self, step: Step) -> None:
         """Called between ``backward`` and ``optimizer.step`` (e.g. SwAV freezes prototypes)."""
+
+
+class ProjectedMethod(Method):
+    """A method whose loss reads the projections ``z = g(f(x))`` of both views, through SimCLR's
+    projector ``g`` (``Linear-BN-ReLU-Linear``, ``cfg.proj_hidden_dim`` → ``cfg.proj_output_dim``):
+    SimCLR, N-pair and SupCon differ only in the loss."""
+
+    def __init__(self, cfg: Any, backbone: Backbone, task: Task) -> None:
+        super().__init__(cfg, backbone, task)
+        self.projector = mlp([backbone.out_dim, cfg.proj_hidden_dim, cfg.proj_output_dim])
+
+    def project(self, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
+        """``(g(f(x1)), g(f(x2)))``."""
+        return self.projector(self.backbone(x1)), self.projector(self.backbone(x2))
+
+
+def check_temperature(temperature: float) -> None:
+    """A softmax temperature τ must be positive (the logits are divided by it)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, found {temperature}")

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from sslsearch.methods.base import Method as BaseMethod
-from sslsearch.methods.base import Step, Task
+from sslsearch.methods.base import Step, Task, check_temperature
 from sslsearch.methods.simclr import nt_xent_loss
 from sslsearch.networks import Backbone, mlp
 from sslsearch.ops import fp32_loss
@@ -39,8 +39,7 @@ class Config:
     proj_output_dim: int = 128  # d, the dimension of μ, log σ² and z (seed's sizes not given)
 
     def check(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, found {self.temperature}")
+        check_temperature(self.temperature)
         if self.lambda_jsd < 0:
             raise ValueError(f"lambda_jsd must be ≥ 0, found {self.lambda_jsd}")
         if self.contrastive not in CONTRASTIVE:

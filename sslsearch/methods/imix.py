@@ -29,7 +29,7 @@ from torch import Tensor
 
 from sslsearch import ops
 from sslsearch.methods.base import Method as BaseMethod
-from sslsearch.methods.base import Step, Task
+from sslsearch.methods.base import Step, Task, check_temperature
 from sslsearch.methods.byol import byol_loss
 from sslsearch.methods.moco import enqueue
 from sslsearch.methods.npair import npair_loss
@@ -56,8 +56,7 @@ class Config:
             raise ValueError(f"base must be one of {', '.join(BASES)}, found {self.base!r}")
         if self.alpha <= 0:
             raise ValueError(f"alpha must be > 0, found {self.alpha}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, found {self.temperature}")
+        check_temperature(self.temperature)
         for name in ("momentum", "m_base"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], found {getattr(self, name)}")

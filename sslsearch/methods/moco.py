@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from sslsearch import ops
 from sslsearch.methods.base import Method as BaseMethod
-from sslsearch.methods.base import Step, Task
+from sslsearch.methods.base import Step, Task, check_temperature
 from sslsearch.networks import Backbone, mlp
 
 
@@ -33,8 +33,7 @@ class Config:
     proj_output_dim: int = 128  # dim
 
     def check(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, found {self.temperature}")
+        check_temperature(self.temperature)
         if not 0 <= self.momentum <= 1:
             raise ValueError(f"momentum must be in [0, 1], found {self.momentum}")
         if self.queue_size < 1:

@@ -16,9 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sslsearch.methods.base import Method as BaseMethod
-from sslsearch.methods.base import Step, Task
-from sslsearch.networks import Backbone, mlp
+from sslsearch.methods.base import ProjectedMethod, Step, check_temperature
 from sslsearch.ops import fp32_loss, soft_cross_entropy
 
 
@@ -29,8 +27,7 @@ class Config:
     proj_output_dim: int = 128
 
     def check(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, found {self.temperature}")
+        check_temperature(self.temperature)
         if self.proj_hidden_dim < 1 or self.proj_output_dim < 1:
             raise ValueError("proj_hidden_dim and proj_output_dim must be ≥ 1")
 
@@ -58,20 +55,15 @@ def npair_loss(z1: Tensor, z2: Tensor, temperature: float, targets: Tensor | Non
     return soft_cross_entropy(logits, targets.to(logits.dtype))
 
 
-class Method(BaseMethod):
+class Method(ProjectedMethod):
     """N-pair: ``½ ℓ(z₁ → z₂) + ½ ℓ(z₂ → z₁)`` with SimCLR's projector (2-layer MLP + BN).
 
     The symmetrisation is ours (the paper writes one direction; i-Mix's code has it as an option):
     every view then serves once as anchor, as in SimCLR, at no extra forward pass.
     """
 
-    def __init__(self, cfg: Config, backbone: Backbone, task: Task) -> None:
-        super().__init__(cfg, backbone, task)
-        self.projector = mlp([backbone.out_dim, cfg.proj_hidden_dim, cfg.proj_output_dim])
-
     def forward(self, x1: Tensor, x2: Tensor, y: Tensor, step: Step) -> dict[str, Tensor]:
-        z1 = self.projector(self.backbone(x1))
-        z2 = self.projector(self.backbone(x2))
+        z1, z2 = self.project(x1, x2)
         # Upcast once (the losses would each upcast their own copy): the two directions'
         # gradients then add up in float32 before the one cast back to bf16.
         z1, z2 = z1.float(), z2.float()

@@ -9,9 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sslsearch.methods.base import Method as BaseMethod
-from sslsearch.methods.base import Step, Task
-from sslsearch.networks import Backbone, mlp
+from sslsearch.methods.base import ProjectedMethod, Step, check_temperature
 from sslsearch.ops import fp32_loss
 
 
@@ -22,8 +20,7 @@ class Config:
     proj_output_dim: int = 128
 
     def check(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, found {self.temperature}")
+        check_temperature(self.temperature)
 
 
 @fp32_loss
@@ -47,12 +44,7 @@ def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     return F.cross_entropy(logits, targets)
 
 
-class Method(BaseMethod):
-    def __init__(self, cfg: Config, backbone: Backbone, task: Task) -> None:
-        super().__init__(cfg, backbone, task)
-        self.projector = mlp([backbone.out_dim, cfg.proj_hidden_dim, cfg.proj_output_dim])
-
+class Method(ProjectedMethod):
     def forward(self, x1: Tensor, x2: Tensor, y: Tensor, step: Step) -> dict[str, Tensor]:
-        z1 = self.projector(self.backbone(x1))
-        z2 = self.projector(self.backbone(x2))
+        z1, z2 = self.project(x1, x2)
         return {"loss": nt_xent_loss(z1, z2, self.cfg.temperature)}

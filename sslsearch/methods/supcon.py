@@ -12,9 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sslsearch.methods.base import Method as BaseMethod
-from sslsearch.methods.base import Step, Task
-from sslsearch.networks import Backbone, mlp
+from sslsearch.methods.base import ProjectedMethod, Step, check_temperature
 from sslsearch.ops import fp32_loss
 
 
@@ -28,8 +26,7 @@ class Config:
     proj_output_dim: int = 128
 
     def check(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, found {self.temperature}")
+        check_temperature(self.temperature)
 
 
 @fp32_loss
@@ -58,16 +55,11 @@ def supcon_loss(z1: Tensor, z2: Tensor, labels: Tensor, temperature: float) -> T
     return -(pos_log_prob / positives.sum(dim=1)).mean()
 
 
-class Method(BaseMethod):
+class Method(ProjectedMethod):
     """SupCon: SimCLR's projector, the supervised contrastive loss on the batch labels ``y``."""
 
     supervised: ClassVar[bool] = True
 
-    def __init__(self, cfg: Config, backbone: Backbone, task: Task) -> None:
-        super().__init__(cfg, backbone, task)
-        self.projector = mlp([backbone.out_dim, cfg.proj_hidden_dim, cfg.proj_output_dim])
-
     def forward(self, x1: Tensor, x2: Tensor, y: Tensor, step: Step) -> dict[str, Tensor]:
-        z1 = self.projector(self.backbone(x1))
-        z2 = self.projector(self.backbone(x2))
+        z1, z2 = self.project(x1, x2)
         return {"loss": supcon_loss(z1, z2, y, self.cfg.temperature)}

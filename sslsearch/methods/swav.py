@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from sslsearch import ops
 from sslsearch.methods.base import Method as BaseMethod
-from sslsearch.methods.base import Step, Task
+from sslsearch.methods.base import Step, Task, check_temperature
 from sslsearch.networks import Backbone, mlp
 
 
@@ -37,8 +37,7 @@ class Config:
     proj_output_dim: int = 128  # d, official 128
 
     def check(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, found {self.temperature}")
+        check_temperature(self.temperature)
         if self.epsilon <= 0:
             raise ValueError(f"epsilon must be > 0, found {self.epsilon}")
         if self.sinkhorn_iterations < 1:

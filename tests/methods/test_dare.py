@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
+from sslsearch.checkpoint import load_checkpoint, save_checkpoint
 from sslsearch.methods.base import Step, Task
 from sslsearch.methods.dare import (
     LOGVAR_MAX,
@@ -22,7 +23,6 @@ from sslsearch.methods.dare import (
 )
 from sslsearch.methods.simclr import nt_xent_loss
 from sslsearch.networks import MLPEncoder
-from sslsearch.train import load_checkpoint, save_checkpoint
 
 # ----------------------------------------------------------------------------- slow references
 

@@ -1,4 +1,4 @@
-"""The search benchmark's report (:mod:`sslsearch.bench_search`): the summary per strategy over
+"""The search benchmark's report (:mod:`sslsearch.bench.search`): the summary per strategy over
 its search seeds, ``bench_search.md``, ``bench_search.json`` and ``best_so_far.png`` (matplotlib,
 Agg backend: no display needed)."""
 
@@ -11,6 +11,9 @@ from typing import Any
 
 RESULTS_JSON = "bench_search.json"
 RESULTS_MD = "bench_search.md"
+SELECTION = ("the trial with the highest final val_knn_acc among those that trained all their "
+             "configured epochs (stopped-early and failed trials are never selected); its "
+             "linear-probe test accuracy is reported, never used")
 CURVE_PNG = "best_so_far.png"
 
 
@@ -28,7 +31,7 @@ def aggregate(runs: Sequence[dict[str, Any]], strategies: Sequence[str]
               ) -> dict[str, dict[str, Any]]:
     """Per strategy, over its search seeds: mean ± std of the best val kNN and of the best
     trial's probe test accuracy, the budget spent and the wall time."""
-    from sslsearch.compare import mean_std
+    from sslsearch.results import mean_std
 
     out: dict[str, dict[str, Any]] = {}
     for strategy in strategies:
@@ -142,7 +145,8 @@ def plot_best_so_far(runs: Sequence[dict[str, Any]], strategies: Sequence[str], 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+
+    from sslsearch.report import style_curve_axes
 
     cmap = plt.get_cmap("tab10")
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
@@ -158,12 +162,8 @@ def plot_best_so_far(runs: Sequence[dict[str, Any]], strategies: Sequence[str], 
                 label=f"{strategy} (mean of {len(curves)})")
     ax.axvline(budget, color="black", ls=":", lw=1, label=f"budget ({budget})")
     ax.set_xlim(left=0)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("cumulative trial-epochs")
-    ax.set_ylabel("best finished trial's val kNN accuracy")
-    ax.set_title("Best so far at equal budget")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    style_curve_axes(ax, "cumulative trial-epochs", "best finished trial's val kNN accuracy",
+                     "Best so far at equal budget")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

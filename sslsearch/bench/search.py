@@ -50,24 +50,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from sslsearch.bench_budget import best_so_far, runs_for_budget, tpe_trial_cap, within_one_trial
-from sslsearch.bench_search_report import RESULTS_MD, aggregate, pct, write_results
-from sslsearch.config import (
-    SPACES_DIR,
-    Experiment,
-    load_experiment,
-    resolve_file,
-    results_folder,
-)
-from sslsearch.errors import ConfigError
-from sslsearch.space import FINISHED, Dist, SearchSpace, random_points
+from sslsearch.bench.budget import best_so_far, runs_for_budget, tpe_trial_cap, within_one_trial
+from sslsearch.bench.search_report import RESULTS_MD, SELECTION, aggregate, pct, write_results
+from sslsearch.config import SPACES_DIR, Experiment, load_experiment
+from sslsearch.errors import ConfigError, exit_code
+from sslsearch.results import FINISHED
+from sslsearch.schema import resolve_file, results_folder
+from sslsearch.space import Dist, SearchSpace, random_points
 
 STRATEGIES = ("default", "random", "tpe_asha")
-SELECTION = ("the trial with the highest final val_knn_acc among those that trained all their "
-             "configured epochs (stopped-early and failed trials are never selected); its "
-             "linear-probe test accuracy is reported, never used")
-
-
 # ------------------------------------------------------------------------------------------------
 # The command line
 
@@ -138,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def validate_name(name: str, storage: Path) -> Path:
-    """``storage / name`` (:func:`sslsearch.config.results_folder`), and a new one."""
+    """``storage / name`` (:func:`sslsearch.schema.results_folder`), and a new one."""
     folder = results_folder(name, storage)
     if folder.exists():
         raise ConfigError(f"--name {name!r}: {folder} already exists; choose another name")
@@ -169,8 +160,8 @@ class Plan:
 
 def plan(args: argparse.Namespace) -> Plan:
     """Validate the command line and the files; :class:`ConfigError` (one line) on bad input."""
+    from sslsearch.cli import apply_overrides
     from sslsearch.compare import only_method
-    from sslsearch.run import apply_overrides
     from sslsearch.space import load_space
 
     space_path = resolve_file(args.space, SPACES_DIR, "space")
@@ -284,7 +275,7 @@ def run_strategy(p: Plan, strategy: str, seed: int) -> tuple[list[Any], float]:
 def trained_trials(results: Sequence[Any]) -> list[Any]:
     """The results that count: a trial the budget stop ended before its first epoch trained
     nothing and is left out (an errored one is kept: it failed)."""
-    from sslsearch.run import epochs_trained
+    from sslsearch.results import epochs_trained
 
     return [r for r in results
             if epochs_trained(r) > 0 or getattr(r, "error", None) is not None]
@@ -313,10 +304,11 @@ def _events(result: Any, record: Any) -> list[tuple[float, str, int, float | Non
 def summarize_run(p: Plan, strategy: str, seed: int, results: Sequence[Any],
                   wall_s: float) -> dict[str, Any]:
     """One strategy × search seed: budget, best trial (on validation), curve, trials."""
-    from sslsearch.compare import _trial_keys, record
-    from sslsearch.run import budget as budget_of
+    from sslsearch.compare import trial_keys
+    from sslsearch.results import budget as budget_of
+    from sslsearch.results import record
 
-    keys = _trial_keys(p.space) + (["seed"] if strategy == "default" else [])
+    keys = trial_keys(p.space) + (["seed"] if strategy == "default" else [])
     results = trained_trials(results)
     records = [record(r, strategy, keys) for r in results]
     b = budget_of(results)
@@ -347,23 +339,10 @@ def command_line(argv: Sequence[str]) -> str:
 
 
 def run(p: Plan, argv: Sequence[str]) -> int:
-    from sslsearch import sweep, tracking
+    from sslsearch import sweep
 
     command = command_line(argv)
-    tracker = tracking.Tracker(p.tracking_uri, p.mlflow_experiment, p.name)
-    tracker.log_sweep(
-        params={"space": p.space_path.name, "experiment": Path(p.exp.source).name,
-                "method": p.method, "epochs": p.epochs, "budget_trial_epochs": p.budget,
-                "runs_per_strategy": p.runs, "default_seeds": p.default_seeds,
-                "tpe_trial_cap": p.tpe_cap, "search_seeds": ",".join(map(str, p.search_seeds)),
-                "strategies": ",".join(p.strategies), "metric": p.exp.search.metric},
-        tags={**tracking.sweep_tags(), "command": command, "sslsearch.kind": "bench_search"},
-        texts={"space.yaml": p.space_path.read_text(),
-               "experiment.yaml": Path(p.exp.source).read_text(), "command.txt": command + "\n"})
-    print(f"bench search {p.name}: {p.method} ({p.space_path.name}), experiment "
-          f"{Path(p.exp.source).name}; {p.budget} trial-epochs per strategy "
-          f"({', '.join(p.strategies)}) × {len(p.search_seeds)} search seeds\n"
-          f"  results: {p.folder}\n  MLflow:  {p.tracking_uri}", flush=True)
+    _log_start(p, command)
     p.folder.mkdir(parents=True)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     t0 = time.time()
@@ -385,8 +364,6 @@ def run(p: Plan, argv: Sequence[str]) -> int:
             print(f"== {strategy}, search seed {seed}: {row['spent']} trial-epochs, "
                   f"{wall:.0f} s, best val kNN {pct(best and best['val_knn_acc'])}", flush=True)
     elapsed = time.time() - t0
-
-    summary = aggregate(runs, p.strategies)
     info = {"name": p.name, "command": command, "space": p.space_path.name,
             "experiment": Path(p.exp.source).name, "method": p.method,
             "dataset": p.exp.trial.dataset, "backbone": p.exp.trial.backbone,
@@ -395,6 +372,42 @@ def run(p: Plan, argv: Sequence[str]) -> int:
             "search_seeds": list(p.search_seeds), "strategies": list(p.strategies),
             "metric": p.exp.search.metric, "selection": SELECTION, "wall_seconds": elapsed}
     md, written = write_results(p.folder, info, runs)
+    summary = aggregate(runs, p.strategies)
+    link = _log_end(p, summary, written, stages, last_results)
+    print(f"\n{md}")
+    print(f"report: {p.folder / RESULTS_MD}\nMLflow runs: mlflow ui --backend-store-uri "
+          f"{p.tracking_uri} --host 127.0.0.1 --port 5000, then open {link}")
+    off = [s for s, v in summary.items() if not v["within_budget"]]
+    if off:
+        print(f"warning: {', '.join(off)} spent more or less than the budget ± one trial "
+              "(failed trials?); see the per-seed table", file=sys.stderr)
+    return 0
+
+
+def _log_start(p: Plan, command: str) -> None:
+    from sslsearch import tracking
+
+    tracker = tracking.Tracker(p.tracking_uri, p.mlflow_experiment, p.name)
+    tracker.log_sweep(
+        params={"space": p.space_path.name, "experiment": Path(p.exp.source).name,
+                "method": p.method, "epochs": p.epochs, "budget_trial_epochs": p.budget,
+                "runs_per_strategy": p.runs, "default_seeds": p.default_seeds,
+                "tpe_trial_cap": p.tpe_cap, "search_seeds": ",".join(map(str, p.search_seeds)),
+                "strategies": ",".join(p.strategies), "metric": p.exp.search.metric},
+        tags={**tracking.sweep_tags(), "command": command, "sslsearch.kind": "bench_search"},
+        texts={"space.yaml": p.space_path.read_text(),
+               "experiment.yaml": Path(p.exp.source).read_text(), "command.txt": command + "\n"})
+    print(f"bench search {p.name}: {p.method} ({p.space_path.name}), experiment "
+          f"{Path(p.exp.source).name}; {p.budget} trial-epochs per strategy "
+          f"({', '.join(p.strategies)}) × {len(p.search_seeds)} search seeds\n"
+          f"  results: {p.folder}\n  MLflow:  {p.tracking_uri}", flush=True)
+
+
+def _log_end(p: Plan, summary: dict[str, Any], written: Sequence[Path], stages: dict[str, str],
+             last_results: dict[str, dict[str, Any]]) -> str:
+    """Stages, baselines, the strategies' means and the report files on the parent run; returns
+    the MLflow link to the runs."""
+    from sslsearch import tracking
 
     tracker = tracking.Tracker(p.tracking_uri, p.mlflow_experiment, p.name)  # fresh after fits
     for trial_id, stage in stages.items():
@@ -411,16 +424,7 @@ def run(p: Plan, argv: Sequence[str]) -> int:
     for path in written:
         tracker.log_parent_file(path)
     tracker.end_sweep(last_results, p.epochs, "FINISHED")
-
-    print()
-    print(md)
-    print(f"report: {p.folder / RESULTS_MD}\nMLflow runs: mlflow ui --backend-store-uri "
-          f"{p.tracking_uri} --host 127.0.0.1 --port 5000, then open {tracker.runs_link()}")
-    off = [s for s, v in summary.items() if not v["within_budget"]]
-    if off:
-        print(f"warning: {', '.join(off)} spent more or less than the budget ± one trial "
-              "(failed trials?); see the per-seed table", file=sys.stderr)
-    return 0
+    return str(tracker.runs_link())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -428,15 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    try:
-        p = plan(build_parser().parse_args(argv))
-        return run(p, argv)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return exit_code(lambda: run(plan(build_parser().parse_args(argv)), argv))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,148 @@
+"""The command line of ``python -m sslsearch.run``: its flags, and how they change an experiment.
+
+Parsing only: the drivers (:mod:`sslsearch.run` for a sweep, :mod:`sslsearch.compare` for
+``--compare``) take the parsed flags from here, so neither imports the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from sslsearch.config import Experiment, SearchConfig
+from sslsearch.errors import ConfigError
+from sslsearch.schema import build_dataclass
+
+DEFAULT_STORAGE = "sslsearch_results"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, exit code 2, no usage dump
+        print(f"error: {self.prog}: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, found {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, found {text!r}")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, found {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, found {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m sslsearch.run",
+        description="Search SSL methods and their hyperparameters (Ray Tune + Optuna TPE + ASHA), "
+                    "logging every trial to MLflow.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--space", required=False,
+                   help="search-space YAML: a path, or a name under search_spaces/ "
+                        "(e.g. vicreg.yaml, all_methods). Required unless --resume.")
+    p.add_argument("--experiment", default="quick",
+                   help="experiment YAML (fixed setup): a path or a name under experiments/")
+    p.add_argument("--num-samples", type=_positive_int,
+                   help="number of trials (default: the experiment's search.num_samples)")
+    p.add_argument("--max-concurrent", type=_positive_int,
+                   help="trials running at once (default: the experiment's)")
+    p.add_argument("--epochs", type=_positive_int,
+                   help="pretraining epochs per trial (default: the experiment's)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the TPE sampler and of every trial")
+    p.add_argument("--tracking-uri",
+                   help="MLflow tracking URI: sqlite:///PATH, http://HOST:PORT (a server), ... "
+                        "(default: sqlite:///<cwd>/mlflow.db)")
+    p.add_argument("--mlflow-experiment", default="sslsearch",
+                   help="MLflow experiment name the sweep's runs go to")
+    p.add_argument("--storage", default=DEFAULT_STORAGE,
+                   help="folder (or s3://... URI) for trial checkpoints and sweep state; "
+                        "shared storage (NFS/S3) on a multi-node cluster")
+    p.add_argument("--name", help="sweep name (default: <space>-<time>-<random>)")
+    p.add_argument("--resume", nargs="?", const="", metavar="NAME_OR_PATH",
+                   help="continue an interrupted sweep: its folder, its name under --storage, "
+                        "or nothing for the newest sweep there")
+    p.add_argument("--address",
+                   help="an existing Ray cluster (auto or ray://HOST:PORT; default: "
+                        "$RAY_ADDRESS, else a local Ray on 127.0.0.1)")
+    p.add_argument("--grace-period", type=_positive_int,
+                   help="epochs before ASHA may stop a trial (default: the experiment's)")
+    p.add_argument("--cpus-per-trial", type=_nonneg_float,
+                   help="CPUs reserved per trial (default: the experiment's)")
+    p.add_argument("--gpus-per-trial", type=_nonneg_float,
+                   help="GPUs per trial; fractions pack trials on one GPU, e.g. 0.25 "
+                        "(default: the experiment's)")
+    p.add_argument("--data-dir", help="dataset folder, overriding the experiment's")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
+    p.add_argument("--compare", action="store_true",
+                   help="compare the space's methods fairly: --num-samples trials per method, "
+                        "the best of each (on validation) re-run with --seeds seeds; writes "
+                        "comparison.md/.json and a report (sslsearch/compare.py)")
+    p.add_argument("--seeds", type=_positive_int, default=3,
+                   help="--compare: seeds each method's selected configuration is re-run with")
+    p.add_argument("--methods",
+                   help="--compare: comma-separated subset of the space's methods "
+                        "(default: all of them)")
+    return p
+
+
+def apply_overrides(exp: Experiment, args: argparse.Namespace) -> Experiment:
+    search = dict(dataclasses.asdict(exp.search))
+    for flag, key in (("num_samples", "num_samples"), ("max_concurrent", "max_concurrent"),
+                      ("grace_period", "grace_period"),
+                      ("cpus_per_trial", "cpus_per_trial"), ("gpus_per_trial", "gpus_per_trial")):
+        if getattr(args, flag) is not None:
+            search[key] = getattr(args, flag)
+    search_cfg = build_dataclass(SearchConfig, search, source="command line", where="search")
+    trial = exp.trial
+    changes: dict[str, Any] = {"seed": args.seed}
+    if args.epochs is not None:
+        changes["epochs"] = args.epochs
+        changes["warmup_epochs"] = min(trial.warmup_epochs, float(args.epochs))
+    if args.data_dir is not None:
+        changes["data_dir"] = args.data_dir
+    data_dir = changes.get("data_dir", trial.data_dir)
+    if data_dir is not None:  # trials chdir into their own folders: make it absolute now
+        path = Path(data_dir).expanduser().resolve()
+        if not path.is_dir():
+            raise ConfigError(f"data_dir {data_dir!r}: no such folder")
+        changes["data_dir"] = str(path)
+    trial = dataclasses.replace(trial, **changes)
+    return dataclasses.replace(exp, trial=trial, search=search_cfg)
+
+
+def storage_location(text: str) -> str:
+    if "://" in text:
+        return text.rstrip("/")
+    return str(Path(text).expanduser().resolve())
+
+
+def find_resume_folder(args: argparse.Namespace, storage: str) -> Path:
+    if "://" in storage:
+        raise ConfigError("--resume with a remote --storage needs a local path to the sweep")
+    if args.resume:
+        given = Path(args.resume).expanduser()
+        if given.is_dir():
+            return given.resolve()
+        return Path(storage) / str(args.resume)
+    candidates = sorted(Path(storage).glob("*/sslsearch_sweep.json"),
+                        key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise ConfigError(f"--resume: no sweep found under {storage}")
+    folder: Path = candidates[-1].parent
+    return folder

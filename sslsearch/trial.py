@@ -1,0 +1,235 @@
+"""The public trial API, shared by the training loop (:mod:`sslsearch.train`) and the throughput
+benchmark (:mod:`sslsearch.bench`): build a trial's data, method and augmentations
+(:func:`setup_trial`), take one step (:func:`train_step`) and evaluate its encoder (kNN monitor,
+baselines, collapse diagnostics, linear probe). Torch only, like the loop."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sslsearch import methods
+from sslsearch.augment import AugmentConfig, Augmenter, normalize
+from sslsearch.baselines import INIT_KEY, raw_pixel_baseline
+from sslsearch.config import TrialConfig
+from sslsearch.data import DataBundle, load_dataset_cached
+from sslsearch.errors import ConfigError
+from sslsearch.evaluate import accuracy, collapse_diagnostics, extract, knn_predict, linear_probe
+from sslsearch.methods.base import Method, Step, Task
+from sslsearch.networks import build_backbone, frozen, set_requires_grad
+from sslsearch.optim import build_optimizer, scaled_lr
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but CUDA is not available here; "
+                          "use auto or cpu")
+    return torch.device(name)
+
+
+def load_data(cfg: TrialConfig, device: torch.device) -> DataBundle:
+    return load_dataset_cached(
+        cfg.dataset, data_dir=cfg.data_dir, download=cfg.download, val_fraction=cfg.val_fraction,
+        seed=cfg.split_seed, device=device, max_train_samples=cfg.max_train_samples,
+        image_size=cfg.image_size)
+
+
+def build_method(cfg: TrialConfig, data: DataBundle) -> Method:
+    """The method object (backbone + heads + state) for ``cfg`` on ``data``."""
+    if data.kind == "tabular" and cfg.backbone != "mlp":
+        raise ConfigError(f"dataset {cfg.dataset!r} is tabular: backbone must be mlp, "
+                          f"found {cfg.backbone!r}")
+    if data.kind == "image" and cfg.backbone == "mlp":
+        raise ConfigError(f"dataset {cfg.dataset!r} holds images: backbone must be one of "
+                          "small_cnn, resnet18, resnet34, resnet50")
+    backbone = build_backbone(cfg.backbone, in_channels=data.in_channels,
+                              image_size=data.image_size, width=cfg.backbone_width)
+    module = methods.get(cfg.method)
+    method_cfg = methods.method_config(cfg.method, cfg.method_params)
+    method: Method = module.Method(method_cfg, backbone, Task(data.kind, data.num_classes))
+    return method
+
+
+def augment_configs(cfg: TrialConfig, image_size: int) -> tuple[AugmentConfig, AugmentConfig]:
+    """The two views' augmentations (solarisation, when on, applies to the second view only)."""
+    overrides: dict[str, Any] = {"jitter_strength": cfg.jitter_strength, "flip_p": cfg.flip_p,
+                                 "grayscale_p": cfg.grayscale_p}
+    if cfg.crop_min_scale is not None:
+        overrides["crop_min_scale"] = cfg.crop_min_scale
+    if cfg.blur_p is not None:
+        overrides["blur_p"] = cfg.blur_p
+    first = AugmentConfig.for_image_size(image_size, **overrides)
+    return first, dataclasses.replace(first, solarize_p=cfg.solarize_p)
+
+
+@dataclasses.dataclass
+class LiveTrial:
+    """The live objects of a trial (kept together so evaluation helpers stay small)."""
+
+    cfg: TrialConfig
+    data: DataBundle
+    device: torch.device
+    method: Method
+    eval_batch: int
+    augmenters: dict[AugmentConfig, Augmenter] = dataclasses.field(default_factory=dict)
+
+    def augmenter(self, aug: AugmentConfig) -> Augmenter:
+        """The (compiled, with ``cfg.compile``) augmentation for ``aug``, built once."""
+        if aug not in self.augmenters:
+            self.augmenters[aug] = Augmenter(aug, mean=self.data.mean, std=self.data.std,
+                                             compile=self.cfg.compile)
+        return self.augmenters[aug]
+
+    def inputs(self, x: Tensor) -> Tensor:
+        """Evaluation input: uint8 images normalised (no augmentation); tabular rows as they are."""
+        if self.data.kind == "tabular":
+            return x
+        x = normalize(x, self.data.mean, self.data.std)
+        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
+
+    def features(self, split: Any) -> tuple[Tensor, Tensor]:
+        """Backbone features of a whole split, in large batches, under inference mode."""
+        backbone = self.method.backbone
+        with self._autocast():
+            return extract(lambda x: backbone(self.inputs(x)),
+                           split.iter_batches(self.eval_batch, None, shuffle=False,
+                                              drop_last=False))
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast per ``cfg.precision`` (weights, optimiser state and losses stay fp32)."""
+        precision = self.cfg.precision
+        if precision == "bf16" or (precision == "auto" and self.device.type == "cuda"):
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def two_views(trial: LiveTrial, x: Tensor, augs: tuple[AugmentConfig, AugmentConfig],
+           gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    if trial.data.kind == "tabular":
+        return x, x  # seed 001: tabular data gets no augmentation, only mixing (i-Mix)
+    x1 = trial.augmenter(augs[0])(x, gen)
+    x2 = trial.augmenter(augs[1])(x, gen)
+    if trial.device.type == "cuda":
+        x1 = x1.contiguous(memory_format=torch.channels_last)
+        x2 = x2.contiguous(memory_format=torch.channels_last)
+    return x1, x2
+
+
+@torch.inference_mode()
+def knn_acc(trial: LiveTrial) -> Tensor:
+    """Validation kNN accuracy of the backbone's features (bank: the training split)."""
+    train_f, train_y = trial.features(trial.data.train)
+    val_f, val_y = trial.features(trial.data.val)
+    pred = knn_predict(train_f, train_y, val_f, trial.data.num_classes, k=trial.cfg.knn_k,
+                       temperature=trial.cfg.knn_t)
+    return accuracy(pred, val_y)
+
+
+def trial_baselines(trial: LiveTrial) -> dict[str, float]:
+    """What the trial's accuracies are compared with: its encoder at random initialisation (call
+    before the first step) and the standardised raw pixels (cached per dataset and process)."""
+    was_training = trial.method.training
+    trial.method.eval()
+    init = float(knn_acc(trial))
+    trial.method.train(was_training)
+    cfg = trial.cfg
+    raw = raw_pixel_baseline(trial.data, knn_k=cfg.knn_k, knn_t=cfg.knn_t,
+                             probe_max_iter=cfg.probe_max_iter if cfg.probe else None)
+    return {INIT_KEY: init, **raw}
+
+
+@torch.inference_mode()
+def evaluate_epoch(trial: LiveTrial, gen: torch.Generator,
+              augs: tuple[AugmentConfig, AugmentConfig]) -> dict[str, Tensor]:
+    """kNN accuracy on the validation split (bank: the training split) + collapse diagnostics."""
+    trial.method.eval()
+    out = {"val_knn_acc": knn_acc(trial)}
+    # Collapse diagnostics on the projector embeddings of two augmented views of validation data.
+    x, _ = next(trial.data.val.iter_batches(min(1024, len(trial.data.val)), None, shuffle=False,
+                                            drop_last=False))
+    x1, x2 = two_views(trial, x, augs, gen)
+    with trial._autocast():
+        z1, z2 = trial.method.embed(x1), trial.method.embed(x2)
+    out.update(collapse_diagnostics(z1, z2))
+    trial.method.train()
+    return out
+
+
+def probe(trial: LiveTrial) -> dict[str, float]:
+    """Linear probe on frozen backbone features; the backbone is frozen and asserted so."""
+    backbone = trial.method.backbone
+    was_training = backbone.training
+    backbone.eval()
+    set_requires_grad(backbone, False)
+    try:
+        assert frozen(backbone)
+        train, val, test = (trial.features(s) for s in
+                            (trial.data.train, trial.data.val, trial.data.test))
+        result = linear_probe(train, val, test, trial.data.num_classes, backbone=backbone,
+                              max_iter=trial.cfg.probe_max_iter)
+        test_knn = knn_predict(train[0], train[1], test[0], trial.data.num_classes,
+                               k=trial.cfg.knn_k, temperature=trial.cfg.knn_t)
+    finally:
+        set_requires_grad(backbone, True)
+        backbone.train(was_training)
+    return {"probe_val_acc": result.val_acc, "probe_test_acc": result.test_acc,
+            "probe_weight_decay": result.weight_decay,
+            "test_knn_acc": float(accuracy(test_knn, test[1]))}
+
+
+def setup_trial(cfg: TrialConfig, data: DataBundle, device: torch.device, *,
+                compile: bool | None = None) -> LiveTrial:
+    """The method on ``device`` as every step runs it: seeded initialisation, channels_last and
+    autotuned (or deterministic) cuDNN on CUDA, ``torch.compile`` when ``cfg.compile``."""
+    compile = cfg.compile if compile is None else compile
+    if device.type == "cuda":
+        # Autotuning picks the fastest convolution per shape (shapes are fixed: drop_last), but
+        # may pick differently in another process: resume is bit-for-bit only when deterministic.
+        torch.backends.cudnn.benchmark = not cfg.deterministic
+        torch.backends.cudnn.deterministic = cfg.deterministic
+    torch.manual_seed(cfg.seed)  # weight initialisation
+    method = build_method(cfg, data).to(device)
+    if device.type == "cuda":
+        method = method.to(memory_format=torch.channels_last)
+    if compile:
+        method.backbone.compile(mode=cfg.compile_mode)
+    cfg = dataclasses.replace(cfg, compile=compile)
+    return LiveTrial(cfg, data, device, method, eval_batch=1024 if device.type == "cuda" else 512)
+
+
+def trial_optimizer(trial: LiveTrial, batch_size: int) -> torch.optim.Optimizer:
+    """The configured optimiser at the peak learning rate for ``batch_size``."""
+    cfg = trial.cfg
+    return build_optimizer(cfg.optimizer, trial.method, lr=scaled_lr(cfg.base_lr, batch_size),
+                           weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                           fused=trial.device.type == "cuda",
+                           fixed_lr_prefixes=trial.method.fixed_lr_prefixes())
+
+
+def train_step(trial: LiveTrial, optimizer: torch.optim.Optimizer, x1: Tensor, x2: Tensor,
+               y: Tensor, step: Step) -> dict[str, Tensor]:
+    """One optimiser step of the method on two views; returns its (device) loss terms.
+
+    No host sync: the caller accumulates the returned tensors on the device.
+    """
+    method = trial.method
+    with trial._autocast():
+        out: dict[str, Tensor] = method(x1, x2, y, step)
+    optimizer.zero_grad(set_to_none=True)
+    out["loss"].backward()  # type: ignore[no-untyped-call]
+    method.before_optimizer_step(step)
+    optimizer.step()
+    method.after_step(step)
+    return out
+
+
+def train_batches(trial: LiveTrial, gen: torch.Generator, batch_size: int
+             ) -> Iterator[tuple[Tensor, Tensor]]:
+    return iter(trial.data.train.iter_batches(batch_size, gen, shuffle=True, drop_last=True))

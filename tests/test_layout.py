@@ -1,0 +1,152 @@
+"""The package's layout rules (issue 16), read from the source with ``ast``:
+
+- no import cycle between the package's modules, counting imports inside function bodies (a cycle
+  hidden in a function is still a cycle: neither module can be read, tested or moved alone);
+- no private name (``_x``) taken from another module, by ``from m import _x`` or ``m._x``: what a
+  module offers others is its public names;
+- no module over ``MAX_MODULE_LINES`` lines, and no function over ``MAX_DRIVER_FUNCTION_LINES`` in
+  the drivers (the command-line entry points, which should read top to bottom).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import sslsearch
+
+ROOT = Path(sslsearch.__file__).parent
+PACKAGE = "sslsearch"
+MAX_MODULE_LINES = 450
+MAX_DRIVER_FUNCTION_LINES = 60
+# The modules that users run (python -m ...) and the functions they call to parse and dispatch.
+DRIVERS = ("run", "compare", "cli", "bench.__main__", "bench.search", "bench.cpu")
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        found[".".join((PACKAGE, *parts))] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _resolve(module: str, node: ast.ImportFrom) -> str:
+    """The absolute module name of a ``from ... import`` (relative imports resolved)."""
+    if node.level == 0:
+        return node.module or ""
+    is_package = MODULES[module].name == "__init__.py"
+    base = module.split(".")[: len(module.split(".")) - node.level + is_package]
+    return ".".join([*base, node.module] if node.module else base)
+
+
+def _imports(module: str) -> Iterator[tuple[str, str | None, int]]:
+    """(imported module, imported name or None, line) for every import in ``module``."""
+    tree = ast.parse(MODULES[module].read_text())
+    aliases: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith(PACKAGE):
+                    aliases[a.asname or a.name] = a.name
+                    yield a.name, None, node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            source = _resolve(module, node)
+            if not source.startswith(PACKAGE):
+                continue
+            for a in node.names:
+                if f"{source}.{a.name}" in MODULES:  # a submodule: an import of that module
+                    aliases[a.asname or a.name] = f"{source}.{a.name}"
+                    yield f"{source}.{a.name}", None, node.lineno
+                else:
+                    yield source, a.name, node.lineno
+    for node in ast.walk(tree):  # m._x where m names a module of the package
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and node.value.id in aliases):
+            yield aliases[node.value.id], node.attr, node.lineno
+
+
+def _graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {m: set() for m in MODULES}
+    for module in MODULES:
+        for target, _, _ in _imports(module):
+            while target not in MODULES and "." in target:
+                target = target.rsplit(".", 1)[0]
+            # A package's __init__ re-exporting its own modules is not a dependency of theirs.
+            if target in MODULES and target != module and not target.startswith(f"{module}."):
+                graph[module].add(target)
+    return graph
+
+
+def test_the_scan_sees_the_package() -> None:
+    assert {"sslsearch.train", "sslsearch.methods.simclr", "sslsearch.data"} <= set(MODULES)
+    assert "sslsearch.config" in _graph()["sslsearch.train"]
+
+
+def test_no_import_cycle() -> None:
+    graph = _graph()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    cycles = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append(" -> ".join([*path[path.index(nxt):], node, nxt]))
+            elif nxt not in state:
+                visit(nxt, [*path, node] if nxt not in path else path)
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_no_private_name_crosses_modules() -> None:
+    crossings = []
+    for module in MODULES:
+        for target, name, line in _imports(module):
+            if name and name.startswith("_") and not name.startswith("__") and target != module:
+                crossings.append(f"{MODULES[module].relative_to(ROOT.parent)}:{line}: "
+                                 f"{target}.{name}")
+    assert not crossings, "private names used across modules:\n" + "\n".join(crossings)
+
+
+def test_no_module_over_the_line_limit() -> None:
+    long = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines()))
+            > MAX_MODULE_LINES}
+    assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
+
+
+def test_driver_functions_read_top_to_bottom() -> None:
+    long = []
+    for name in DRIVERS:
+        path = MODULES.get(f"{PACKAGE}.{name}")
+        if path is None:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > MAX_DRIVER_FUNCTION_LINES:
+                    long.append(f"{name}.{node.name}: {lines} lines")
+    assert not long, (f"driver functions over {MAX_DRIVER_FUNCTION_LINES} lines:\n"
+                      + "\n".join(long))
+
+
+def test_pyproject_ships_every_package_and_the_yaml_files() -> None:
+    """The wheel's package list (pyproject's, explicit because two of them are mapped from the
+    top-level folders) names every package of sslsearch/ and the shipped YAML folders."""
+    import tomllib
+
+    doc = tomllib.loads((ROOT.parent / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = {m for m, p in MODULES.items() if p.name == "__init__.py"}
+    assert set(doc["packages"]) == packages | {"sslsearch.search_spaces", "sslsearch.experiments"}
+    assert doc["package-dir"] == {"sslsearch.search_spaces": "search_spaces",
+                                  "sslsearch.experiments": "experiments"}
