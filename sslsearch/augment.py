@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sslsearch.config import TrialConfig
 from sslsearch.errors import ConfigError
 from sslsearch.imageops import (
     blend,
@@ -77,19 +78,19 @@ class AugmentConfig:
     """RandomResizedCrop area-scale lower bound (upper bound 1); 1.0 turns the crop off."""
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     """Aspect-ratio (w/h) range of the crop, sampled log-uniformly."""
-    flip_p: float = 0.5
+    flip_p: float = TrialConfig.flip_p  # the defaults a trial shares are TrialConfig's
     """Probability of a horizontal flip."""
-    jitter_strength: float = 1.0
+    jitter_strength: float = TrialConfig.jitter_strength
     """Multiplies (brightness 0.4, contrast 0.4, saturation 0.4, hue 0.1); hue is capped at 0.5."""
     jitter_p: float = 0.8
     """Probability of colour jitter (one-channel images: brightness and contrast only)."""
-    grayscale_p: float = 0.2
+    grayscale_p: float = TrialConfig.grayscale_p
     """Probability of conversion to grayscale (colour images only)."""
     blur_p: float = 0.0
     """Probability of Gaussian blur; the recipe uses 0.5 only for images >= 64 px."""
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     """Range of the blur's standard deviation, in output pixels, sampled uniformly."""
-    solarize_p: float = 0.0
+    solarize_p: float = TrialConfig.solarize_p
     """Probability of solarisation (BYOL's second view uses 0.2)."""
 
     def __post_init__(self) -> None:

@@ -101,29 +101,52 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def apply_overrides(exp: Experiment, args: argparse.Namespace) -> Experiment:
-    search = dict(dataclasses.asdict(exp.search))
-    for flag, key in (("num_samples", "num_samples"), ("max_concurrent", "max_concurrent"),
-                      ("grace_period", "grace_period"),
-                      ("cpus_per_trial", "cpus_per_trial"), ("gpus_per_trial", "gpus_per_trial")):
-        if getattr(args, flag) is not None:
-            search[key] = getattr(args, flag)
-    search_cfg = build_dataclass(SearchConfig, search, source="command line", where="search")
-    trial = exp.trial
-    changes: dict[str, Any] = {"seed": args.seed}
-    if args.epochs is not None:
-        changes["epochs"] = args.epochs
-        changes["warmup_epochs"] = min(trial.warmup_epochs, float(args.epochs))
-    if args.data_dir is not None:
-        changes["data_dir"] = args.data_dir
-    data_dir = changes.get("data_dir", trial.data_dir)
-    if data_dir is not None:  # trials chdir into their own folders: make it absolute now
-        path = Path(data_dir).expanduser().resolve()
-        if not path.is_dir():
-            raise ConfigError(f"data_dir {data_dir!r}: no such folder")
-        changes["data_dir"] = str(path)
-    trial = dataclasses.replace(trial, **changes)
-    return dataclasses.replace(exp, trial=trial, search=search_cfg)
+@dataclasses.dataclass(frozen=True)
+class Overrides:
+    """What the command line changes in an experiment: built once from the flags, saved in the
+    sweep file, and rebuilt from there by ``--resume`` (so a resumed sweep runs as it started,
+    whatever flags resume it). None keeps the experiment's value."""
+
+    num_samples: int | None = None
+    max_concurrent: int | None = None
+    grace_period: int | None = None
+    cpus_per_trial: float | None = None
+    gpus_per_trial: float | None = None
+    epochs: int | None = None
+    seed: int = 0
+    data_dir: str | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Overrides:
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+    @classmethod
+    def saved(cls, doc: Any, source: str) -> Overrides:
+        """The overrides a sweep file recorded (checked like any other input)."""
+        return build_dataclass(cls, doc, source=source, where="overrides")
+
+    def apply(self, exp: Experiment) -> Experiment:
+        """``exp`` with these overrides; a data folder made absolute (trials chdir into their own
+        folders) and checked to exist."""
+        search = dict(dataclasses.asdict(exp.search))
+        for key in ("num_samples", "max_concurrent", "grace_period", "cpus_per_trial",
+                    "gpus_per_trial"):
+            if getattr(self, key) is not None:
+                search[key] = getattr(self, key)
+        search_cfg = build_dataclass(SearchConfig, search, source="command line", where="search")
+        trial = exp.trial
+        changes: dict[str, Any] = {"seed": self.seed}
+        if self.epochs is not None:
+            changes["epochs"] = self.epochs
+            changes["warmup_epochs"] = min(trial.warmup_epochs, float(self.epochs))
+        data_dir = self.data_dir if self.data_dir is not None else trial.data_dir
+        if data_dir is not None:
+            path = Path(data_dir).expanduser().resolve()
+            if not path.is_dir():
+                raise ConfigError(f"data_dir {data_dir!r}: no such folder")
+            changes["data_dir"] = str(path)
+        return dataclasses.replace(exp, trial=dataclasses.replace(trial, **changes),
+                                   search=search_cfg)
 
 
 def storage_location(text: str) -> str:

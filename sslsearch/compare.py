@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sslsearch.cli import apply_overrides, storage_location
+from sslsearch.cli import Overrides, storage_location
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
 from sslsearch.errors import ConfigError
 from sslsearch.results import (
@@ -295,7 +295,7 @@ def _plan(args: argparse.Namespace, argv: list[str]) -> Comparison:
     if not args.space:
         raise ConfigError("--compare needs --space (e.g. --space all_methods.yaml)")
     space_path = resolve_file(args.space, SPACES_DIR, "space")
-    exp = apply_overrides(load_experiment(args.experiment), args)
+    exp = Overrides.from_args(args).apply(load_experiment(args.experiment))
     space = load_space(space_path, exp.trial)
     methods = list(space.method_names)
     if args.methods:

@@ -82,6 +82,11 @@ class TrialConfig:
     max_host_memory_gb: float | None = None  # a trial whose process grows past this fails: oom
 
 
+# What a search may rank trials by: reported every epoch (ASHA compares trials at each rung), with
+# the mode that makes it better. (The label-free metrics join here: issue 17.)
+SEARCH_METRICS = {"val_knn_acc": "max", "train_loss": "min"}
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
     """How a sweep searches: budget, scheduler, resources (an experiment's ``search:`` block)."""
@@ -104,6 +109,23 @@ class SearchConfig:
     # healthy methods 0.12-0.63, SimSiam without stop-gradient 0.035-0.041.
     collapse_rank_ratio: float = 0.06
     reuse_actors: bool = True  # one Ray actor runs trial after trial (README, "Per-trial overhead")
+
+    def __post_init__(self) -> None:
+        """Range checks (a ValueError becomes ``FILE: search: ...`` through build_dataclass)."""
+        if self.metric not in SEARCH_METRICS:
+            raise ValueError(f"metric {self.metric!r} is not reported every epoch; choose one of: "
+                             f"{', '.join(SEARCH_METRICS)}")
+        if self.mode not in ("max", "min"):
+            raise ValueError(f"mode {self.mode!r}: allowed: max, min")
+        for key, low in (("num_samples", 1), ("max_concurrent", 1), ("grace_period", 1),
+                         ("reduction_factor", 2), ("max_failures", 0), ("collapse_patience", 1)):
+            if getattr(self, key) < low:
+                raise ValueError(f"{key} = {getattr(self, key)!r} is out of range; allowed: an "
+                                 f"integer ≥ {low}")
+        for key in ("cpus_per_trial", "gpus_per_trial", "collapse_std_ratio",
+                    "collapse_rank_ratio"):
+            if not getattr(self, key) >= 0:  # NaN fails too
+                raise ValueError(f"{key} = {getattr(self, key)!r} is out of range; allowed: ≥ 0")
 
 
 @dataclasses.dataclass(frozen=True)

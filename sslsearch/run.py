@@ -21,18 +21,13 @@ from typing import Any
 
 import yaml
 
-from sslsearch.cli import apply_overrides, build_parser, find_resume_folder, storage_location
+from sslsearch.cli import Overrides, build_parser, find_resume_folder, storage_location
 from sslsearch.compare import run_compare
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
 from sslsearch.errors import ConfigError, exit_code
 from sslsearch.results import FINISHED, budget, budget_line, fmt, summarize
 from sslsearch.schema import resolve_file, results_folder
 from sslsearch.space import load_space, trial_from_config
-
-# The flags a resumed sweep takes from its first command (saved in its sweep file), not from the
-# command that resumes it.
-SAVED_FLAGS = ("num_samples", "max_concurrent", "epochs", "seed", "grace_period",
-               "cpus_per_trial", "gpus_per_trial", "data_dir")
 
 
 @dataclasses.dataclass
@@ -102,8 +97,8 @@ def _resumed_plan(args: argparse.Namespace) -> Plan:
             raise ConfigError(f"--resume {folder}: that sweep searched {info['space_path']}, not "
                               f"{space_path} (or the file changed since); drop --space to resume "
                               "it as it was")
-    exp = apply_overrides(load_experiment(info["experiment_path"]),
-                          argparse.Namespace(**{**vars(args), **info["overrides"]}))
+    saved = Overrides.saved(info["overrides"], str(folder / sweep.SWEEP_FILE))
+    exp = saved.apply(load_experiment(info["experiment_path"]))
     return Plan(name=folder.name, storage=str(folder.parent), space_path=Path(info["space_path"]),
                 exp=exp, tracking_uri=info["tracking_uri"],
                 mlflow_experiment=info["mlflow_experiment"], resumed=True)
@@ -117,7 +112,7 @@ def _new_plan(args: argparse.Namespace) -> Plan:
                           "--space vicreg.yaml), unless --resume")
     storage = storage_location(args.storage)
     space_path = resolve_file(args.space, SPACES_DIR, "space")
-    exp = apply_overrides(load_experiment(args.experiment), args)
+    exp = Overrides.from_args(args).apply(load_experiment(args.experiment))
     if args.name and "://" not in storage:
         results_folder(args.name, storage)  # a user-given name stays in the results folder
     return Plan(name=args.name or sweep.new_sweep_id(space_path.stem), storage=storage,
@@ -144,7 +139,7 @@ def _sweep_record(plan: Plan, args: argparse.Namespace, argv: list[str]) -> dict
             "space_digest": sweep.space_digest(plan.space_path.read_text()),
             "experiment_path": exp.source, "tracking_uri": plan.tracking_uri,
             "mlflow_experiment": plan.mlflow_experiment,
-            "overrides": {k: getattr(args, k) for k in SAVED_FLAGS},
+            "overrides": dataclasses.asdict(Overrides.from_args(args)),
             "metric": exp.search.metric, "mode": exp.search.mode,
             "cpus_per_trial": exp.search.cpus_per_trial,
             "gpus_per_trial": exp.search.gpus_per_trial, "command": argv}

@@ -40,3 +40,27 @@ def test_reproductions_match_their_seeds() -> None:
     assert "SimCLR 55.0" in table1 and "DARe 61.6" in table1
     fashion = load_experiment("fashion_mnist").trial
     assert fashion.device == "cpu" and fashion.max_train_samples is not None
+
+
+@pytest.mark.parametrize("search,field", [
+    ({"num_samples": 0}, "num_samples"), ({"max_concurrent": -1}, "max_concurrent"),
+    ({"metric": "val_acc"}, "metric"), ({"mode": "maximise"}, "mode"),
+    ({"grace_period": 0}, "grace_period"), ({"reduction_factor": 1}, "reduction_factor"),
+    ({"gpus_per_trial": -0.5}, "gpus_per_trial"), ({"collapse_std_ratio": float("nan")},
+                                                   "collapse_std_ratio")])
+def test_a_bad_search_block_exits_2_with_one_line_naming_file_and_field(
+        tmp_path: Path, search: dict[str, object], field: str) -> None:
+    """The search block is checked like the trial block, before any trial starts."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"description": "x", "trial": {"epochs": 1},
+                                    "search": search}))
+    out = subprocess.run([sys.executable, "-m", "sslsearch.run", "--space", "simclr",
+                          "--experiment", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and field in lines[0], out.stderr

@@ -31,19 +31,20 @@ PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
 class BenchConfig:
     """What to benchmark and how; ``check`` gives one-line errors for values out of range."""
 
-    method: str = "simclr"
-    backbone: str = "small_cnn"
-    backbone_width: int = 0  # 0: the architecture's default width
+    # The trial's settings, defaulting to TrialConfig's (one place for each default).
+    method: str = TrialConfig.method
+    backbone: str = TrialConfig.backbone
+    backbone_width: int = TrialConfig.backbone_width  # 0: the architecture's default width
     dataset: str = "synthetic"  # or any sslsearch.data dataset of images
-    data_dir: str | None = None
-    batch_size: int = 256
-    image_size: int | None = None  # synthetic: 32; a dataset: its own size unless given
+    data_dir: str | None = TrialConfig.data_dir
+    batch_size: int = TrialConfig.batch_size
+    image_size: int | None = TrialConfig.image_size  # synthetic: 32; a dataset: its own size
     channels: int = 3  # synthetic data only
-    optimizer: str = "adamw"
-    device: str = "auto"
-    compile: bool = False
-    compile_mode: str = "default"
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, float32 on CPU (see TrialConfig)
+    optimizer: str = TrialConfig.optimizer
+    device: str = TrialConfig.device
+    compile: bool = TrialConfig.compile
+    compile_mode: str = TrialConfig.compile_mode
+    precision: str = TrialConfig.precision  # auto: bf16 autocast on CUDA, float32 on CPU
     rounds: int = 5  # alternating (ours, conventional) windows
     window: int = 10  # timed steps per window
     warmup: int = 5  # untimed steps per path before the first window

@@ -160,17 +160,14 @@ class Plan:
 
 def plan(args: argparse.Namespace) -> Plan:
     """Validate the command line and the files; :class:`ConfigError` (one line) on bad input."""
-    from sslsearch.cli import apply_overrides
+    from sslsearch.cli import Overrides
     from sslsearch.compare import only_method
     from sslsearch.space import load_space
 
     space_path = resolve_file(args.space, SPACES_DIR, "space")
-    overrides = argparse.Namespace(
-        num_samples=None, max_concurrent=args.max_concurrent,
-        grace_period=args.grace_period,
-        cpus_per_trial=None, gpus_per_trial=None, epochs=args.epochs, seed=0,
-        data_dir=args.data_dir)
-    exp = apply_overrides(load_experiment(args.experiment), overrides)
+    overrides = Overrides(max_concurrent=args.max_concurrent, grace_period=args.grace_period,
+                          epochs=args.epochs, data_dir=args.data_dir)
+    exp = overrides.apply(load_experiment(args.experiment))
     space = load_space(space_path, exp.trial)
     methods = space.method_names
     if args.method is None and len(methods) > 1:
