@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sslsearch.labelfree import rankme
 from sslsearch.networks import frozen
 
 
@@ -168,10 +169,11 @@ def collapse_diagnostics(z1: Tensor, z2: Tensor | None = None) -> dict[str, Tens
 
     - ``embed_std``: mean over dimensions of the std of L2-normalised embeddings (Jing et al.;
       0 under collapse, about 1/√d when spread); ``embed_std_ratio`` = embed_std·√d (≈ 1 healthy).
-    - ``effective_rank``: RankMe (Garrido et al., 2023), ``exp(−Σ p_k log p_k)`` with ``p`` the
-      normalised singular values of the embedding matrix, **not** centred, as in the paper: 1
-      under full collapse, ≤ min(N, d). (Centred, a constant vector plus tiny noise would read as
-      full rank: centring removes exactly the collapsed direction and leaves the noise.)
+    - ``effective_rank``: RankMe (Garrido et al., 2023) by :func:`sslsearch.labelfree.rankme`,
+      ``exp(−Σ p_k log p_k)`` with ``p_k = σ_k/‖σ‖₁ + 1e-7`` over the singular values of the
+      embedding matrix, **not** centred, as in the paper: 1 under full collapse, ≤ min(N, d).
+      (Centred, a constant vector plus tiny noise would read as full rank: centring removes
+      exactly the collapsed direction and leaves the noise.)
     - ``uniformity``: ``log E exp(−2‖u − v‖²)`` over pairs of normalised embeddings (Wang & Isola).
     - ``alignment``: ``E‖u − u′‖²`` between the two views' normalised embeddings.
     """
@@ -179,9 +181,7 @@ def collapse_diagnostics(z1: Tensor, z2: Tensor | None = None) -> dict[str, Tens
     n, d = z1.shape
     u = F.normalize(z1, dim=1)
     std = u.std(dim=0).mean()
-    s = torch.linalg.svdvals(z1)
-    p = s / s.sum().clamp_min(1e-12)
-    rank = torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())
+    rank = rankme(z1).to(z1.dtype)
     sample = u[:1024]
     uniformity = torch.pdist(sample).pow(2).mul(-2).exp().mean().log()
     out = {
