@@ -61,13 +61,13 @@ class Config:
             raise ValueError(f"decoder_dim must be ≥ 2, found {self.decoder_dim}")
 
 
-def _chosen(shape: tuple[int, ...], fraction: float, device: torch.device) -> Tensor:
-    """A boolean mask of ``shape`` (N × ...) with exactly ``round(fraction · P)`` True entries per
-    sample, P the entries per sample, at uniformly random positions."""
+def random_entries(shape: tuple[int, ...], count: int, device: torch.device,
+                   generator: torch.Generator | None = None) -> Tensor:
+    """A boolean mask of ``shape`` (N × ...) with exactly ``count`` True entries per sample (of
+    its P entries), at uniformly random positions (also the context encoder's random pixels)."""
     n, p = shape[0], math.prod(shape[1:])
-    count = round(fraction * p)
-    ranks = torch.rand(n, p, device=device).argsort(dim=1).argsort(dim=1)  # ranks: N x P
-    return (ranks < count).view(shape)
+    ranks = torch.rand(n, p, device=device, generator=generator).argsort(dim=1).argsort(dim=1)
+    return (ranks < count).view(shape)  # ranks: N x P
 
 
 def corrupt(x: Tensor, noise: str, noise_std: float = 0.5, noise_fraction: float = 0.25) -> Tensor:
@@ -79,7 +79,8 @@ def corrupt(x: Tensor, noise: str, noise_std: float = 0.5, noise_fraction: float
         return x + noise_std * torch.randn_like(x)
     # Images: one choice per pixel, shared by its channels; rows: one per feature.
     pixel_shape = (x.shape[0], 1, *x.shape[2:]) if x.ndim == 4 else tuple(x.shape)
-    chosen = _chosen(pixel_shape, noise_fraction, x.device)
+    chosen = random_entries(pixel_shape, round(noise_fraction * math.prod(pixel_shape[1:])),
+                            x.device)
     if noise == "masking":
         return x.masked_fill(chosen, 0.0)
     if noise == "salt_pepper":
@@ -108,7 +109,7 @@ def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
                          nn.ReLU(inplace=True))
 
 
-def _input_width(backbone: Backbone) -> int:
+def input_width(backbone: Backbone) -> int:
     """The channels (images) or features (rows) the backbone reads: its first layer's input."""
     for module in backbone.modules():
         if isinstance(module, nn.Conv2d):
@@ -144,24 +145,32 @@ class ImageDecoder(nn.Module):
         return self.out(h)  # type: ignore[no-any-return]
 
 
+def make_decoder(backbone: Backbone, task: Task, dim: int) -> nn.Module:
+    """The decoder back to the input: :class:`ImageDecoder` for images (called as
+    ``decoder(f, (H, W))``), an MLP ``features → dim → F`` for rows (``decoder(f)``)."""
+    if task.kind == "image":
+        return ImageDecoder(backbone, input_width(backbone), dim)
+    return mlp([backbone.out_dim, dim, input_width(backbone)])
+
+
+def decode(backbone: Backbone, decoder: nn.Module, x: Tensor) -> Tensor:
+    """``D(f(x))``, shaped as ``x`` (a decoder from :func:`make_decoder`)."""
+    f = backbone(x)
+    if x.ndim == 4:
+        return decoder(f, (x.shape[-2], x.shape[-1]))  # type: ignore[no-any-return]
+    return decoder(f)  # type: ignore[no-any-return]
+
+
 class Method(BaseMethod):
     """Denoising autoencoder (Vincent et al., 2010); the decoder is discarded after pretraining."""
 
     def __init__(self, cfg: Config, backbone: Backbone, task: Task) -> None:
         super().__init__(cfg, backbone, task)
-        width = _input_width(backbone)
-        self.decoder: nn.Module
-        if task.kind == "image":
-            self.decoder = ImageDecoder(backbone, width, cfg.decoder_dim)
-        else:
-            self.decoder = mlp([backbone.out_dim, cfg.decoder_dim, width])
+        self.decoder = make_decoder(backbone, task, cfg.decoder_dim)
 
     def reconstruct(self, x_tilde: Tensor) -> Tensor:
         """``D(f(x̃))``, shaped as ``x̃``."""
-        f = self.backbone(x_tilde)
-        if self.task.kind == "image":
-            return self.decoder(f, (x_tilde.shape[-2], x_tilde.shape[-1]))  # type: ignore[no-any-return]
-        return self.decoder(f)  # type: ignore[no-any-return]
+        return decode(self.backbone, self.decoder, x_tilde)
 
     def forward(self, x1: Tensor, x2: Tensor, y: Tensor, step: Step) -> dict[str, Tensor]:
         x = torch.cat([x1, x2])  # x: 2N x ...: each view corrupted independently

@@ -117,6 +117,20 @@ CASES: dict[str, list[tuple[str, Callable[[torch.Generator], Args]]]] = {
     "sslsearch.methods.dae.dae_loss": [
         ("plain", lambda g: ((_z(g), _z(g)), {})),
     ],
+    "sslsearch.methods.context_encoder.masked_mse": [
+        ("mask", lambda g: ((_z(g), _z(g), torch.rand(N, D, generator=g) < 0.25), {})),
+    ],
+    "sslsearch.methods.context_encoder.context_encoder_loss": [
+        ("rec", lambda g: ((_z(g), _z(g), torch.rand(N, D, generator=g) < 0.25), {})),
+        ("adv", lambda g: ((_z(g), _z(g), torch.rand(N, D, generator=g) < 0.25, 0.1,
+                            _z(g, N, 1).squeeze(1) / 0.1), {})),
+    ],
+    "sslsearch.methods.context_encoder.discriminator_loss": [
+        ("logits", lambda g: ((_z(g, N, 1).squeeze(1) / 0.1, _z(g, N, 1).squeeze(1) / 0.1), {})),
+    ],
+    "sslsearch.methods.patch_location.patch_location_loss": [
+        ("logits", lambda g: ((_z(g, N, 8) / 0.1, torch.randint(0, 8, (N,), generator=g)), {})),
+    ],
     "sslsearch.methods.dare.dare_loss": [
         ("decoupled", lambda g: ((_z(g), _z(g), *_gaussians(g), 0.1, 0.01), {})),
         ("ntxent", lambda g: ((_z(g), _z(g), *_gaussians(g), 0.1, 0.01),
