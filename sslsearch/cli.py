@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sslsearch.config import Experiment, SearchConfig
+from sslsearch.config import LABEL_FREE_METRICS, Experiment, SearchConfig
 from sslsearch.errors import ConfigError
 from sslsearch.schema import build_dataclass
 
@@ -127,7 +127,7 @@ class Overrides:
 
     def apply(self, exp: Experiment) -> Experiment:
         """``exp`` with these overrides; a data folder made absolute (trials chdir into their own
-        folders) and checked to exist."""
+        folders) and checked to exist, and its labels checked (:func:`check_labels`)."""
         search = dict(dataclasses.asdict(exp.search))
         for key in ("num_samples", "max_concurrent", "grace_period", "cpus_per_trial",
                     "gpus_per_trial"):
@@ -145,8 +145,9 @@ class Overrides:
             if not path.is_dir():
                 raise ConfigError(f"data_dir {data_dir!r}: no such folder")
             changes["data_dir"] = str(path)
-        return dataclasses.replace(exp, trial=dataclasses.replace(trial, **changes),
-                                   search=search_cfg)
+        exp = dataclasses.replace(exp, trial=dataclasses.replace(trial, **changes),
+                                  search=search_cfg)
+        return check_labels(exp)
 
 
 def storage_location(text: str) -> str:
@@ -169,3 +170,22 @@ def find_resume_folder(args: argparse.Namespace, storage: str) -> Path:
         raise ConfigError(f"--resume: no sweep found under {storage}")
     folder: Path = candidates[-1].parent
     return folder
+
+
+def check_labels(exp: Experiment) -> Experiment:
+    """An ImageFolder without class folders has no labels: the experiment then runs with
+    ``labels: false``, and a search metric that needs labels is refused now, before any trial
+    starts (one line naming the folder and the field)."""
+    trial = exp.trial
+    if trial.dataset != "imagefolder" or trial.data_dir is None or not trial.labels:
+        return exp
+    from sslsearch.data.imagefolder import unlabeled_folder
+
+    folder = unlabeled_folder(Path(trial.data_dir))
+    if folder is None:
+        return exp
+    if exp.search.metric not in LABEL_FREE_METRICS:
+        raise ConfigError(f"{exp.source}: search.metric {exp.search.metric} needs labels, and "
+                          f"{folder} has no class folders (unlabeled images); choose one of: "
+                          f"{', '.join(LABEL_FREE_METRICS)}")
+    return dataclasses.replace(exp, trial=dataclasses.replace(trial, labels=False))

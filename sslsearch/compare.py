@@ -57,6 +57,7 @@ from sslsearch.results import (
     select_best,
 )
 from sslsearch.schema import resolve_file, results_folder
+from sslsearch.summary import correlation_markdown
 
 
 def summarize(search: dict[str, list[TrialRecord]], seeds: dict[str, list[TrialRecord]],
@@ -178,8 +179,8 @@ def comparison_markdown(info: dict[str, Any], rows: Sequence[dict[str, Any]]) ->
         f"Space `{info['space']}`, experiment `{info['experiment']}` "
         f"(dataset {info['dataset']}, backbone {info['backbone']}, {info['epochs']} epochs a "
         f"trial). Equal budgets: {info['num_samples']} search trials per method (TPE seed "
-        f"{info['search_seed']}, ASHA on {info['metric']}), then the selected configuration "
-        f"re-trained with seeds {info['seeds']}.\n\n"
+        f"{info['search_seed']}; TPE and ASHA rank trials by {info['metric']}), then the selected "
+        f"configuration re-trained with seeds {info['seeds']}.\n\n"
         f"Selection: {SELECTION}\n\n"
         f"{table_markdown(rows, n)}\n"
         "Accuracies in %, mean ± sample std (ddof 1) over the seed re-runs; rows ordered by mean "
@@ -296,6 +297,9 @@ def _plan(args: argparse.Namespace, argv: list[str]) -> Comparison:
         raise ConfigError("--compare needs --space (e.g. --space all_methods.yaml)")
     space_path = resolve_file(args.space, SPACES_DIR, "space")
     exp = Overrides.from_args(args).apply(load_experiment(args.experiment))
+    if not exp.trial.labels:
+        raise ConfigError(f"{exp.source}: --compare selects and reports on labels (probe, kNN), "
+                          "and this experiment has none; run a sweep per method instead")
     space = load_space(space_path, exp.trial)
     methods = list(space.method_names)
     if args.methods:
@@ -391,7 +395,9 @@ def _write_outputs(c: Comparison, outcome: Outcome, elapsed: float
             "num_samples": exp.search.num_samples, "search_seed": exp.trial.seed,
             "metric": exp.search.metric, "seeds": c.seeds, "n_seeds": len(c.seeds),
             "methods": c.methods, "selection": SELECTION, "wall_seconds": elapsed}
-    md = comparison_markdown(info, rows)
+    correlations = correlation_markdown([(t.method, t.metrics) for t in outcome.all_trials()
+                                         if t.stage == "search"])
+    md = comparison_markdown(info, rows) + (f"\n{correlations}" if correlations else "")
     doc = {**info, "rows": rows, "trials": [t.to_json() for t in outcome.all_trials()]}
     (c.folder / "comparison.md").write_text(md)
     (c.folder / "comparison.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")

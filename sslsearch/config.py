@@ -69,6 +69,14 @@ class TrialConfig:
     knn_t: float = 0.1
     probe: bool = True  # linear probe on frozen features after pretraining
     probe_max_iter: int = 500  # L-BFGS iterations of the probe at most, per weight decay tried
+    # false: ignore the dataset's labels (an ImageFolder without class folders has none): no kNN,
+    # no probe, no baselines; the search ranks trials by a label-free metric (search.metric).
+    labels: bool = True
+    # RankMe, LiDAR and alpha-ReQ of the backbone's features every epoch (sslsearch.labelfree),
+    # on the first label_free_samples validation images (LiDAR: the first 256 of them, 4 views
+    # each); about 1-2 s an epoch for the small CNN on 2 CPU cores.
+    label_free: bool = True
+    label_free_samples: int = 1024
     # --- runtime ---
     seed: int = 0
     device: str = "auto"  # auto: cuda when present, else cpu
@@ -83,8 +91,10 @@ class TrialConfig:
 
 
 # What a search may rank trials by: reported every epoch (ASHA compares trials at each rung), with
-# the mode that makes it better. (The label-free metrics join here: issue 17.)
-SEARCH_METRICS = {"val_knn_acc": "max", "train_loss": "min"}
+# the mode that makes it better. The label-free ones (sslsearch.labelfree) need no labels.
+SEARCH_METRICS = {"val_knn_acc": "max", "train_loss": "min", "rankme": "max", "lidar": "max",
+                  "alpha_req_score": "max"}
+LABEL_FREE_METRICS = ("rankme", "lidar", "alpha_req_score", "train_loss")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,8 +125,10 @@ class SearchConfig:
         if self.metric not in SEARCH_METRICS:
             raise ValueError(f"metric {self.metric!r} is not reported every epoch; choose one of: "
                              f"{', '.join(SEARCH_METRICS)}")
-        if self.mode not in ("max", "min"):
-            raise ValueError(f"mode {self.mode!r}: allowed: max, min")
+        if self.mode != SEARCH_METRICS[self.metric]:
+            raise ValueError(f"mode {self.mode!r}: {self.metric} is better when "
+                             f"{SEARCH_METRICS[self.metric]}imised; allowed: "
+                             f"{SEARCH_METRICS[self.metric]}")
         for key, low in (("num_samples", 1), ("max_concurrent", 1), ("grace_period", 1),
                          ("reduction_factor", 2), ("max_failures", 0), ("collapse_patience", 1)):
             if getattr(self, key) < low:
@@ -166,6 +178,8 @@ def _check_trial(cfg: TrialConfig, source: str) -> None:
             raise bad(p, "a probability in [0, 1]")
     if cfg.probe_max_iter < 1:
         raise bad("probe_max_iter", "an integer ≥ 1")
+    if cfg.label_free_samples < 8:
+        raise bad("label_free_samples", "an integer ≥ 8")
     if cfg.knn_k < 1 or cfg.knn_t <= 0:
         raise bad("knn_k" if cfg.knn_k < 1 else "knn_t", "knn_k ≥ 1 and knn_t > 0")
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
@@ -209,5 +223,18 @@ def load_experiment(name: str | Path | None = None) -> Experiment:
     trial = trial_config(doc.get("trial") or {}, source=str(path))
     search = build_dataclass(SearchConfig, doc.get("search") or {}, source=str(path),
                              where="search")
+    check_objective(trial, search, source=str(path))
     return Experiment(trial=trial, search=search, description=description.strip(),
                       source=str(path))
+
+
+def check_objective(trial: TrialConfig, search: SearchConfig, *, source: str) -> None:
+    """A search without labels must rank trials by a label-free metric, and a label-free metric
+    must be computed: both checked before any trial starts."""
+    if not trial.labels and search.metric not in LABEL_FREE_METRICS:
+        raise ConfigError(f"{source}: search.metric {search.metric} needs labels, and this "
+                          f"experiment has none (labels: false); choose one of: "
+                          f"{', '.join(LABEL_FREE_METRICS)}")
+    if search.metric in LABEL_FREE_METRICS[:3] and not trial.label_free:
+        raise ConfigError(f"{source}: search.metric {search.metric} is a label-free metric, "
+                          "which trial.label_free: false turns off")

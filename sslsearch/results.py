@@ -206,68 +206,6 @@ def budget_line(b: Budget) -> str:
             f"without early stopping ({plan}): ASHA saved {b.saved_by_asha}{share}{cut}.\n")
 
 
-def summarize(results: Any, metric: str, mode: str) -> tuple[str, list[dict[str, Any]]]:
-    """A Markdown table: the best trial of each method, and all trials ranked, each accuracy
-    beside its difference to the raw-pixel baseline (and val kNN to the random-init encoder);
-    above it the baselines and the budget (:func:`budget_line`)."""
-    results = list(results)
-    rows = []
-    for r in results:
-        m = r.metrics or {}
-        if metric not in m:
-            continue
-        cfg = r.config or {}
-        method = cfg.get("method", "?")
-        params = {k: v for k, v in cfg.items()
-                  if not k.startswith("_") and k != "method"}
-        rows.append({"trial_id": m.get("trial_id", "?"), "method": method, "params": params,
-                     "epochs": int(m.get("epoch", 0)), metric: m.get(metric),
-                     "val_knn_acc": m.get("val_knn_acc"),
-                     "probe_val_acc": m.get("probe_val_acc"),
-                     "probe_test_acc": m.get("probe_test_acc"),
-                     "baselines": baselines_of(m),
-                     "status": result_status(r),
-                     "config": cfg, "path": r.path, "checkpoint": r.checkpoint})
-    sign = -1 if mode == "max" else 1
-
-    def key(row: dict[str, Any]) -> tuple[bool, int, float, float]:
-        # Selection is on validation: the probe's val accuracy once trained, else the kNN monitor
-        # (which also orders trials without a probe: stopped early, or finished with probe: false).
-        failed = row["status"] not in (FINISHED, STOPPED_EARLY)
-        probe = row["probe_val_acc"]
-        value = number(row[metric])
-        return (probe is None, int(failed),
-                sign * probe if probe is not None and mode == "max" else 0.0,
-                sign * value if value is not None else math.inf)
-
-    rows.sort(key=key)
-    lines = ["| method | trial | epochs | status | val kNN | vs raw pixels | vs random init | "
-             "probe val | vs raw pixels | probe test | vs raw pixels | parameters |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    best_per_method: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        best_per_method.setdefault(row["method"], row)
-
-    def vs(row: dict[str, Any], acc: str, base: str) -> str:
-        if row[acc] is None:  # no probe (stopped early, probe: false): nothing to compare
-            return ""
-        return fmt_delta(delta_points(row[acc], row["baselines"].get(base)))
-
-    def line(row: dict[str, Any]) -> str:
-        params = ", ".join(f"{k}={fmt(v)}" for k, v in sorted(row["params"].items()))
-        return (f"| {row['method']} | {row['trial_id']} | {row['epochs']} | {row['status']} | "
-                f"{fmt(row[metric])} | {vs(row, 'val_knn_acc', 'raw_knn_acc')} | "
-                f"{vs(row, 'val_knn_acc', INIT_KEY)} | {fmt(row['probe_val_acc'])} | "
-                f"{vs(row, 'probe_val_acc', 'raw_probe_acc')} | {fmt(row['probe_test_acc'])} | "
-                f"{vs(row, 'probe_test_acc', 'raw_probe_test_acc')} | {params} |")
-
-    text = [baseline_line(rows), budget_line(budget(results)),
-            "## Best trial per method (selected on validation)", "", *lines,
-            *(line(r) for r in best_per_method.values()), "", "## All trials", "", *lines,
-            *(line(r) for r in rows)]
-    return "\n".join(text) + "\n", rows
-
-
 # ------------------------------------------------------------------------------------------------
 # Selection: which trial of a search is re-run, exported, reported
 

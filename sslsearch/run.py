@@ -25,9 +25,10 @@ from sslsearch.cli import Overrides, build_parser, find_resume_folder, storage_l
 from sslsearch.compare import run_compare
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
 from sslsearch.errors import ConfigError, exit_code
-from sslsearch.results import FINISHED, budget, budget_line, fmt, summarize
+from sslsearch.results import FINISHED, budget, budget_line, fmt
 from sslsearch.schema import resolve_file, results_folder
 from sslsearch.space import load_space, trial_from_config
+from sslsearch.summary import summarize
 
 
 @dataclasses.dataclass

@@ -152,7 +152,7 @@ def run(cfg: TrialConfig, report: ReportFn | None = None,
             "images_per_second": steps_per_epoch * batch_size / train_seconds,
             **baselines,
         }
-        if epoch + 1 == cfg.epochs and cfg.probe:
+        if epoch + 1 == cfg.epochs and cfg.probe and trial.labeled:
             metrics.update(probe(trial))
         if folder is not None:
             ckpt: dict[str, Any] = {

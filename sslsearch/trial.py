@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sslsearch import methods
+from sslsearch import labelfree, methods
 from sslsearch.augment import AugmentConfig, Augmenter, normalize
 from sslsearch.baselines import INIT_KEY, raw_pixel_baseline
 from sslsearch.config import TrialConfig
@@ -94,6 +94,12 @@ class LiveTrial:
         x = normalize(x, self.data.mean, self.data.std)
         return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
 
+    @property
+    def labeled(self) -> bool:
+        """Labels to judge the encoder by (kNN, probe, baselines): the data has them and the
+        trial does not ignore them (``labels: false``)."""
+        return self.data.labeled and self.cfg.labels
+
     def features(self, split: Any) -> tuple[Tensor, Tensor]:
         """Backbone features of a whole split, in large batches, under inference mode."""
         backbone = self.method.backbone
@@ -111,7 +117,7 @@ class LiveTrial:
 
 
 def two_views(trial: LiveTrial, x: Tensor, augs: tuple[AugmentConfig, AugmentConfig],
-           gen: torch.Generator) -> tuple[Tensor, Tensor]:
+              gen: torch.Generator) -> tuple[Tensor, Tensor]:
     if trial.data.kind == "tabular":
         return x, x  # seed 001: tabular data gets no augmentation, only mixing (i-Mix)
     x1 = trial.augmenter(augs[0])(x, gen)
@@ -134,7 +140,10 @@ def knn_acc(trial: LiveTrial) -> Tensor:
 
 def trial_baselines(trial: LiveTrial) -> dict[str, float]:
     """What the trial's accuracies are compared with: its encoder at random initialisation (call
-    before the first step) and the standardised raw pixels (cached per dataset and process)."""
+    before the first step) and the standardised raw pixels (cached per dataset and process);
+    none without labels."""
+    if not trial.labeled:
+        return {}
     was_training = trial.method.training
     trial.method.eval()
     init = float(knn_acc(trial))
@@ -150,7 +159,7 @@ def evaluate_epoch(trial: LiveTrial, gen: torch.Generator,
               augs: tuple[AugmentConfig, AugmentConfig]) -> dict[str, Tensor]:
     """kNN accuracy on the validation split (bank: the training split) + collapse diagnostics."""
     trial.method.eval()
-    out = {"val_knn_acc": knn_acc(trial)}
+    out = {"val_knn_acc": knn_acc(trial)} if trial.labeled else {}
     # Collapse diagnostics on the projector embeddings of two augmented views of validation data.
     x, _ = next(trial.data.val.iter_batches(min(1024, len(trial.data.val)), None, shuffle=False,
                                             drop_last=False))
@@ -158,7 +167,40 @@ def evaluate_epoch(trial: LiveTrial, gen: torch.Generator,
     with trial._autocast():
         z1, z2 = trial.method.embed(x1), trial.method.embed(x2)
     out.update(collapse_diagnostics(z1, z2))
+    if trial.cfg.label_free:
+        out.update(label_free_metrics(trial, augs))
     trial.method.train()
+    return out
+
+
+LIDAR_IMAGES, LIDAR_VIEWS = 256, 4  # LiDAR's surrogate classes and their augmented views
+
+
+@torch.inference_mode()
+def label_free_metrics(trial: LiveTrial, augs: tuple[AugmentConfig, AugmentConfig]
+                       ) -> dict[str, Tensor]:
+    """RankMe and α-ReQ of the backbone features of the first ``label_free_samples``
+    validation images, LiDAR of ``LIDAR_VIEWS`` augmented views of the first ``LIDAR_IMAGES``
+    (:mod:`sslsearch.labelfree`). On the backbone, not the projector, whose width caps the rank.
+    The views come from a generator seeded by the trial's seed alone, so the metrics draw nothing
+    from the training's random stream (a run with them off trains the same)."""
+    cfg, backbone = trial.cfg, trial.method.backbone
+    x, _ = next(trial.data.val.iter_batches(min(cfg.label_free_samples, len(trial.data.val)),
+                                            None, shuffle=False, drop_last=False))
+    with trial._autocast():
+        features = backbone(trial.inputs(x)).float()
+    out: dict[str, Tensor] = {}
+    for name in ("rankme", "alpha_req"):
+        out.update(labelfree.METRICS[name].compute(features))
+    if trial.data.kind == "image":  # rows get no augmentation: no views to tell apart
+        gen = torch.Generator(device=trial.device).manual_seed(cfg.seed)
+        images = x[:LIDAR_IMAGES]
+        views = []
+        for _ in range(LIDAR_VIEWS // 2):
+            v1, v2 = two_views(trial, images, augs, gen)
+            with trial._autocast():
+                views += [backbone(v1).float(), backbone(v2).float()]
+        out.update(labelfree.METRICS["lidar"].compute(torch.stack(views, dim=1)))
     return out
 
 
@@ -231,5 +273,5 @@ def train_step(trial: LiveTrial, optimizer: torch.optim.Optimizer, x1: Tensor, x
 
 
 def train_batches(trial: LiveTrial, gen: torch.Generator, batch_size: int
-             ) -> Iterator[tuple[Tensor, Tensor]]:
+                  ) -> Iterator[tuple[Tensor, Tensor]]:
     return iter(trial.data.train.iter_batches(batch_size, gen, shuffle=True, drop_last=True))

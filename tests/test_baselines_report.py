@@ -17,7 +17,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sslsearch import baselines, results, train
-from sslsearch.results import baseline_line, delta_points, fmt_delta, summarize
+from sslsearch.results import baseline_line, delta_points, fmt_delta
+from sslsearch.summary import summarize
 from sslsearch.tracking import MLflowTrialCallback, Tracker
 
 RAW = {"raw_knn_acc": 0.787, "raw_test_knn_acc": 0.78, "raw_probe_acc": 0.82,
@@ -112,7 +113,8 @@ def test_summary_reports_baselines_and_signed_deltas() -> None:
 def test_summary_of_results_without_baselines_says_so() -> None:
     text, _ = summarize([_result("a", {"epoch": 3, "val_knn_acc": 0.9, "probe_val_acc": 0.9,
                                        "probe_test_acc": 0.9})], "val_knn_acc", "max")
-    assert text.startswith("**Baselines**: n/a")
+    assert text.startswith("Trials ranked by `val_knn_acc` (maximised)")
+    assert "\n**Baselines**: n/a" in text
     assert _rows(text, "## All trials")["a"]["probe_val_vs_raw"] == "n/a"
 
 

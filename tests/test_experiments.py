@@ -49,18 +49,17 @@ def test_reproductions_match_their_seeds() -> None:
     ({"gpus_per_trial": -0.5}, "gpus_per_trial"), ({"collapse_std_ratio": float("nan")},
                                                    "collapse_std_ratio")])
 def test_a_bad_search_block_exits_2_with_one_line_naming_file_and_field(
-        tmp_path: Path, search: dict[str, object], field: str) -> None:
-    """The search block is checked like the trial block, before any trial starts."""
-    import subprocess
-    import sys
-
+        tmp_path: Path, search: dict[str, object], field: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The search block is checked like the trial block, before any trial starts (in process:
+    tests/test_space.py runs the command line's exit-2 path as a subprocess)."""
     import yaml
+
+    from sslsearch.run import main
 
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"description": "x", "trial": {"epochs": 1},
                                     "search": search}))
-    out = subprocess.run([sys.executable, "-m", "sslsearch.run", "--space", "simclr",
-                          "--experiment", str(path)], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2, out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and str(path) in lines[0] and field in lines[0], out.stderr
+    assert main(["--space", "simclr", "--experiment", str(path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and field in lines[0], lines

@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sslsearch.results import budget, budget_line, summarize
+from sslsearch.results import budget, budget_line
+from sslsearch.summary import summarize
 from sslsearch.tracking import TAG_ROLE, TAG_TRIAL
 
 # Sweeps small enough for the default suite: digits, a tiny CNN, a few epochs.

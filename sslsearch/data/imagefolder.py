@@ -1,5 +1,7 @@
 """ImageFolders (``train/<class>/*`` and ``test/<class>/*``), decoded once into memory, or streamed
-by CPU workers when larger than ``max_resident_bytes``."""
+by CPU workers when larger than ``max_resident_bytes``; or, without class folders (images right
+in ``data_dir`` or in ``data_dir/train``), unlabeled: a random validation hold-out, no test split,
+for label-free searches (README, "Data without labels")."""
 
 import importlib
 from pathlib import Path
@@ -70,25 +72,74 @@ def _streaming_stats(
     return hist_stats(hist)
 
 
+def _images_in(folder: Path) -> list[Path]:
+    extensions = importlib.import_module("torchvision.datasets.folder").IMG_EXTENSIONS
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in extensions)
+
+
+def unlabeled_folder(root: Path) -> Path | None:
+    """The folder of an unlabeled ImageFolder: images right in ``root`` (no ``train/``), or in
+    ``root/train`` with no class folders; None for a labeled layout (or no folder at all)."""
+    for folder in (root / "train", root):
+        if (folder.is_dir() and _images_in(folder)
+                and not any(p.is_dir() for p in folder.iterdir())):
+            return folder
+    return None
+
+
+class _UnlabeledImages(torch.utils.data.Dataset[tuple[Tensor, int]]):
+    """The image files of one folder, sorted by name, each with label 0."""
+
+    def __init__(self, folder: Path, transform: Any) -> None:
+        self.files = _images_in(folder)
+        self.transform = transform
+        self.loader = importlib.import_module("torchvision.datasets.folder").default_loader
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        return self.transform(self.loader(str(self.files[i]))), 0
+
+
+def _load_unlabeled(folder: Path, transform: Any, size: int, opts: Options) -> DataBundle:
+    """Every image of ``folder``: a seeded random validation hold-out, the rest to train."""
+    dataset = _UnlabeledImages(folder, transform)
+    zeros = torch.zeros(len(dataset), dtype=torch.int64)
+    train_idx, val_idx = train_val_indices("imagefolder", zeros, opts)
+    decoded = _decode_all(dataset, size, folder)
+    mean, std = channel_stats(decoded[train_idx])
+    x = decoded.to(opts.device)
+    y = zeros.to(opts.device)
+    return DataBundle(
+        name="imagefolder", kind="image", train=Split(x[train_idx], y[train_idx]),
+        val=Split(x[val_idx], y[val_idx]), test=Split(x[:0], y[:0]), num_classes=1,
+        in_channels=3, image_size=size, mean=mean, std=std, labeled=False)
+
+
 def load_imagefolder(
     root: Path, download: bool, opts: Options, max_resident_bytes: int
 ) -> DataBundle:
-    layout = "train/<class>/*.png|jpg and test/<class>/*.png|jpg"
+    layout = ("train/<class>/*.png|jpg and test/<class>/*.png|jpg (labeled), or the images "
+              "themselves, with no class folders (unlabeled)")
     if download:
         raise ConfigError(
             f"dataset 'imagefolder' in '{root}' cannot be downloaded; set download: false and "
             f"provide {layout}"
         )
     prepare_dir("imagefolder", root, download, layout, "it cannot be downloaded")
-    for part in ("train", "test"):
-        if not (root / part).is_dir():
-            raise missing("imagefolder", root, f"{part}/", layout, "it cannot be downloaded")
     transforms = importlib.import_module("torchvision.transforms.v2")
     size = opts.image_size or _IMAGEFOLDER_SIZE
     # Resize the short side, then centre-crop to a square; PILToTensor keeps uint8 0..255.
     transform = transforms.Compose(
         [transforms.Resize(size), transforms.CenterCrop(size), transforms.PILToTensor()]
     )
+    unlabeled = unlabeled_folder(root)
+    if unlabeled is not None:
+        return _load_unlabeled(unlabeled, transform, size, opts)
+    for part in ("train", "test"):
+        if not (root / part).is_dir():
+            raise missing("imagefolder", root, f"{part}/", layout, "it cannot be downloaded")
     train_ds = _image_folder(root / "train", transform)
     test_ds = _image_folder(root / "test", transform)
     if list(test_ds.classes) != list(train_ds.classes):

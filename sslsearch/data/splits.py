@@ -142,3 +142,6 @@ class DataBundle:
     image_size: int  # images: H (= W); tabular: 0
     mean: tuple[float, ...]  # per-channel mean of train images in [0, 1] units; tabular: ()
     std: tuple[float, ...]
+    # False: no class labels (an ImageFolder without class folders): y is all 0, the test split
+    # is empty, and only label-free metrics judge the encoder.
+    labeled: bool = True
