@@ -123,8 +123,12 @@ def read_config(path: str | Path) -> dict[str, Any]:
         return doc
     from safetensors import safe_open
 
-    with safe_open(str(weights), framework="pt") as fh:
-        meta = fh.metadata() or {}
+    try:
+        with safe_open(str(weights), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types on a lying header
+        raise ConfigError(f"{weights}: not a readable safetensors file ({_first_line(exc)})"
+                          ) from None
     if _META_KEY not in meta:
         raise ConfigError(f"{weights}: no {CONFIG} beside it and no sslsearch config in its "
                           "header; was it written by sslsearch.export_encoder?")
@@ -142,6 +146,11 @@ def _weights_path(path: Path) -> Path:
     return path
 
 
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200]
+
+
 def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Backbone:
     """The exported backbone, built, loaded (strictly) and in eval mode, on ``device``.
 
@@ -157,7 +166,16 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Backbo
     spec = doc["backbone"]
     encoder = build_backbone(spec["name"], in_channels=int(spec["in_channels"]),
                              image_size=int(spec["image_size"]), width=int(spec["width"]))
-    encoder.load_state_dict(load_file(str(weights), device=str(device)), strict=True)
+    try:
+        tensors = load_file(str(weights), device=str(device))
+    except Exception as exc:  # a header that lies about offsets, shapes or dtypes
+        raise ConfigError(f"{weights}: not a readable safetensors file ({_first_line(exc)})"
+                          ) from None
+    try:
+        encoder.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise ConfigError(f"{weights}: its tensors do not fit the encoder its config describes "
+                          f"({_first_line(exc)})") from None
     encoder.to(device)
     encoder.eval()
     return encoder

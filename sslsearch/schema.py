@@ -103,12 +103,42 @@ def build_dataclass(cls: type[T], values: Mapping[str, Any], *, source: str, whe
 
 
 
+# A config file is a few kilobytes: a larger one is a mistake or an attack, refused unread.
+MAX_YAML_BYTES = 1 << 20
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader without aliases (``*name``): no sslsearch file needs them, and
+    nested aliases let a file of a few hundred bytes stand for billions of nodes ("billion
+    laughs"), which any code walking the result (the schema checks do) would take forever on."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in sslsearch files",
+                self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str) -> Any:
+    """Safe YAML (plain data, no tags that build objects) without aliases."""
+    return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader: nothing but plain data
+
+
 def read_yaml(path: Path) -> Any:
-    """``yaml.safe_load`` of ``path`` with a one-line error for a missing file or bad YAML."""
-    if not path.is_file():
+    """:func:`parse_yaml` of ``path`` with a one-line error for a missing file, one that is not a
+    regular file (a FIFO or a device would block or never end), a file over
+    :data:`MAX_YAML_BYTES`, or bad YAML."""
+    if not path.exists():
         raise ConfigError(f"{path}: no such file")
+    if not path.is_file():
+        raise ConfigError(f"{path}: not a regular file")
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise ConfigError(f"{path}: {size} bytes; an sslsearch YAML file is at most "
+                          f"{MAX_YAML_BYTES} bytes")
     try:
-        return yaml.safe_load(path.read_text())
+        return parse_yaml(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" (line {mark.line + 1})" if mark is not None else ""
@@ -123,6 +153,8 @@ def resolve_file(name: str | Path, folder: Path, kind: str) -> Path:
     path = Path(name).expanduser()
     if path.is_file():
         return path.resolve()
+    if path.exists():  # a folder, a FIFO, a device: refused before anything reads it
+        raise ConfigError(f"{kind} file {str(name)!r}: not a regular file")
     for candidate in (folder / str(name), folder / f"{name}.yaml"):
         if candidate.is_file():
             return candidate.resolve()

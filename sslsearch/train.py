@@ -178,9 +178,10 @@ def run(cfg: TrialConfig, report: ReportFn | None = None,
 
 
 def _parse_value(text: str) -> Any:
-    import yaml
+    """A ``--set KEY=VALUE`` value as YAML reads it (``0.1``, ``true``, ``[64, 64]``)."""
+    from sslsearch.schema import parse_yaml
 
-    return yaml.safe_load(text)
+    return parse_yaml(text)
 
 
 def main(argv: list[str] | None = None) -> int:
