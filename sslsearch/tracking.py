@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import time
 import urllib.error
 import urllib.request
@@ -86,13 +87,51 @@ def _params(values: Mapping[str, Any], prefix: str = "") -> list[Param]:
     return out
 
 
+class RetryingClient:
+    """An ``MlflowClient`` whose calls wait out a locked SQLite store instead of failing.
+
+    Two sweeps (or a sweep and ``mlflow ui``) writing one ``mlflow.db`` take turns at SQLite's
+    single writer lock; a call that finds it held past SQLite's own 5 s wait raises "database is
+    locked". Such calls are retried with exponential backoff and jitter (0.1 s doubling to 5 s,
+    about a minute in all); any other error is raised at once.
+    """
+
+    LOCKED = "database is locked"
+
+    def __init__(self, client: Any, attempts: int = 12, first_wait: float = 0.1,
+                 max_wait: float = 5.0) -> None:
+        self._client = client
+        self._attempts, self._first_wait, self._max_wait = attempts, first_wait, max_wait
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # not the client's (and unpickling asks before _client exists)
+            raise AttributeError(name)
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            wait = self._first_wait
+            for attempt in range(self._attempts):
+                try:
+                    return attr(*args, **kwargs)
+                except Exception as exc:
+                    if self.LOCKED not in str(exc) or attempt == self._attempts - 1:
+                        raise
+                    time.sleep(wait * (0.5 + random.random()))
+                    wait = min(wait * 2, self._max_wait)
+            raise AssertionError("unreachable")
+
+        return call
+
+
 class Tracker:
     """The sweep's parent run and its children, through one ``MlflowClient``."""
 
     def __init__(self, uri: str, experiment: str, sweep_id: str) -> None:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client: Any = RetryingClient(MlflowClient(tracking_uri=uri))
         self.sweep_id = sweep_id
         exp = self.client.get_experiment_by_name(experiment)
         self.experiment_id = (exp.experiment_id if exp is not None
