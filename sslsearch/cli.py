@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sslsearch.config import LABEL_FREE_METRICS, Experiment, SearchConfig
+from sslsearch.config import LABEL_FREE_METRICS, Experiment, SearchConfig, check_objective
 from sslsearch.errors import ConfigError
 from sslsearch.schema import build_dataclass
 
@@ -147,6 +147,7 @@ class Overrides:
             changes["data_dir"] = str(path)
         exp = dataclasses.replace(exp, trial=dataclasses.replace(trial, **changes),
                                   search=search_cfg)
+        check_objective(exp.trial, exp.search, source=f"{exp.source} with the command line's flags")
         return check_labels(exp)
 
 

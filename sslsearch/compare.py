@@ -264,11 +264,12 @@ def run_compare(args: argparse.Namespace, argv: list[str]) -> int:
     from sslsearch import sweep
 
     c = _plan(args, argv)
+    sweep.init_ray(c.address)
+    sweep.check_resources(c.exp.search, c.address)  # before the comparison's MLflow run exists
     _log_start(c)
     # Every epoch checkpoints; Tune's "snapshotting too often" warning is noise at this scale.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     t0 = time.time()
-    sweep.init_ray(c.address)
     outcome = Outcome()
     for method in c.methods:
         _compare_one(c, method, outcome)

@@ -229,12 +229,17 @@ def load_experiment(name: str | Path | None = None) -> Experiment:
 
 
 def check_objective(trial: TrialConfig, search: SearchConfig, *, source: str) -> None:
-    """A search without labels must rank trials by a label-free metric, and a label-free metric
-    must be computed: both checked before any trial starts."""
+    """What the trial and search blocks must agree on, checked before any trial starts: a search
+    without labels ranks by a label-free metric, which must be computed; a CUDA trial gets a
+    GPU."""
     if not trial.labels and search.metric not in LABEL_FREE_METRICS:
         raise ConfigError(f"{source}: search.metric {search.metric} needs labels, and this "
                           f"experiment has none (labels: false); choose one of: "
                           f"{', '.join(LABEL_FREE_METRICS)}")
+    if trial.device.startswith("cuda") and search.gpus_per_trial == 0:
+        raise ConfigError(f"{source}: trial.device {trial.device} with search.gpus_per_trial 0: "
+                          "Ray would hide every GPU from the trials, and each would fail; give "
+                          "gpus_per_trial > 0 (a fraction packs trials) or device: auto")
     if search.metric in LABEL_FREE_METRICS[:3] and not trial.label_free:
         raise ConfigError(f"{source}: search.metric {search.metric} is a label-free metric, "
                           "which trial.label_free: false turns off")

@@ -65,6 +65,9 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     plan = _resumed_plan(args) if args.resume is not None else _new_plan(args)
     space = load_space(plan.space_path, plan.exp.trial)  # every file checked before Ray starts
     tracking.check_reachable(plan.tracking_uri)
+    address = args.address or os.environ.get("RAY_ADDRESS") or None
+    sweep.init_ray(address)
+    sweep.check_resources(plan.exp.search, address)  # before the sweep's MLflow run exists
     if not plan.resumed:
         _log_new_sweep(plan, args, argv)
     exp = plan.exp
@@ -73,8 +76,6 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
           f"≤ {exp.trial.epochs} epochs, ≤ {exp.search.max_concurrent} at once", flush=True)
     print(f"  results: {plan.storage}/{plan.name}\n  MLflow:  {plan.tracking_uri}", flush=True)
     t0 = time.time()
-    address = args.address or os.environ.get("RAY_ADDRESS") or None
-    sweep.init_ray(address)
     if plan.resumed:
         assert plan.folder is not None  # resuming needs a local folder (find_resume_folder)
         tuner = sweep.restore_tuner(plan.folder)

@@ -206,6 +206,23 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
 
 
+def check_resources(search: SearchConfig, address: str | None) -> None:
+    """A trial asking for more CPUs or GPUs than the Ray cluster has would wait forever: refuse
+    it now (exit 2), for a local Ray. A cluster given by address may grow (an autoscaler adds
+    nodes on demand), so there it is only said."""
+    total = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    for kind, need in (("CPU", search.cpus_per_trial), ("GPU", search.gpus_per_trial)):
+        have = float(total.get(kind, 0.0))
+        if need > have:
+            flag = f"--{kind.lower()}s-per-trial"
+            line = (f"{flag} {need:g}: the Ray cluster has {have:g} {kind}s; a trial could "
+                    "never start")
+            if address or os.environ.get("RAY_ADDRESS"):
+                print(f"warning: {line} unless the cluster grows", file=sys.stderr, flush=True)
+            else:
+                raise ConfigError(line)
+
+
 class BudgetStopper(tune.Stopper):
     """Stops the whole search once the trials' trained epochs (the highest ``epoch`` each trial
     reported, so a restarted trial's repeated epoch counts once) reach ``budget``; wraps the

@@ -135,3 +135,38 @@ def test_a_safetensors_file_whose_header_lies_is_refused_in_one_line(tmp_path: P
     with pytest.raises(ConfigError, match="not a readable safetensors file") as err:
         sslsearch.load_encoder(weights)
     assert "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------------
+# Requests that could never be met: refused before any trial starts, never a hang
+
+
+def test_more_gpus_per_trial_than_the_machine_has_exits_2_before_the_sweep(
+        tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = subprocess.run([sys.executable, "-m", "sslsearch.run", "--space", "simclr",
+                          "--gpus-per-trial", "1", "--storage", "results"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert "--gpus-per-trial 1: the Ray cluster has 0 GPUs" in lines[-1], out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # no sweep run was opened
+
+
+def test_a_cuda_trial_without_gpus_per_trial_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    path = tmp_path / "cuda.yaml"
+    path.write_text(yaml.safe_dump({"description": "x", "trial": {"device": "cuda"},
+                                    "search": {"gpus_per_trial": 0}}))
+    assert main(["--space", "simclr", "--experiment", str(path)]) == 2
+    line = _one_line(capsys)
+    assert str(path) in line and "gpus_per_trial" in line

@@ -344,6 +344,7 @@ def run(p: Plan, argv: Sequence[str]) -> int:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     t0 = time.time()
     sweep.init_ray(None)
+    sweep.check_resources(p.exp.search, None)
     runs: list[dict[str, Any]] = []
     last_results: dict[str, dict[str, Any]] = {}
     stages: dict[str, str] = {}
