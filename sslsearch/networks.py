@@ -138,10 +138,6 @@ def mlp(
     return nn.Sequential(*layers)
 
 
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def frozen(module: nn.Module) -> bool:
     """True when no parameter of ``module`` takes a gradient (asserted before the linear probe)."""
     return not any(p.requires_grad for p in module.parameters())
@@ -159,7 +155,6 @@ __all__ = [
     "ResNet",
     "SmallCNN",
     "build_backbone",
-    "count_parameters",
     "frozen",
     "mlp",
     "set_requires_grad",

@@ -176,10 +176,6 @@ class SweepSettings:
     seed: int = 0
     address: str | None = None
 
-    @property
-    def folder(self) -> str:
-        return f"{self.storage.rstrip('/')}/{self.name}"
-
 
 def space_digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -366,10 +362,6 @@ def build_seed_tuner(config: dict[str, Any], seeds: list[int], exp: Experiment, 
                        Progress(search.metric, len(seeds), per_epoch=not quiet)],
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0))
-
-
-def run_sweep(tuner: tune.Tuner) -> tune.ResultGrid:
-    return tuner.fit()
 
 
 def python_command(argv: Sequence[str]) -> str:

@@ -8,7 +8,6 @@ RUNNING by a killed driver are closed when the sweep ends.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -275,10 +274,6 @@ class Tracker:
     def log_child_file(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
-    def child_runs(self) -> list[Any]:
-        return self._search(f"tags.`{TAG_SWEEP}` = '{self.sweep_id}' and "
-                            f"tags.`{TAG_ROLE}` = '{CHILD}'")
-
     def runs_link(self) -> str:
         """The runs table in MLflow 3's "Model training" view (the GenAI view hides it)."""
         base = self.uri if self.uri.startswith("http") else "http://127.0.0.1:5000"
@@ -409,7 +404,3 @@ def sweep_tags() -> dict[str, str]:
 
     tags["version.sslsearch"] = __version__
     return tags
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True, default=str)
