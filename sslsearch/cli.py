@@ -176,8 +176,20 @@ def find_resume_folder(args: argparse.Namespace, storage: str) -> Path:
 def check_labels(exp: Experiment) -> Experiment:
     """An ImageFolder without class folders has no labels: the experiment then runs with
     ``labels: false``, and a search metric that needs labels is refused now, before any trial
-    starts (one line naming the folder and the field)."""
+    starts (one line naming the folder and the field). A ``probe_data_dir`` must be a labeled
+    ImageFolder (made absolute: trials chdir into their own folders)."""
     trial = exp.trial
+    if trial.probe_data_dir is not None:
+        from sslsearch.data.imagefolder import unlabeled_folder
+
+        probe_dir = Path(trial.probe_data_dir).expanduser().resolve()
+        if (not (probe_dir / "train").is_dir() or not (probe_dir / "test").is_dir()
+                or unlabeled_folder(probe_dir) is not None):
+            raise ConfigError(f"{exp.source}: trial.probe_data_dir {trial.probe_data_dir}: "
+                              "expected a labeled ImageFolder, train/<class>/* and "
+                              "test/<class>/*")
+        trial = dataclasses.replace(trial, probe_data_dir=str(probe_dir))
+        exp = dataclasses.replace(exp, trial=trial)
     if trial.dataset != "imagefolder" or trial.data_dir is None or not trial.labels:
         return exp
     from sslsearch.data.imagefolder import unlabeled_folder

@@ -72,6 +72,10 @@ class TrialConfig:
     # false: ignore the dataset's labels (an ImageFolder without class folders has none): no kNN,
     # no probe, no baselines; the search ranks trials by a label-free metric (search.metric).
     labels: bool = True
+    # Reporting only, for a search without labels: an ImageFolder with class folders (train/<c>,
+    # test/<c>) on which the final linear probe of the encoder is scored (probe_data_val_acc,
+    # probe_data_test_acc); it never ranks or selects trials.
+    probe_data_dir: str | None = None
     # RankMe, LiDAR and alpha-ReQ of the backbone's features every epoch (sslsearch.labelfree),
     # on the first label_free_samples validation images (LiDAR: the first 256 of them, 4 views
     # each); about 1-2 s an epoch for the small CNN on 2 CPU cores.

@@ -98,7 +98,8 @@ def summarize(results: Any, metric: str, mode: str) -> tuple[str, list[dict[str,
 # The label-free objectives trials report every epoch (sslsearch.labelfree.METRICS' objective
 # keys; named here so the command imports no torch, and a test checks they match).
 LABEL_FREE_KEYS = ("rankme", "lidar", "alpha_req_score")
-LABELED_KEYS = {"val_knn_acc": "val kNN", "probe_val_acc": "probe val"}
+LABELED_KEYS = {"val_knn_acc": "val kNN", "probe_val_acc": "probe val",
+                "probe_data_val_acc": "probe_data_dir val"}
 
 
 def _ranks(values: Sequence[float]) -> list[float]:
@@ -162,7 +163,8 @@ def correlation_markdown(trials: Sequence[tuple[str, Mapping[str, Any]]]) -> str
     if not any(k in m for _, m in trials for k in LABEL_FREE_KEYS) or not any(
             k in m for _, m in trials for k in LABELED_KEYS):
         return ""
-    cols = [(free, labeled) for free in LABEL_FREE_KEYS for labeled in LABELED_KEYS]
+    cols = [(free, labeled) for free in LABEL_FREE_KEYS for labeled in LABELED_KEYS
+            if any(labeled in m for _, m in trials)]
     head = " | ".join(f"{f} vs {LABELED_KEYS[lab]}" for f, lab in cols)
     lines = ["## Label-free metrics against the labels", "",
              "Spearman's ρ across trials (last result of each; pairs counted in brackets): does "

@@ -37,6 +37,7 @@ from sslsearch.trial import (
     evaluate_epoch,
     load_data,
     probe,
+    probe_on_labeled_folder,
     select_device,
     setup_trial,
     train_batches,
@@ -154,6 +155,8 @@ def run(cfg: TrialConfig, report: ReportFn | None = None,
         }
         if epoch + 1 == cfg.epochs and cfg.probe and trial.labeled:
             metrics.update(probe(trial))
+        elif epoch + 1 == cfg.epochs and cfg.probe and cfg.probe_data_dir is not None:
+            metrics.update(probe_on_labeled_folder(trial, cfg.probe_data_dir))
         if folder is not None:
             ckpt: dict[str, Any] = {
                 "epoch": epoch + 1,

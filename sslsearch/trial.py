@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from sslsearch import labelfree, methods
 from sslsearch.augment import AugmentConfig, Augmenter, normalize
@@ -204,26 +204,50 @@ def label_free_metrics(trial: LiveTrial, augs: tuple[AugmentConfig, AugmentConfi
     return out
 
 
-def probe(trial: LiveTrial) -> dict[str, float]:
-    """Linear probe on frozen backbone features; the backbone is frozen and asserted so."""
+@contextlib.contextmanager
+def frozen_backbone(trial: LiveTrial) -> Iterator[nn.Module]:
+    """The backbone in eval mode with no parameter taking a gradient (asserted), restored after:
+    a linear probe scores features, it must not train them."""
     backbone = trial.method.backbone
     was_training = backbone.training
     backbone.eval()
     set_requires_grad(backbone, False)
     try:
         assert frozen(backbone)
+        yield backbone
+    finally:
+        set_requires_grad(backbone, True)
+        backbone.train(was_training)
+
+
+def probe(trial: LiveTrial) -> dict[str, float]:
+    """Linear probe on frozen backbone features; the backbone is frozen and asserted so."""
+    with frozen_backbone(trial) as backbone:
         train, val, test = (trial.features(s) for s in
                             (trial.data.train, trial.data.val, trial.data.test))
         result = linear_probe(train, val, test, trial.data.num_classes, backbone=backbone,
                               max_iter=trial.cfg.probe_max_iter)
         test_knn = knn_predict(train[0], train[1], test[0], trial.data.num_classes,
                                k=trial.cfg.knn_k, temperature=trial.cfg.knn_t)
-    finally:
-        set_requires_grad(backbone, True)
-        backbone.train(was_training)
     return {"probe_val_acc": result.val_acc, "probe_test_acc": result.test_acc,
             "probe_weight_decay": result.weight_decay,
             "test_knn_acc": float(accuracy(test_knn, test[1]))}
+
+
+def probe_on_labeled_folder(trial: LiveTrial, folder: str) -> dict[str, float]:
+    """An unlabeled search's encoder probed on a labeled ImageFolder (``probe_data_dir``), for
+    reporting only: its images resized to the training data's size and normalised with the
+    training data's statistics, as the encoder saw its own data. Keys ``probe_data_*``, so that
+    nothing that ranks or selects trials reads them."""
+    cfg = trial.cfg
+    data = load_dataset_cached("imagefolder", data_dir=folder, image_size=trial.data.image_size,
+                               val_fraction=cfg.val_fraction, seed=cfg.split_seed,
+                               device=trial.device)
+    with frozen_backbone(trial) as backbone:
+        train, val, test = (trial.features(s) for s in (data.train, data.val, data.test))
+        result = linear_probe(train, val, test, data.num_classes, backbone=backbone,
+                              max_iter=cfg.probe_max_iter)
+    return {"probe_data_val_acc": result.val_acc, "probe_data_test_acc": result.test_acc}
 
 
 def setup_trial(cfg: TrialConfig, data: DataBundle, device: torch.device, *,

@@ -157,3 +157,32 @@ def test_labels_false_needs_a_label_free_metric() -> None:
     with pytest.raises(ConfigError, match="label_free: false"):
         check_objective(dataclasses.replace(TrialConfig(), label_free=False),
                         SearchConfig(metric="lidar"), source="x.yaml")
+
+
+def test_an_unlabeled_search_reports_a_probe_on_probe_data_dir(tmp_path: Path) -> None:
+    from tests.test_data import write_imagefolder
+
+    write_unlabeled_folder(tmp_path / "photos")
+    write_imagefolder(tmp_path / "labeled")
+    cfg = trial_config({"method": "simclr", "dataset": "imagefolder",
+                        "data_dir": str(tmp_path / "photos"), "image_size": 16,
+                        "backbone": "small_cnn", "backbone_width": 4, "epochs": 1,
+                        "batch_size": 16, "device": "cpu", "label_free_samples": 16,
+                        "probe_data_dir": str(tmp_path / "labeled"), "probe_max_iter": 20})
+    last = run(cfg)
+    assert 0.0 <= last["probe_data_val_acc"] <= 1.0 and 0.0 <= last["probe_data_test_acc"] <= 1.0
+    assert "probe_val_acc" not in last and "val_knn_acc" not in last  # reporting only
+
+
+def test_a_probe_data_dir_without_class_folders_exits_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sslsearch.run import main
+
+    write_unlabeled_folder(tmp_path / "photos")
+    path = _experiment(tmp_path, "rankme")
+    doc = yaml.safe_load(path.read_text())
+    doc["trial"]["probe_data_dir"] = str(tmp_path / "photos")  # no class folders
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["--space", "simclr", "--experiment", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "probe_data_dir" in err[0]
