@@ -126,6 +126,9 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         """Range checks (a ValueError becomes ``FILE: search: ...`` through build_dataclass)."""
+        if self.metric == "alpha_req":
+            raise ValueError("metric alpha_req: rank by alpha_req_score, −|α − 1| (α-ReQ is best "
+                             "near 1, neither largest nor smallest)")
         if self.metric not in SEARCH_METRICS:
             raise ValueError(f"metric {self.metric!r} is not reported every epoch; choose one of: "
                              f"{', '.join(SEARCH_METRICS)}")

@@ -45,6 +45,7 @@ def test_reproductions_match_their_seeds() -> None:
 @pytest.mark.parametrize("search,field", [
     ({"num_samples": 0}, "num_samples"), ({"max_concurrent": -1}, "max_concurrent"),
     ({"metric": "val_acc"}, "metric"), ({"mode": "maximise"}, "mode"),
+    ({"metric": "alpha_req"}, "alpha_req_score"), ({"metric": "rankme", "mode": "min"}, "mode"),
     ({"grace_period": 0}, "grace_period"), ({"reduction_factor": 1}, "reduction_factor"),
     ({"gpus_per_trial": -0.5}, "gpus_per_trial"), ({"collapse_std_ratio": float("nan")},
                                                    "collapse_std_ratio")])
