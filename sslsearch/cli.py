@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sslsearch.config import LABEL_FREE_METRICS, Experiment, SearchConfig, check_objective
+from sslsearch.config import Experiment, SearchConfig, check_objective
 from sslsearch.errors import ConfigError
 from sslsearch.schema import build_dataclass
 
@@ -197,8 +197,7 @@ def check_labels(exp: Experiment) -> Experiment:
     folder = unlabeled_folder(Path(trial.data_dir))
     if folder is None:
         return exp
-    if exp.search.metric not in LABEL_FREE_METRICS:
-        raise ConfigError(f"{exp.source}: search.metric {exp.search.metric} needs labels, and "
-                          f"{folder} has no class folders (unlabeled images); choose one of: "
-                          f"{', '.join(LABEL_FREE_METRICS)}")
-    return dataclasses.replace(exp, trial=dataclasses.replace(trial, labels=False))
+    trial = dataclasses.replace(trial, labels=False)
+    check_objective(trial, exp.search,
+                    source=f"{exp.source}: {folder} has no class folders (unlabeled images)")
+    return dataclasses.replace(exp, trial=trial)

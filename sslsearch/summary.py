@@ -9,6 +9,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sslsearch.config import LABEL_FREE_OBJECTIVES
 from sslsearch.results import (
     FINISHED,
     INIT_KEY,
@@ -95,9 +96,6 @@ def summarize(results: Any, metric: str, mode: str) -> tuple[str, list[dict[str,
 # ------------------------------------------------------------------------------------------------
 # Label-free metrics against the labels: do they rank trials as the labels would?
 
-# The label-free objectives trials report every epoch (sslsearch.labelfree.METRICS' objective
-# keys; named here so the command imports no torch, and a test checks they match).
-LABEL_FREE_KEYS = ("rankme", "lidar", "alpha_req_score")
 LABELED_KEYS = {"val_knn_acc": "val kNN", "probe_val_acc": "probe val",
                 "probe_data_val_acc": "probe_data_dir val"}
 
@@ -149,7 +147,7 @@ def label_free_correlations(trials: Sequence[tuple[str, Mapping[str, Any]]]
     rows = []
     for group, members in groups.items():
         row: dict[str, Any] = {"group": group, "n": len(members)}
-        for free in LABEL_FREE_KEYS:
+        for free in LABEL_FREE_OBJECTIVES:
             for labeled in LABELED_KEYS:
                 row[f"{free} vs {labeled}"] = spearman([m.get(free) for m in members],
                                                        [m.get(labeled) for m in members])
@@ -160,10 +158,10 @@ def label_free_correlations(trials: Sequence[tuple[str, Mapping[str, Any]]]
 def correlation_markdown(trials: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     """The summary's section on the label-free metrics: ρ per method, "" when the trials carry
     no label-free metric or no labeled one."""
-    if not any(k in m for _, m in trials for k in LABEL_FREE_KEYS) or not any(
+    if not any(k in m for _, m in trials for k in LABEL_FREE_OBJECTIVES) or not any(
             k in m for _, m in trials for k in LABELED_KEYS):
         return ""
-    cols = [(free, labeled) for free in LABEL_FREE_KEYS for labeled in LABELED_KEYS
+    cols = [(free, labeled) for free in LABEL_FREE_OBJECTIVES for labeled in LABELED_KEYS
             if any(labeled in m for _, m in trials)]
     head = " | ".join(f"{f} vs {LABELED_KEYS[lab]}" for f, lab in cols)
     lines = ["## Label-free metrics against the labels", "",

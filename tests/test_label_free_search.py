@@ -17,9 +17,14 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from sslsearch import labelfree
-from sslsearch.config import LABEL_FREE_METRICS, SEARCH_METRICS, trial_config
+from sslsearch.config import (
+    LABEL_FREE_METRICS,
+    LABEL_FREE_OBJECTIVES,
+    SEARCH_METRICS,
+    trial_config,
+)
 from sslsearch.data import load_dataset
-from sslsearch.summary import LABEL_FREE_KEYS, correlation_markdown, spearman
+from sslsearch.summary import correlation_markdown, spearman
 from sslsearch.tracking import TAG_ROLE
 from sslsearch.train import run
 
@@ -42,7 +47,7 @@ def test_spearman_by_hand() -> None:
 
 def test_the_names_agree_with_the_metrics_module() -> None:
     objectives = {m.objective_key for m in labelfree.METRICS.values()}
-    assert set(LABEL_FREE_KEYS) == objectives
+    assert set(LABEL_FREE_OBJECTIVES) == objectives
     assert objectives <= set(LABEL_FREE_METRICS) and objectives <= set(SEARCH_METRICS)
     assert all(SEARCH_METRICS[k] == "max" for k in objectives)
 
