@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", nargs="?", const="", metavar="NAME_OR_PATH",
                    help="continue an interrupted sweep: its folder, its name under --storage, "
                         "or nothing for the newest sweep there")
+    p.add_argument("--sync-tracking", metavar="NAME_OR_PATH",
+                   help="replay what a sweep could not log while its MLflow server was away "
+                        "(its tracking_outbox.jsonl): the sweep's folder, its name under "
+                        "--storage, or the file")
     p.add_argument("--address",
                    help="an existing Ray cluster (auto or ray://HOST:PORT; default: "
                         "$RAY_ADDRESS, else a local Ray on 127.0.0.1)")

@@ -44,9 +44,11 @@ from typing import Any
 from sslsearch.cli import Overrides, storage_location
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
 from sslsearch.errors import ConfigError
+from sslsearch.outbox import OUTBOX_FILE
 from sslsearch.results import (
     BASELINE_KEYS,
     INIT_KEY,
+    RAW_KEYS,
     RAW_VS,
     SELECTION,
     TrialRecord,
@@ -245,6 +247,10 @@ class Comparison:
     address: str | None
     quiet: bool
 
+    @property
+    def outbox(self) -> Path:  # the tracking outbox of all its sweeps (sslsearch.outbox)
+        return self.folder / OUTBOX_FILE
+
 
 @dataclasses.dataclass
 class Outcome:
@@ -353,7 +359,7 @@ def _compare_one(c: Comparison, method: str, outcome: Outcome) -> None:
     settings = sweep.SweepSettings(name=c.name, storage=str(c.folder / f"search-{method}"),
                                    tracking_uri=c.tracking_uri,
                                    mlflow_experiment=c.mlflow_experiment, seed=c.exp.trial.seed,
-                                   address=c.address)
+                                   address=c.address, outbox=str(c.outbox))
     results = _fit(sweep.build_tuner(c.exp, only_method(c.space, method), settings,
                                      quiet=c.quiet))
     outcome.search[method] = [record(r, "search", keys) for r in results]
@@ -367,7 +373,7 @@ def _compare_one(c: Comparison, method: str, outcome: Outcome) -> None:
               f"re-running with seeds {c.seeds}", flush=True)
         seed_results = _fit(sweep.build_seed_tuner(
             chosen.config, c.seeds, c.exp, str(c.folder), f"seeds-{method}", c.name,
-            c.tracking_uri, c.mlflow_experiment, c.quiet))
+            c.tracking_uri, c.mlflow_experiment, c.quiet, outbox=c.outbox))
         outcome.seed_runs[method] = [record(r, "seed", keys) for r in seed_results]
         results += seed_results
     for r in results:
@@ -382,12 +388,11 @@ def _write_outputs(c: Comparison, outcome: Outcome, elapsed: float
     MLflow link to the runs."""
     from sslsearch import report, tracking
 
-    tracker = tracking.Tracker(c.tracking_uri, c.mlflow_experiment, c.name)  # fresh after fits
-    for t in outcome.all_trials():
-        tracker.log_parent_baselines(t.metrics)  # once; a no-op when the callbacks logged them
+    outbox = tracking.sweep_outbox(c.outbox, c.tracking_uri, c.mlflow_experiment, c.name)
+    for t in outcome.all_trials():  # once; a no-op when the callbacks logged them
+        outbox.send("log_parent_baselines", {k: t.metrics[k] for k in RAW_KEYS & t.metrics.keys()})
     for t in (t for runs in outcome.seed_runs.values() for t in runs):
-        tracker.client.set_tag(tracker.child(t.trial_id, "", {}), "sslsearch.stage",
-                               f"seed re-run {t.seed}")
+        outbox.send("trial_tag", t.trial_id, "sslsearch.stage", f"seed re-run {t.seed}")
     exp = c.exp
     rows = summarize(outcome.search, outcome.seed_runs, outcome.best)
     info = {"name": c.name, "command": c.command, "space": c.space_path.name,
@@ -402,20 +407,21 @@ def _write_outputs(c: Comparison, outcome: Outcome, elapsed: float
     doc = {**info, "rows": rows, "trials": [t.to_json() for t in outcome.all_trials()]}
     (c.folder / "comparison.md").write_text(md)
     (c.folder / "comparison.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    tracker.log_parent_file(c.folder / "comparison.md")
-    tracker.log_parent_file(c.folder / "comparison.json")
-    winner = _export_encoders(c, outcome.best, tracker)
+    outbox.send("log_parent_file", str(c.folder / "comparison.md"))
+    outbox.send("log_parent_file", str(c.folder / "comparison.json"))
+    winner = _export_encoders(c, outcome.best, outbox)
     written = report.write_report(
         c.folder, md, outcome.all_trials(), outcome.best, c.space,
         winner_encoder=None if winner is None else c.folder / "best_encoder", winner=winner,
         metric=exp.search.metric)
     for path in written:
-        tracker.log_parent_file(path, "report")
-    tracker.end_sweep(outcome.last_results, exp.trial.epochs, "FINISHED")
-    return md, winner, tracker.runs_link()
+        outbox.send("log_parent_file", str(path), "report")
+    outbox.send("end_sweep", outcome.last_results, exp.trial.epochs, "FINISHED")
+    outbox.close(str(c.folder))
+    return md, winner, tracking.outbox_link(outbox)
 
 
-def _export_encoders(c: Comparison, best: dict[str, TrialRecord | None], tracker: Any
+def _export_encoders(c: Comparison, best: dict[str, TrialRecord | None], outbox: Any
                      ) -> str | None:
     """Each method's selected encoder, and the best of them on validation as ``best_encoder``."""
     import shutil
@@ -432,7 +438,7 @@ def _export_encoders(c: Comparison, best: dict[str, TrialRecord | None], tracker
         if out is not None:
             exports[method] = out
             for path in sorted(out.iterdir()):
-                tracker.log_parent_file(path, f"encoders/{method}")
+                outbox.send("log_parent_file", str(path), f"encoders/{method}")
     eligible = [b for b in best.values() if b is not None and b.method in exports]
     winner = max(eligible, key=lambda t: (t.probe_val_acc or 0.0, t.val_knn_acc or 0.0),
                  default=None)
@@ -440,5 +446,5 @@ def _export_encoders(c: Comparison, best: dict[str, TrialRecord | None], tracker
         return None
     shutil.copytree(exports[winner.method], c.folder / "best_encoder", dirs_exist_ok=True)
     for path in sorted((c.folder / "best_encoder").iterdir()):
-        tracker.log_parent_file(path, "best_encoder")
+        outbox.send("log_parent_file", str(path), "best_encoder")
     return winner.method

@@ -301,3 +301,28 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     if not vals:
         return None, None
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def outcome(last: Mapping[str, Any], max_epochs: int | None = None,
+            config: Mapping[str, Any] | None = None) -> tuple[str, dict[str, str]]:
+    """A trial's MLflow status and tags from its last result: how it ended is
+    :func:`sslsearch.results.trial_status` (the one rule), against the trial's own configured
+    epochs (a searched ``epochs`` over the experiment's).
+
+    ``config`` is the trial's Ray config; by default the one Ray stores in its results
+    (``last["config"]``). ``max_epochs`` (the experiment's epochs) stands in only for a config
+    that says no epochs of its own.
+    """
+
+    if config is None:
+        stored = last.get("config")
+        config = stored if isinstance(stored, Mapping) else {}
+    if configured_epochs(config) is None and max_epochs is not None:
+        config = {**config, "epochs": max_epochs}
+    status = trial_status(last, config)
+    if status == FINISHED:
+        return "FINISHED", {"trial_status": "completed"}
+    if status == STOPPED_EARLY:
+        return "FINISHED", {"trial_status": "stopped_early", "stopped_by": "scheduler"}
+    return "FAILED", {"trial_status": "failed", "failure_reason": status,
+                      "failure_message": str(last.get("failure_message", ""))[:5000]}

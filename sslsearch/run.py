@@ -26,7 +26,7 @@ from sslsearch.compare import run_compare
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
 from sslsearch.errors import ConfigError, exit_code
 from sslsearch.results import FINISHED, budget, budget_line, fmt
-from sslsearch.schema import resolve_file, results_folder
+from sslsearch.schema import check_owned, resolve_file, results_folder
 from sslsearch.space import load_space, trial_from_config
 from sslsearch.summary import summarize
 
@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace, argv: list[str]) -> int:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if args.sync_tracking is not None:
+        return sync_tracking(args.sync_tracking, storage_location(args.storage))
     if args.compare:
         return run_compare(args, argv)
     from sslsearch import sweep, tracking
@@ -66,7 +68,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     space = load_space(plan.space_path, plan.exp.trial)  # every file checked before Ray starts
     tracking.check_reachable(plan.tracking_uri)
     address = args.address or os.environ.get("RAY_ADDRESS") or None
-    sweep.init_ray(address)
+    sweep.init_ray(args.address or None)  # checks the address (and $RAY_ADDRESS) first
     sweep.check_resources(plan.exp.search, address)  # before the sweep's MLflow run exists
     if not plan.resumed:
         _log_new_sweep(plan, args, argv)
@@ -169,30 +171,32 @@ def _report(plan: Plan, results: list[Any], elapsed: float) -> int:
 
     exp, folder = plan.exp, plan.folder
     summary, rows = summarize(results, exp.search.metric, exp.search.mode)
-    tracker = tracking.Tracker(plan.tracking_uri, plan.mlflow_experiment, plan.name)
+    outbox = _outbox(plan)
     header = (f"# Sweep {plan.name}\n\nspace `{plan.space_path.name}`, experiment "
               f"`{Path(exp.source).name}`, {len(rows)} trials, {elapsed:.0f} s\n\n")
-    tracker.log_parent_text(header + summary, "summary.md")
+    outbox.send("log_parent_text", header + summary, "summary.md")
     # The split's raw-pixel baselines on the sweep's run: the callback logged them with the
     # first result that carried them; this catches a sweep whose driver died before it could.
     split: dict[str, float] = {}
     for row in rows:
         for k, v in row["baselines"].items():
             split.setdefault(k, v)
-    tracker.log_parent_baselines(split)
+    outbox.send("log_parent_baselines", split)
     finished = [r for r in rows if r["status"] == FINISHED]
     if finished and folder is not None:
-        tracker.log_parent_file(export_best(finished[0], folder / "best_experiment.yaml", exp))
+        best_file = export_best(finished[0], folder / "best_experiment.yaml", exp)
+        outbox.send("log_parent_file", str(best_file))
         (folder / "summary.md").write_text(header + summary)
-        _log_best_encoder(tracker, finished[0], folder)
+        _log_best_encoder(outbox, finished[0], folder)
     last_results = {str(r.metrics["trial_id"]): r.metrics for r in results
                     if r.metrics and "trial_id" in r.metrics}
-    tracker.end_sweep(last_results, exp.trial.epochs, "FINISHED")
+    outbox.send("end_sweep", last_results, exp.trial.epochs, "FINISHED")
+    outbox.close(plan.name if plan.folder is not None else str(outbox.path))
     print(f"\n{summary}")
     if finished and folder is not None:
         print(f"best config: {folder / 'best_experiment.yaml'}")
     print(f"MLflow runs: mlflow ui --backend-store-uri {plan.tracking_uri} --host 127.0.0.1 "
-          f"--port 5000, then open {tracker.runs_link()}")
+          f"--port 5000, then open {tracking.outbox_link(outbox)}")
     print(budget_line(budget(results)).strip().replace("**", ""))
     print(f"done in {elapsed:.0f} s")
     if results and not rows:  # every trial errored: a broken cluster or image is no success
@@ -200,6 +204,35 @@ def _report(plan: Plan, results: list[Any], elapsed: float) -> int:
               "files above", file=sys.stderr)
         return 1
     return 0
+
+
+def sync_tracking(given: str, storage: str) -> int:
+    """``--sync-tracking NAME``: replay a sweep's tracking outbox (what it could not log while
+    the MLflow server was away) to the server it names; exit 0 when it has all gone through, 1
+    when the server is still unreachable (the records stay for another try)."""
+    from sslsearch import tracking
+    from sslsearch.outbox import OUTBOX_FILE, read_target
+
+    path = Path(given).expanduser()
+    if path.is_dir():
+        path = path / OUTBOX_FILE
+    elif not path.is_file():
+        if "://" in storage:
+            raise ConfigError("--sync-tracking with a remote --storage needs the outbox's path")
+        path = results_folder(given, storage, "--sync-tracking") / OUTBOX_FILE
+    if not path.is_file():
+        print(f"--sync-tracking {given}: nothing to replay (no {path})")
+        return 0
+    check_owned(path, f"--sync-tracking {given}", "replay")
+    target = read_target(path)
+    outbox = tracking.sweep_outbox(path, target["uri"], target["experiment"], target["sweep_id"])
+    count = outbox.pending
+    if outbox.flush():
+        print(f"--sync-tracking {given}: {count} records replayed to {target['uri']}")
+        return 0
+    print(f"--sync-tracking {given}: {target['uri']} still unreachable; {outbox.pending} records "
+          f"kept in {path}", file=sys.stderr)
+    return 1
 
 
 def export_best(best: dict[str, Any], out: Path, exp: Experiment) -> Path:
@@ -219,7 +252,15 @@ def export_best(best: dict[str, Any], out: Path, exp: Experiment) -> Path:
     return out
 
 
-def _log_best_encoder(tracker: Any, best: dict[str, Any], folder: Path) -> None:
+def _outbox(plan: Plan) -> Any:
+    """The sweep's tracking outbox (:mod:`sslsearch.outbox`), the callback's file."""
+    from sslsearch import tracking
+
+    return tracking.sweep_outbox(_settings(plan, None).outbox_file, plan.tracking_uri,
+                                 plan.mlflow_experiment, plan.name)
+
+
+def _log_best_encoder(outbox: Any, best: dict[str, Any], folder: Path) -> None:
     """Export the best trial's encoder (safetensors weights + config, see ``sslsearch.export``)
     to ``folder/best_encoder`` and log it to the trial's and the sweep's MLflow runs."""
     from sslsearch.export import export_trial
@@ -230,10 +271,10 @@ def _log_best_encoder(tracker: Any, best: dict[str, Any], folder: Path) -> None:
                               "probe_test_acc": best["probe_test_acc"]})
     if out is None:
         return
-    run_id = tracker.child(best["config"].get("_trial_id", best["trial_id"]), "", {})
+    trial_id = best["config"].get("_trial_id", best["trial_id"])
     for path in sorted(out.iterdir()):
-        tracker.log_child_file(run_id, path, "encoder")
-        tracker.log_parent_file(path, "best_encoder")
+        outbox.send("trial_file", trial_id, str(path), "encoder")
+        outbox.send("log_parent_file", str(path), "best_encoder")
     print(f"best encoder: {out} (load with sslsearch.load_encoder)", flush=True)
 
 

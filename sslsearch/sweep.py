@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import socket
 import sys
 import time
 import uuid
@@ -27,7 +28,9 @@ from ray.tune.search.optuna import OptunaSearch
 
 from sslsearch.config import Experiment, SearchConfig
 from sslsearch.errors import ConfigError
+from sslsearch.outbox import OUTBOX_FILE
 from sslsearch.results import FINISHED, STOPPED_EARLY, configured_epochs, trial_status
+from sslsearch.schema import check_owned
 from sslsearch.space import SearchSpace, n_startup_trials, optuna_sampler
 from sslsearch.tracking import MLflowTrialCallback
 from sslsearch.trainable import trainable
@@ -175,6 +178,17 @@ class SweepSettings:
     mlflow_experiment: str
     seed: int = 0
     address: str | None = None
+    # The tracking outbox's file (sslsearch.outbox); None: in the sweep's folder, or in the
+    # working directory when the storage is remote.
+    outbox: str | None = None
+
+    @property
+    def outbox_file(self) -> Path:
+        if self.outbox is not None:
+            return Path(self.outbox)
+        if "://" in self.storage:
+            return Path.cwd().resolve() / f"{self.name}-{OUTBOX_FILE}"
+        return Path(self.storage) / self.name / OUTBOX_FILE
 
 
 def space_digest(text: str) -> str:
@@ -193,13 +207,47 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     # Trials print nothing themselves; Ray's own INFO chatter would drown the progress lines.
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
                               "log_to_driver": True}
+    given = "--address" if address else "$RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if address:
-        ray.init(address=address, **kwargs)
+    if address and address != "local":
+        check_address(address, given)
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError) as exc:  # it answers TCP, but is no Ray head
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            raise ConfigError(f"{given} {address}: Ray could not join a cluster there ({first}); "
+                              "check the head's address and port (`ray status` on the head)"
+                              ) from None
     else:
         # "local": a fresh instance. With no address Ray would join whatever `ray start` left in
         # /tmp/ray/ray_current_cluster, and hang for minutes when that cluster is gone.
         ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
+
+
+def check_address(address: str, given: str = "--address", timeout: float = 5.0) -> None:
+    """Refuse (ConfigError, exit 2) in seconds an address where no Ray cluster answers: Ray itself
+    waits minutes for an unreachable head. ``auto`` is the cluster `ray start` recorded on this
+    machine; ``HOST:PORT`` a head's GCS, ``ray://HOST:PORT`` a Ray Client server. Only TCP is
+    tried (the port accepts a connection), before anything else starts."""
+    target = address
+    if address == "auto":
+        record = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
+        if not record.is_file():
+            raise ConfigError(f"{given} auto: no Ray cluster was started on this machine (no "
+                              f"{record}); start one with `ray start --head`, or omit it for a "
+                              "local Ray")
+        target = record.read_text().strip()
+    host, colon, port = target.removeprefix("ray://").rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{given} {address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise ConfigError(f"{given} {address}: no Ray cluster answers at {host}:{port} "
+                          f"({reason} within {timeout:g} s); start it with `ray start --head`, "
+                          "or omit it for a local Ray") from None
 
 
 def check_resources(search: SearchConfig, address: str | None) -> None:
@@ -268,7 +316,7 @@ def build_tuner(exp: Experiment, space: SearchSpace, settings: SweepSettings,
         stop = BudgetStopper(budget_epochs, stop)
     callbacks = [
         MLflowTrialCallback(settings.tracking_uri, settings.mlflow_experiment, settings.name,
-                            epochs),
+                            epochs, settings.outbox_file),
         Progress(search.metric, search.num_samples, per_epoch=not quiet),
     ]
     return tune.Tuner(
@@ -312,13 +360,7 @@ def read_sweep_file(folder: Path) -> dict[str, Any]:
         raise ConfigError(f"--resume {folder}: holds no sslsearch sweep "
                           f"(no {SWEEP_FILE} / tuner.pkl)")
     for path in (folder, record, folder / "tuner.pkl"):
-        st = path.stat()
-        if hasattr(os, "getuid") and st.st_uid != os.getuid():
-            raise ConfigError(f"--resume {folder}: {path.name} is owned by another user "
-                              f"(uid {st.st_uid}); refusing to unpickle it")
-        if st.st_mode & 0o002:
-            raise ConfigError(f"--resume {folder}: {path.name} is world-writable; "
-                              "refusing to unpickle it")
+        check_owned(path, f"--resume {folder}", "unpickle")
     try:
         info: dict[str, Any] = json.loads(record.read_text())
     except json.JSONDecodeError:
@@ -344,9 +386,10 @@ def _restorable_trainable(folder: Path) -> Any:
 
 def build_seed_tuner(config: dict[str, Any], seeds: list[int], exp: Experiment, storage: str,
                      run_name: str, sweep_name: str, tracking_uri: str, mlflow_experiment: str,
-                     quiet: bool) -> tune.Tuner:
+                     quiet: bool, outbox: Path | None = None) -> tune.Tuner:
     """Re-train one configuration with each seed: a grid over ``seed``, no searcher, no ASHA;
-    logged as children of the sweep ``sweep_name`` like any trial."""
+    logged as children of the sweep ``sweep_name`` like any trial (through the tracking outbox
+    ``outbox``, by default ``storage/tracking_outbox.jsonl``)."""
     search = exp.search
     config = {k: v for k, v in config.items() if k != "seed"}
     return tune.Tuner(
@@ -358,7 +401,8 @@ def build_seed_tuner(config: dict[str, Any], seeds: list[int], exp: Experiment, 
         run_config=tune.RunConfig(
             name=run_name, storage_path=storage,
             callbacks=[MLflowTrialCallback(tracking_uri, mlflow_experiment, sweep_name,
-                                           exp.trial.epochs),
+                                           exp.trial.epochs,
+                                           outbox or Path(storage) / OUTBOX_FILE),
                        Progress(search.metric, len(seeds), per_epoch=not quiet)],
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0))

@@ -24,7 +24,8 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from sslsearch.errors import ConfigError
-from sslsearch.results import FINISHED, RAW_KEYS, STOPPED_EARLY, configured_epochs, trial_status
+from sslsearch.outbox import Outbox, is_outage
+from sslsearch.results import RAW_KEYS, outcome
 
 PARENT = "parent"
 CHILD = "trial"
@@ -128,7 +129,11 @@ class Tracker:
     """The sweep's parent run and its children, through one ``MlflowClient``."""
 
     def __init__(self, uri: str, experiment: str, sweep_id: str) -> None:
+        # A server that is down should fail a call in seconds (MLflow's defaults wait minutes):
+        # the sweep's Outbox then keeps the call and training goes on.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         self.uri = uri
         self.client: Any = RetryingClient(MlflowClient(tracking_uri=uri))
         self.sweep_id = sweep_id
@@ -167,7 +172,7 @@ class Tracker:
         for name, text in texts.items():
             self.client.log_text(self.parent_id, text, name)
 
-    def log_parent_file(self, path: Path, artifact_path: str | None = None) -> None:
+    def log_parent_file(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.parent_id, str(path), artifact_path)
 
     def log_parent_text(self, text: str, name: str) -> None:
@@ -271,38 +276,63 @@ class Tracker:
     def log_child_text(self, run_id: str, text: str, name: str) -> None:
         self.client.log_text(run_id, text, name)
 
-    def log_child_file(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+    def log_child_file(self, run_id: str, path: str | Path,
+                       artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
+    # --- keyed by Ray trial id: the calls an Outbox records and replays (JSON arguments; each
+    # idempotent, since a replay cut short is run again) ------------------------------------
+    def trial_started(self, trial_id: str, name: str, params: Mapping[str, Any],
+                      config_text: str) -> None:
+        self.log_child_text(self.child(trial_id, name, params), config_text, "trial_config.yaml")
+
+    def trial_result(self, trial_id: str, name: str, params: Mapping[str, Any],
+                     metrics: Mapping[str, Any], step: int, node_id: str | None = None,
+                     node_ip: str = "") -> None:
+        run_id = self.child(trial_id, name, params)
+        self.log_metrics(run_id, metrics, step)
+        self.log_parent_baselines(metrics)  # the split's, once, on the sweep's run
+        if node_id:
+            self.record_node(run_id, node_id, node_ip)
+
+    def trial_ended(self, trial_id: str, name: str, params: Mapping[str, Any], status: str,
+                    tags: Mapping[str, str]) -> None:
+        self.finish_child(self.child(trial_id, name, params), status, tags)
+
+    def trial_tag(self, trial_id: str, key: str, value: str) -> None:
+        self.client.set_tag(self.child(trial_id, "", {}), key, value)
+
+    def trial_file(self, trial_id: str, path: str, artifact_path: str | None = None) -> None:
+        self.log_child_file(self.child(trial_id, "", {}), path, artifact_path)
+
     def runs_link(self) -> str:
-        """The runs table in MLflow 3's "Model training" view (the GenAI view hides it)."""
-        base = self.uri if self.uri.startswith("http") else "http://127.0.0.1:5000"
-        return f"{base}/#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
+        return runs_link(self.uri, self.experiment_id)
 
 
-def outcome(last: Mapping[str, Any], max_epochs: int | None = None,
-            config: Mapping[str, Any] | None = None) -> tuple[str, dict[str, str]]:
-    """A trial's MLflow status and tags from its last result: how it ended is
-    :func:`sslsearch.results.trial_status` (the one rule), against the trial's own configured
-    epochs (a searched ``epochs`` over the experiment's).
+def runs_link(uri: str, experiment_id: str | None = None) -> str:
+    """The runs table in MLflow 3's "Model training" view (the GenAI view hides it); the
+    experiments list when the experiment's id is not known (the server unreachable)."""
+    base = uri if uri.startswith("http") else "http://127.0.0.1:5000"
+    if experiment_id is None:
+        return f"{base}/#/experiments"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
-    ``config`` is the trial's Ray config; by default the one Ray stores in its results
-    (``last["config"]``). ``max_epochs`` (the experiment's epochs) stands in only for a config
-    that says no epochs of its own.
-    """
 
-    if config is None:
-        stored = last.get("config")
-        config = stored if isinstance(stored, Mapping) else {}
-    if configured_epochs(config) is None and max_epochs is not None:
-        config = {**config, "epochs": max_epochs}
-    status = trial_status(last, config)
-    if status == FINISHED:
-        return "FINISHED", {"trial_status": "completed"}
-    if status == STOPPED_EARLY:
-        return "FINISHED", {"trial_status": "stopped_early", "stopped_by": "scheduler"}
-    return "FAILED", {"trial_status": "failed", "failure_reason": status,
-                      "failure_message": str(last.get("failure_message", ""))[:5000]}
+def sweep_outbox(path: Path, uri: str, experiment: str, sweep_id: str) -> Outbox:
+    """The outbox of a sweep's tracking calls (:mod:`sslsearch.outbox`), replaying to
+    ``Tracker(uri, experiment, sweep_id)``."""
+    return Outbox(path, {"uri": uri, "experiment": experiment, "sweep_id": sweep_id},
+                  lambda: Tracker(uri, experiment, sweep_id))
+
+
+def outbox_link(outbox: Outbox) -> str:
+    """The runs link through the outbox's tracker, or the experiments list if it is away."""
+    try:
+        return str(outbox.tracker().runs_link())
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        return runs_link(outbox.target["uri"])
 
 
 def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -320,29 +350,36 @@ def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class MLflowTrialCallback(Callback):
-    """Driver-side Tune callback: a child run per trial, metrics each epoch, status at the end."""
+    """Driver-side Tune callback: a child run per trial, metrics each epoch, status at the end,
+    every call through the sweep's :class:`~sslsearch.outbox.Outbox` (``outbox``: its file), so
+    a tracking server that goes away does not stop the sweep."""
 
-    def __init__(self, uri: str, experiment: str, sweep_id: str, max_epochs: int) -> None:
+    def __init__(self, uri: str, experiment: str, sweep_id: str, max_epochs: int,
+                 outbox: Path) -> None:
         self.uri, self.experiment, self.sweep_id = uri, experiment, sweep_id
         self.max_epochs = max_epochs
-        self._tracker: Tracker | None = None
+        self.outbox_path = outbox
+        self._outbox: Outbox | None = None
 
     @property
-    def tracker(self) -> Tracker:
+    def outbox(self) -> Outbox:
         # Created lazily: Ray pickles its callbacks into the experiment folder (for
         # ``Tuner.restore``), and a live client with a database connection does not pickle.
-        if self._tracker is None:
-            self._tracker = Tracker(self.uri, self.experiment, self.sweep_id)
-        return self._tracker
+        if self._outbox is None:
+            self._outbox = sweep_outbox(self.outbox_path, self.uri, self.experiment,
+                                        self.sweep_id)
+        return self._outbox
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_tracker"] = None
+        state["_outbox"] = None
         return state
 
-    def _run(self, trial: Trial) -> str:
-        return self.tracker.child(trial.trial_id, f"{trial.config.get('method')}-{trial.trial_id}",
-                                  trial_params(trial.config))
+    @staticmethod
+    def _who(trial: Trial) -> tuple[str, str, dict[str, str]]:
+        """The trial's id, run name and params (as strings: what MLflow stores, and JSON)."""
+        params = {p.key: p.value for p in _params(trial_params(trial.config))}
+        return trial.trial_id, f"{trial.config.get('method')}-{trial.trial_id}", params
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial,
                        **info: Any) -> None:
@@ -352,34 +389,38 @@ class MLflowTrialCallback(Callback):
 
         from sslsearch.space import trial_from_config
 
-        run_id = self._run(trial)
         cfg = dataclasses.asdict(trial_from_config(trial.config))
         cfg["method_params"] = dict(cfg["method_params"])
-        self.tracker.log_child_text(run_id, yaml.safe_dump({"trial": cfg}, sort_keys=False),
-                                    "trial_config.yaml")
+        self.outbox.send("trial_started", *self._who(trial),
+                         yaml.safe_dump({"trial": cfg}, sort_keys=False))
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial,
                         result: dict[str, Any], **info: Any) -> None:
         step = int(result.get("epoch", result.get("training_iteration", 0)))
-        run_id = self._run(trial)
-        self.tracker.log_metrics(run_id, result, step)
-        self.tracker.log_parent_baselines(result)  # the split's, once, on the sweep's run
-        if isinstance(result.get("ray_node_id"), str):  # set by sslsearch.trainable
-            self.tracker.record_node(run_id, result["ray_node_id"], str(result.get("node_ip", "")))
+        metrics: dict[str, Any] = {
+            k: v for k, v in result.items()
+            if k == "failure_reason" or (k not in _SKIP and isinstance(v, int | float)
+                                         and not isinstance(v, bool) and math.isfinite(v))}
+        node = result.get("ray_node_id")  # set by sslsearch.trainable
+        self.outbox.send("trial_result", *self._who(trial), metrics, step,
+                         node if isinstance(node, str) else None, str(result.get("node_ip", "")))
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial,
                           **info: Any) -> None:
         status, tags = outcome(trial.last_result or {}, self.max_epochs, trial.config)
-        self.tracker.finish_child(self._run(trial), status, tags)
+        self.outbox.send("trial_ended", *self._who(trial), status, tags)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial,
                        **info: Any) -> None:
         error = ""
         if trial.error_file and Path(trial.error_file).is_file():
             error = Path(trial.error_file).read_text()[-2000:]
-        self.tracker.finish_child(self._run(trial), "FAILED",
-                                  {"trial_status": "error", "failure_reason": "error",
-                                   "failure_message": error})
+        self.outbox.send("trial_ended", *self._who(trial), "FAILED",
+                         {"trial_status": "error", "failure_reason": "error",
+                          "failure_message": error})
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        self.outbox.flush()  # a last try; the driver's report closes the outbox
 
 
 def sweep_tags() -> dict[str, str]:

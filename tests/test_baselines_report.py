@@ -133,7 +133,8 @@ def _trial(trial_id: str) -> Any:
 def test_parent_run_gets_the_raw_baselines_once_across_a_resume(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     no_probe = {k: v for k, v in RAW.items() if "probe" not in k}
-    callback = MLflowTrialCallback(uri, "sslsearch", "sw", max_epochs=2)
+    callback = MLflowTrialCallback(uri, "sslsearch", "sw", max_epochs=2,
+                                   outbox=tmp_path / "outbox.jsonl")
     # A trial without a probe carries only the kNN baselines; one with a probe adds the rest.
     for epoch in (1, 2):
         callback.on_trial_result(0, [], _trial("t1"), {"epoch": epoch, "val_knn_acc": 0.8,
@@ -141,7 +142,8 @@ def test_parent_run_gets_the_raw_baselines_once_across_a_resume(tmp_path: Path) 
     callback.on_trial_result(0, [], _trial("t2"), {"epoch": 1, "val_knn_acc": 0.8, **RAW,
                                                    "init_knn_acc": 0.71})
     # A resumed sweep: a new driver, new callbacks and trackers, the same results again.
-    again = MLflowTrialCallback(uri, "sslsearch", "sw", max_epochs=2)
+    again = MLflowTrialCallback(uri, "sslsearch", "sw", max_epochs=2,
+                                outbox=tmp_path / "outbox.jsonl")
     again.on_trial_result(0, [], _trial("t2"), {"epoch": 2, "val_knn_acc": 0.8, **RAW,
                                                 "init_knn_acc": 0.71})
     assert Tracker(uri, "sslsearch", "sw").log_parent_baselines(RAW) == []  # the sweep's end

@@ -8,7 +8,9 @@ stop-gradient: dimensional collapse, effective rank ≈ 0.04·d), 5 are healthy.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from sslsearch.space import load_space
@@ -182,3 +184,63 @@ def test_driver_killed_inside_a_callback_resumes_with_nothing_lost(tmp_path: Pat
     children = assert_complete_sweep(uri, n_trials=4, epochs=3)
     assert all(c.info.status == "FINISHED" for c in children)
     assert all(c.data.tags["trial_status"] == "completed" for c in children)
+
+
+def _best(folder: Path) -> tuple[dict[str, Any], str]:
+    """The sweep's best trial: its exported trial config without the run-specific fields, and
+    its summary line (the val kNN and probe figures)."""
+    import yaml
+
+    doc = yaml.safe_load((folder / "best_experiment.yaml").read_text())
+    trial = {k: v for k, v in doc["trial"].items() if k not in ("data_dir",)}
+    return trial, doc["description"].split(": ", 1)[1].split(". Re-run")[0]
+
+
+@pytest.mark.slow
+def test_chaos_five_sigkills_at_seeded_random_moments_resume_to_the_calm_result(
+        tmp_path: Path) -> None:
+    """The driver SIGKILLed 5 times (with the Ray processes it started) at moments drawn from
+    random.Random(19), resumed after each: every trial finished exactly once, one MLflow child per
+    trial, no epoch logged twice, none RUNNING, and the same best trial and figures as an
+    uninterrupted sweep with the same seed (CPU training is deterministic). About 3 minutes."""
+    import contextlib
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["--space", "simclr", "--num-samples", "4", "--epochs", "3", "--max-concurrent", "1",
+            "--grace-period", "3", "--storage", "results", "--quiet", "--seed", "3"]
+    calm = sslsearch_run([*args, "--name", "calm", "--tracking-uri", "calm.db"], tmp_path,
+                         timeout=600)
+    assert calm.returncode == 0, calm.stdout[-3000:] + calm.stderr[-3000:]
+
+    rng = random.Random(19)
+    kills, command = 0, [*args, "--name", "chaos", "--tracking-uri", "chaos.db"]
+    while kills < 5:
+        proc = subprocess.Popen([sys.executable, "-m", "sslsearch.run", *command], cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        delay = rng.uniform(4.0, 16.0)  # from Ray's start-up to mid-trial
+        deadline = time.time() + delay
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        if proc.poll() is not None:  # it finished before this kill: nothing left to interrupt
+            break
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        # Until the sweep's state exists on disk, a kill leaves nothing to resume: start anew.
+        if (tmp_path / "results" / "chaos" / "tuner.pkl").is_file():
+            command = ["--resume", "chaos", "--storage", "results", "--quiet"]
+    assert kills == 5
+    done = sslsearch_run(command, tmp_path, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    uri = f"sqlite:///{tmp_path / 'chaos.db'}"
+    children = assert_complete_sweep(uri, n_trials=4, epochs=3)
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert _best(tmp_path / "results" / "chaos") == _best(tmp_path / "results" / "calm")

@@ -78,28 +78,37 @@ def assert_parent_baselines(uri: str) -> None:
                         and "init_knn_acc" in c.data.metrics for c in done)
 
 
-@pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    """A real ``mlflow server`` on 127.0.0.1 with a sqlite backend."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def start_mlflow_server(tmp_path: Path, port: int | None = None
+                        ) -> tuple[subprocess.Popen[bytes], str]:
+    """A real ``mlflow server`` on 127.0.0.1 (a free port, or ``port``) with a sqlite backend in
+    ``tmp_path``, answering /health; its own process group, for killpg."""
+    if port is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
          "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                return proc, uri
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                raise RuntimeError("mlflow server did not start") from None
+            time.sleep(0.5)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    """A real ``mlflow server`` on 127.0.0.1 with a sqlite backend."""
+    proc, uri = start_mlflow_server(tmp_path)
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                    break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError("mlflow server did not start") from None
-                time.sleep(0.5)
         yield uri
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -306,7 +315,8 @@ def test_mlflow_child_runs_end_as_trial_status_says(tmp_path: Path) -> None:
     from sslsearch.tracking import MLflowTrialCallback
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    callback = MLflowTrialCallback(uri, "sslsearch", "sweep-x", max_epochs=3)
+    callback = MLflowTrialCallback(uri, "sslsearch", "sweep-x", max_epochs=3,
+                                   outbox=tmp_path / "outbox.jsonl")
     base = {"epochs": 3, "probe": True, "dataset": "digits"}
     trials = {"short": ({"epochs": 2}, 2.0), "noprobe": ({"probe": False}, 3.0),
               "long": ({"epochs": 6}, 3.0)}
@@ -318,7 +328,7 @@ def test_mlflow_child_runs_end_as_trial_status_says(tmp_path: Path) -> None:
         if trial_id != "long":
             callback.on_trial_complete(0, [], trial)
     # "long" is left RUNNING (its driver died); the sweep's end closes it from Ray's result
-    callback.tracker.end_sweep({"long": {"epoch": 3.0, "config": {"_base": base,
+    callback.outbox.tracker().end_sweep({"long": {"epoch": 3.0, "config": {"_base": base,
                                                                  "method": "simclr",
                                                                  "epochs": 6}}}, 3)
     _, children = runs(uri)

@@ -95,6 +95,9 @@ class Config:
     # The head on the concatenated features: 0 = linear; > 0 = Linear-BN-ReLU of that width,
     # then the 8-way Linear (the paper: two 4096-wide fully connected layers).
     head_hidden_dim: int = 256
+    # Pairs per image and view: patch 1 with this many of its 8 neighbours (distinct; the paper:
+    # 1). More pairs give more position labels per image at the price of more patches.
+    neighbours: int = 1
 
     def check(self) -> None:
         if self.cell_size < 1:
@@ -113,6 +116,8 @@ class Config:
             raise ValueError(
                 f"jitter must be below (cell_size + gap) / 2 = {(self.cell_size + self.gap) / 2}"
                 f" (else patch 2 can land on the other side of patch 1), found {self.jitter}")
+        if not 1 <= self.neighbours <= NUM_POSITIONS:
+            raise ValueError(f"neighbours must be in 1..{NUM_POSITIONS}, found {self.neighbours}")
         if self.head_hidden_dim < 0:
             raise ValueError(f"head_hidden_dim must be ≥ 0 (0: a linear head), "
                              f"found {self.head_hidden_dim}")
@@ -154,32 +159,44 @@ def _randint(low: int, high: int, size: tuple[int, ...], device: torch.device,
 
 
 def patch_pairs(x: Tensor, cell: int, gap: int, jitter: int,
-                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                generator: torch.Generator | None = None, neighbours: int = 1
+                ) -> tuple[Tensor, Tensor, Tensor]:
     """``(patch1, patch2, labels)`` for N × C × H × W images, lengths in px of these images.
 
     Per image: the grid's corner uniform where the grid fits (rows 0 .. ``H − 3·cell − 2·gap``,
-    columns likewise), patch 1 the centre cell, patch 2 the cell at ``OFFSETS[label]`` (one step =
-    ``cell + gap`` px), label uniform in 0..7, each patch moved by its own jitter (uniform in
-    ``−jitter..jitter`` per axis) and clamped to the image. Patches are N × C × cell × cell.
-    Raises ValueError if the grid does not fit.
+    columns likewise), patch 1 the centre cell, and ``neighbours`` (1-8) distinct labels drawn
+    uniformly, each giving a patch 2 at the cell ``OFFSETS[label]`` (one step = ``cell + gap``
+    px); every patch moved by its own jitter (uniform in ``−jitter..jitter`` per axis) and clamped
+    to the image. ``patch1`` is N × C × cell × cell; ``patch2`` (k·N × C × cell × cell) and
+    ``labels`` (k·N) are neighbour-major: rows ``j·N .. j·N + N − 1`` are the j-th neighbour of
+    images 0..N−1, so each pairs with ``patch1.repeat(k, 1, 1, 1)``. Raises ValueError if the grid
+    does not fit.
     """
     n, _, height, width = x.shape
     span = grid_span(cell, gap)
     if span > min(height, width) or cell < 1:
         raise ValueError(f"patch_location: the 3×3 grid (3·{cell} + 2·{gap} = {span} px) does "
                          f"not fit {height} × {width} images")
+    if not 1 <= neighbours <= NUM_POSITIONS:
+        raise ValueError(f"neighbours must be in 1..{NUM_POSITIONS}, found {neighbours}")
     step = cell + gap
     corner = torch.stack([_randint(0, height - span, (n,), x.device, generator),
                           _randint(0, width - span, (n,), x.device, generator)],
                          dim=1)  # corner: N x 2 (row, column)
-    labels = _randint(0, NUM_POSITIONS - 1, (n,), x.device, generator)
-    shift = _randint(-jitter, jitter, (2, n, 2), x.device, generator)
-    offsets = torch.tensor(OFFSETS, device=x.device)[labels]  # offsets: N x 2
+    if neighbours == 1:
+        labels = _randint(0, NUM_POSITIONS - 1, (1, n), x.device, generator)
+    else:  # k distinct positions per image: the first k of a random permutation of the 8
+        draws = torch.rand(n, NUM_POSITIONS, generator=generator, device=x.device)
+        labels = draws.argsort(dim=1)[:, :neighbours].T  # labels: k x N
+    shift = _randint(-jitter, jitter, (1 + neighbours, n, 2), x.device, generator)
+    offsets = torch.tensor(OFFSETS, device=x.device)[labels]  # offsets: k x N x 2
     limit = torch.tensor([height - cell, width - cell], device=x.device)
     first = torch.minimum(torch.clamp(corner + step + shift[0], min=0), limit)
-    second = torch.minimum(torch.clamp(corner + step * (1 + offsets) + shift[1], min=0), limit)
-    return (crop(x, first[:, 0], first[:, 1], cell), crop(x, second[:, 0], second[:, 1], cell),
-            labels)
+    second = torch.minimum(torch.clamp(corner + step * (1 + offsets) + shift[1:], min=0), limit)
+    second = second.reshape(-1, 2)  # neighbour-major: k·N x 2
+    return (crop(x, first[:, 0], first[:, 1], cell),
+            crop(x.repeat(neighbours, 1, 1, 1), second[:, 0], second[:, 1], cell),
+            labels.reshape(-1))
 
 
 def chunk_pairs(x: Tensor, generator: torch.Generator | None = None
@@ -222,7 +239,8 @@ class Method(BaseMethod):
 
     def pairs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Patch pairs from one view: image patches (resized to the image's size unless
-        ``resize_patches`` is off) or the tabular stand-in's rows."""
+        ``resize_patches`` is off) or the tabular stand-in's rows; N first patches, k·N second
+        ones and their labels, neighbour-major (:func:`patch_pairs`; k = 1 for rows)."""
         if x.ndim == 2:
             return chunk_pairs(x)
         if x.ndim != 4:
@@ -231,17 +249,21 @@ class Method(BaseMethod):
         height, width = x.shape[-2:]
         cfg = self.cfg
         cell, gap, jitter = scaled_grid(cfg.cell_size, cfg.gap, cfg.jitter, min(height, width))
-        first, second, labels = patch_pairs(x, cell, gap, jitter)
+        first, second, labels = patch_pairs(x, cell, gap, jitter, neighbours=cfg.neighbours)
         if cfg.resize_patches:
             first, second = (F.interpolate(p, size=(height, width), mode="bilinear",
                                            align_corners=False) for p in (first, second))
         return first, second, labels
 
     def forward(self, x1: Tensor, x2: Tensor, y: Tensor, step: Step) -> dict[str, Tensor]:
-        a1, a2, labels_a = self.pairs(x1)  # one pair per image from each view
+        a1, a2, labels_a = self.pairs(x1)  # pairs from each view
         b1, b2, labels_b = self.pairs(x2)
-        features = self.backbone(torch.cat([a1, b1, a2, b2]))  # 4N patches, one BN batch
-        f1, f2 = features.chunk(2)  # first patches, second patches: 2N x out_dim each
+        n, k = a1.shape[0], a2.shape[0] // a1.shape[0]
+        # One BN batch: 2N first patches (each through the backbone once, however many
+        # neighbours it pairs with), then 2·k·N second ones.
+        features = self.backbone(torch.cat([a1, b1, a2, b2]))
+        fa1, fb1, f2 = features.split([n, n, 2 * k * n])
+        f1 = torch.cat([fa1.repeat(k, 1), fb1.repeat(k, 1)])  # aligned with f2's rows
         logits = self.head(torch.cat([f1, f2], dim=1))  # logits: 2N x 8
         labels = torch.cat([labels_a, labels_b])
         loss = patch_location_loss(logits, labels)
