@@ -111,16 +111,20 @@ class Outbox:
         there, so the server sees the calls in the order they were made)."""
         if op not in OPS:
             raise ValueError(f"outbox: {op!r} is not a tracker call it may replay")
-        if self.path.is_file() and not self.flush(force=False):
+        if (self.path.is_file() and not self.flush(force=False)) or not self._deliver(op, args):
             self._append(op, args)
-            return
+
+    def _deliver(self, op: str, args: Any) -> bool:
+        """``tracker.op(*args)``; False (and the outage noted) if the server is unreachable,
+        any other error raised."""
         try:
             getattr(self.tracker(), op)(*args)
         except Exception as exc:
             if not is_outage(exc):
                 raise
             self._went_away(exc)
-            self._append(op, args)
+            return False
+        return True
 
     def flush(self, force: bool = True) -> bool:
         """Replay the file in order; True when it is empty (then deleted). Without ``force``
@@ -132,12 +136,7 @@ class Outbox:
         self._last_try = time.monotonic()
         _, records = _read(self.path)
         for done, (op, args) in enumerate(records):
-            try:
-                getattr(self.tracker(), op)(*args)
-            except Exception as exc:
-                if not is_outage(exc):
-                    raise
-                self._went_away(exc)
+            if not self._deliver(op, args):
                 self._rewrite(records[done:])  # what went through is not sent twice
                 return False
         self.path.unlink()

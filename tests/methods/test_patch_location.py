@@ -212,3 +212,27 @@ def test_learns_positions_on_an_easy_task() -> None:
         opt.step()
     assert out["loss"].item() < 0.3 * first
     assert out["location_acc"].item() > 0.9
+
+
+def test_neighbours_are_distinct_and_each_at_its_labels_offset() -> None:
+    """``neighbours=8``: every image's 8 second patches are its 8 distinct neighbours, each at
+    ``OFFSETS[label]`` steps from that image's patch 1 (rows neighbour-major)."""
+    cell, gap, side, n = 8, 2, 28, 50
+    x = _coordinates(n, side)
+    first, second, labels = patch_pairs(x, cell, gap, 0, generator=torch.Generator().manual_seed(0),
+                                        neighbours=8)
+    assert first.shape == (n, 2, cell, cell) and second.shape == (8 * n, 2, cell, cell)
+    per_image = labels.view(8, n).T
+    assert all(sorted(row.tolist()) == list(range(8)) for row in per_image)
+    delta = _corners(second) - _corners(first).repeat(8, 1)
+    assert torch.equal(delta, torch.tensor(OFFSETS)[labels] * (cell + gap))
+
+
+def test_forward_with_several_neighbours_pairs_each_with_its_own_first_patch() -> None:
+    torch.manual_seed(0)
+    method = Method(Config(neighbours=3, head_hidden_dim=16), SmallCNN(1, width=4, image_size=28),
+                    Task("image", 10))
+    x = torch.randn(4, 1, 28, 28)
+    out = method(x, x, torch.zeros(4, dtype=torch.long), STEP)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
