@@ -93,7 +93,7 @@ def run(cfg: TrialConfig, report: ReportFn | None = None,
     peak_lr = scaled_lr(cfg.base_lr, batch_size)
     optimizer = trial_optimizer(trial, batch_size)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)  # batches and augmentations
-    augs = augment_configs(cfg, data.image_size)
+    augs = augment_configs(cfg, data.image_size, method)
 
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     start_epoch = 0

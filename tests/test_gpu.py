@@ -83,7 +83,7 @@ def test_training_step_in_bf16_without_host_sync(method: str) -> None:
     trial = setup_trial(cfg, data, torch.device("cuda"))
     m = trial.method
     gen = torch.Generator("cuda").manual_seed(0)
-    augs = augment_configs(cfg, data.image_size)
+    augs = augment_configs(cfg, data.image_size, m)
     opt = trial_optimizer(trial, 128)
     x, y = next(train_batches(trial, gen, 128))
     x1, x2 = two_views(trial, x, augs, gen)

@@ -86,7 +86,8 @@ def setup(bc: BenchConfig) -> Setup:
     trial.method.train()
     optimizer = trial_optimizer(trial, bc.batch_size)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    return Setup(trial, optimizer, augment_configs(cfg, data.image_size), gen, bc.batch_size)
+    augs = augment_configs(cfg, data.image_size, trial.method)
+    return Setup(trial, optimizer, augs, gen, bc.batch_size)
 
 
 def model_step(s: Setup, x1: Tensor, x2: Tensor, y: Tensor) -> dict[str, Tensor]:

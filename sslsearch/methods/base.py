@@ -61,6 +61,12 @@ class Method(nn.Module):
         projector = self.get_submodule("projector")
         return projector(self.backbone(x))  # type: ignore[no-any-return]
 
+    def view_overrides(self) -> dict[str, Any]:
+        """Augmentation settings (``AugmentConfig`` field names) this method's views need whatever
+        the trial's are, e.g. no random crop for a task read off the image's layout (default:
+        none)."""
+        return {}
+
     def fixed_lr_prefixes(self) -> tuple[str, ...]:
         """Parameter-name prefixes the LR schedule leaves at the peak rate (default: none)."""
         return ()

@@ -236,3 +236,21 @@ def test_forward_with_several_neighbours_pairs_each_with_its_own_first_patch() -
     out = method(x, x, torch.zeros(4, dtype=torch.long), STEP)
     out["loss"].backward()
     assert torch.isfinite(out["loss"])
+
+
+def test_views_are_whole_images_unless_crop_views() -> None:
+    """The trial's crop (0.3) is off for patch_location's views by default (patches are cut from
+    the whole image, as in the paper), on with ``crop_views``; every other method keeps it."""
+    from sslsearch.config import trial_config
+    from sslsearch.data import load_dataset
+    from sslsearch.trial import augment_configs, build_method
+
+    data = load_dataset("digits", device=torch.device("cpu"))
+    for method, params, expected in [("patch_location", {}, 1.0),
+                                     ("patch_location", {"crop_views": True}, 0.3),
+                                     ("rotation", {}, 0.3)]:
+        cfg = trial_config({"dataset": "digits", "method": method, "method_params": params,
+                            "crop_min_scale": 0.3, "flip_p": 0.5})
+        views = augment_configs(cfg, data.image_size, build_method(cfg, data))
+        assert [v.crop_min_scale for v in views] == [expected, expected]
+        assert all(v.flip_p == 0.5 for v in views)  # only the crop is the method's
