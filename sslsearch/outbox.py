@@ -31,7 +31,7 @@ from sslsearch.errors import ConfigError
 
 OUTBOX_FILE = "tracking_outbox.jsonl"
 # The Tracker methods a record may name: each takes JSON values and is idempotent.
-OPS = frozenset({"trial_started", "trial_result", "trial_ended", "trial_errored", "trial_tag",
+OPS = frozenset({"trial_started", "trial_result", "trial_ended", "trial_tag",
                  "trial_file", "log_parent_text", "log_parent_file", "log_parent_baselines",
                  "end_sweep"})
 # Failures that mean "the server is not there (now)", not "the call is wrong": connection refused

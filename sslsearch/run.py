@@ -78,12 +78,11 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
           f"≤ {exp.trial.epochs} epochs, ≤ {exp.search.max_concurrent} at once", flush=True)
     print(f"  results: {plan.storage}/{plan.name}\n  MLflow:  {plan.tracking_uri}", flush=True)
     t0 = time.time()
-    if plan.resumed:
-        assert plan.folder is not None  # resuming needs a local folder (find_resume_folder)
+    if plan.resumed and plan.folder is not None and sweep.has_tune_state(plan.folder):
         tuner = sweep.restore_tuner(plan.folder)
-    else:
+    else:  # new, or killed before Tune first saved its state: nothing to restore, start over
         tuner = sweep.build_tuner(exp, space, _settings(plan, address), quiet=args.quiet)
-        if plan.folder is not None:
+        if plan.folder is not None and not plan.resumed:  # a restart keeps the first record
             sweep.write_sweep_file(plan.folder, _sweep_record(plan, args, argv))
     grid = tuner.fit()
     return _report(plan, [grid[i] for i in range(len(grid))], time.time() - t0)

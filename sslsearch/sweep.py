@@ -368,6 +368,14 @@ def read_sweep_file(folder: Path) -> dict[str, Any]:
     return info
 
 
+def has_tune_state(folder: Path) -> bool:
+    """Whether Tune saved the experiment's state in ``folder``. A driver killed after writing
+    ``tuner.pkl`` but before Tune's first save leaves none, and ``Tuner.restore`` then runs a new
+    experiment with Tune's default of ONE sample (``num_samples`` is not passed on restore; the
+    saved search state would carry it): such a sweep must be started over, not restored."""
+    return any(folder.glob("experiment_state-*.json"))
+
+
 def restore_tuner(folder: Path) -> tune.Tuner:
     return tune.Tuner.restore(str(folder), trainable=_restorable_trainable(folder),
                               resume_unfinished=True, resume_errored=True,
