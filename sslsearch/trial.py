@@ -96,7 +96,7 @@ class LiveTrial:
         if self.data.kind == "tabular":
             return x
         x = normalize(x, self.data.mean, self.data.std)
-        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
+        return x.contiguous(memory_format=torch.channels_last)  # as the model's (setup_trial)
 
     @property
     def labeled(self) -> bool:
@@ -126,10 +126,9 @@ def two_views(trial: LiveTrial, x: Tensor, augs: tuple[AugmentConfig, AugmentCon
         return x, x  # seed 001: tabular data gets no augmentation, only mixing (i-Mix)
     x1 = trial.augmenter(augs[0])(x, gen)
     x2 = trial.augmenter(augs[1])(x, gen)
-    if trial.device.type == "cuda":
-        x1 = x1.contiguous(memory_format=torch.channels_last)
-        x2 = x2.contiguous(memory_format=torch.channels_last)
-    return x1, x2
+    # channels_last, as the model's (setup_trial)
+    return (x1.contiguous(memory_format=torch.channels_last),
+            x2.contiguous(memory_format=torch.channels_last))
 
 
 @torch.inference_mode()
@@ -256,8 +255,8 @@ def probe_on_labeled_folder(trial: LiveTrial, folder: str) -> dict[str, float]:
 
 def setup_trial(cfg: TrialConfig, data: DataBundle, device: torch.device, *,
                 compile: bool | None = None) -> LiveTrial:
-    """The method on ``device`` as every step runs it: seeded initialisation, channels_last and
-    autotuned (or deterministic) cuDNN on CUDA, ``torch.compile`` when ``cfg.compile``."""
+    """The method on ``device`` as every step runs it: seeded initialisation, channels_last for
+    images, autotuned (or deterministic) cuDNN on CUDA, ``torch.compile`` when ``cfg.compile``."""
     compile = cfg.compile if compile is None else compile
     if device.type == "cuda":
         # Autotuning picks the fastest convolution per shape (shapes are fixed: drop_last), but
@@ -266,7 +265,10 @@ def setup_trial(cfg: TrialConfig, data: DataBundle, device: torch.device, *,
         torch.backends.cudnn.deterministic = cfg.deterministic
     torch.manual_seed(cfg.seed)  # weight initialisation
     method = build_method(cfg, data).to(device)
-    if device.type == "cuda":
+    if data.kind == "image":
+        # On every device: convolutions in channels_last are faster with CUDA's tensor cores and
+        # with the CPU's oneDNN too (small CNN fwd + bwd, fp32, 2 cores, 2026-12-03: 1.05x at 8 px,
+        # 1.3x at 28 px, 1.6x at 3 x 32 px). Inputs follow (LiveTrial.inputs, two_views).
         method = method.to(memory_format=torch.channels_last)
     if compile:
         method.backbone.compile(mode=cfg.compile_mode)

@@ -15,8 +15,9 @@ from:
 
 * **ours**: the dataset is resident on the device as ``uint8``; a batch is an index gather and both
   views are augmented batched, per-sample random, on the device (:func:`sslsearch.augment.augment`);
-  bf16 autocast and channels_last on CUDA (``--precision bf16``: autocast on the CPU too, for
-  both paths); optionally ``torch.compile`` of the backbone.
+  channels_last on every device (the model's layout, so both paths' inputs take it); bf16
+  autocast on CUDA (``--precision bf16``: autocast on the CPU too, for both paths); optionally
+  ``torch.compile`` of the backbone.
 * **conventional** (what the public libraries do): a ``Dataset`` hands out PIL images of the same
   uint8 pixels, torchvision ``transforms.v2`` build two views per sample (RandomResizedCrop,
   flip, ColorJitter with p = 0.8, RandomGrayscale, blur/solarise where our config has them,
