@@ -57,7 +57,7 @@ def build_method(cfg: TrialConfig, data: DataBundle) -> Method:
     return method
 
 
-def augment_configs(cfg: TrialConfig, image_size: int, method: Method | None = None
+def augment_configs(cfg: TrialConfig, image_size: int, method: Method
                     ) -> tuple[AugmentConfig, AugmentConfig]:
     """The two views' augmentations (solarisation, when on, applies to the second view only);
     what ``method`` needs of its views (:meth:`Method.view_overrides`) wins over the trial's."""
@@ -67,8 +67,7 @@ def augment_configs(cfg: TrialConfig, image_size: int, method: Method | None = N
         overrides["crop_min_scale"] = cfg.crop_min_scale
     if cfg.blur_p is not None:
         overrides["blur_p"] = cfg.blur_p
-    if method is not None:
-        overrides.update(method.view_overrides())
+    overrides.update(method.view_overrides())
     first = AugmentConfig.for_image_size(image_size, **overrides)
     return first, dataclasses.replace(first, solarize_p=cfg.solarize_p)
 

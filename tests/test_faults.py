@@ -211,6 +211,8 @@ def test_chaos_five_sigkills_at_seeded_random_moments_resume_to_the_calm_result(
     import sys
     import time
 
+    from sslsearch.sweep import has_tune_state
+
     args = ["--space", "simclr", "--num-samples", "4", "--epochs", "3", "--max-concurrent", "1",
             "--grace-period", "3", "--storage", "results", "--quiet", "--seed", "3"]
     calm = sslsearch_run([*args, "--name", "calm", "--tracking-uri", "calm.db"], tmp_path,
@@ -229,8 +231,7 @@ def test_chaos_five_sigkills_at_seeded_random_moments_resume_to_the_calm_result(
             time.sleep(0.1)
         if proc.poll() is not None:  # it finished before this kill: nothing left to interrupt
             break
-        folder = tmp_path / "results" / "chaos"
-        mid_sweep += any(folder.glob("experiment_state-*.json"))  # Tune had saved its state
+        mid_sweep += has_tune_state(tmp_path / "results" / "chaos")
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
