@@ -87,8 +87,9 @@ class TrialConfig:
     compile: bool = False  # torch.compile the backbone and the augmentation (GPU, long runs)
     compile_mode: str = "default"  # torch.compile mode (reduce-overhead: CUDA graphs)
     deterministic: bool = False  # CUDA: deterministic cuDNN kernels instead of autotuned ones
-    # auto: bf16 autocast on CUDA, float32 on the CPU; bf16: autocast on the CPU too (about 2× on
-    # CPUs with avx512_bf16 or AMX, slower where bf16 is emulated); fp32: no autocast anywhere.
+    # auto: bf16 autocast on CUDA and on CPUs with native bf16 (avx512_bf16 or AMX; about 2.5x
+    # there), float32 on other CPUs; bf16: autocast on any device (slower where bf16 is emulated);
+    # fp32: no autocast anywhere. The rule: sslsearch.trial.uses_bf16.
     precision: str = "auto"
     check_finite_every: int = 50  # steps between non-finite-loss checks (each is one host sync)
     max_host_memory_gb: float | None = None  # a trial whose process grows past this fails: oom

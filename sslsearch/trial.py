@@ -106,17 +106,43 @@ class LiveTrial:
     def features(self, split: Any) -> tuple[Tensor, Tensor]:
         """Backbone features of a whole split, in large batches, under inference mode."""
         backbone = self.method.backbone
-        with self._autocast():
+        with self.autocast():
             return extract(lambda x: backbone(self.inputs(x)),
                            split.iter_batches(self.eval_batch, None, shuffle=False,
                                               drop_last=False))
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """bf16 autocast per ``cfg.precision`` (weights, optimiser state and losses stay fp32)."""
-        precision = self.cfg.precision
-        if precision == "bf16" or (precision == "auto" and self.device.type == "cuda"):
+    @property
+    def bf16(self) -> bool:
+        """Whether the trial computes under bf16 autocast: :func:`uses_bf16` of its precision."""
+        return uses_bf16(self.cfg.precision, self.device)
+
+    def autocast(self, bf16: bool | None = None) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast when ``bf16`` (None: the trial's own :attr:`bf16`); weights, optimiser
+        state and losses stay float32 (:func:`sslsearch.ops.fp32_loss`)."""
+        if self.bf16 if bf16 is None else bf16:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+
+def cpu_has_native_bf16() -> bool:
+    """The CPU computes bf16 matmuls and convolutions natively (x86 avx512_bf16 or AMX), so
+    autocast there is a speed-up; elsewhere bf16 is emulated through float32 and slower."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu, torch >= 2.3
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def uses_bf16(precision: str, device: torch.device) -> bool:
+    """The one rule for ``precision``: ``bf16`` always; ``auto`` on CUDA and on CPUs with native
+    bf16 (:func:`cpu_has_native_bf16`); ``fp32`` never.
+
+    Why auto on such CPUs: the small CNN's step is 2.5x faster on 2 cores of an avx512_bf16 CPU
+    (bench, 2026-12-03), and every method's FAST learning test keeps its margin (README, Speed).
+    """
+    if precision == "bf16":
+        return True
+    if precision != "auto":
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
 
 
 def two_views(trial: LiveTrial, x: Tensor, augs: tuple[AugmentConfig, AugmentConfig],
@@ -166,7 +192,7 @@ def evaluate_epoch(trial: LiveTrial, gen: torch.Generator,
     x, _ = next(trial.data.val.iter_batches(min(1024, len(trial.data.val)), None, shuffle=False,
                                             drop_last=False))
     x1, x2 = two_views(trial, x, augs, gen)
-    with trial._autocast():
+    with trial.autocast():
         z1, z2 = trial.method.embed(x1), trial.method.embed(x2)
     out.update(collapse_diagnostics(z1, z2))
     if trial.cfg.label_free:
@@ -189,7 +215,7 @@ def label_free_metrics(trial: LiveTrial, augs: tuple[AugmentConfig, AugmentConfi
     cfg, backbone = trial.cfg, trial.method.backbone
     x, _ = next(trial.data.val.iter_batches(min(cfg.label_free_samples, len(trial.data.val)),
                                             None, shuffle=False, drop_last=False))
-    with trial._autocast():
+    with trial.autocast():
         features = backbone(trial.inputs(x)).float()
     out: dict[str, Tensor] = {}
     for name in ("rankme", "alpha_req"):
@@ -200,7 +226,7 @@ def label_free_metrics(trial: LiveTrial, augs: tuple[AugmentConfig, AugmentConfi
         views = []
         for _ in range(LIDAR_VIEWS // 2):
             v1, v2 = two_views(trial, images, augs, gen)
-            with trial._autocast():
+            with trial.autocast():
                 views += [backbone(v1).float(), backbone(v2).float()]
         out.update(labelfree.METRICS["lidar"].compute(torch.stack(views, dim=1)))
     return out
@@ -285,13 +311,14 @@ def trial_optimizer(trial: LiveTrial, batch_size: int) -> torch.optim.Optimizer:
 
 
 def train_step(trial: LiveTrial, optimizer: torch.optim.Optimizer, x1: Tensor, x2: Tensor,
-               y: Tensor, step: Step) -> dict[str, Tensor]:
+               y: Tensor, step: Step, *, bf16: bool | None = None) -> dict[str, Tensor]:
     """One optimiser step of the method on two views; returns its (device) loss terms.
 
-    No host sync: the caller accumulates the returned tensors on the device.
+    ``bf16``: autocast or not whatever the trial's precision (the benchmark's conventional path);
+    None: the trial's. No host sync: the caller accumulates the returned tensors on the device.
     """
     method = trial.method
-    with trial._autocast():
+    with trial.autocast(bf16):
         out: dict[str, Tensor] = method(x1, x2, y, step)
     optimizer.zero_grad(set_to_none=True)
     out["loss"].backward()  # type: ignore[no-untyped-call]

@@ -15,6 +15,7 @@ from sslsearch.augment import AugmentConfig
 from sslsearch.bench import BenchConfig, conventional_transform, run_packing
 from sslsearch.bench.__main__ import main
 from sslsearch.bench.timing import summary as _summary
+from sslsearch.trial import uses_bf16
 
 # One intra-op thread: on a loaded 2-core machine two OpenMP threads spin against each other and a
 # step takes ten times longer.
@@ -56,6 +57,24 @@ def test_smoke_both_paths_measured_and_written_as_json(
     assert r["compute"]["fraction_of_bound"] is None  # CPU: no peak known unless given
 
 
+@pytest.mark.parametrize("flag,ours,conventional", [
+    ("library", "cpu-native", "fp32"),  # the libraries' CPU default: no autocast
+    ("same", "cpu-native", "cpu-native"),
+    ("bf16", "cpu-native", "bf16"),
+])
+def test_precision_of_each_path_is_reported(flag: str, ours: str, conventional: str,
+                                            tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    native = "bf16" if uses_bf16("auto", torch.device("cpu")) else "fp32"
+    want = {k: native if v == "cpu-native" else v
+            for k, v in (("ours", ours), ("conventional", conventional))}
+    out = tmp_path / "bench.json"
+    assert main([*TINY, "--conventional-precision", flag, "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["autocast"] == want
+    assert (f"precision: ours {want['ours']} (auto), conventional {want['conventional']} ({flag})"
+            in capsys.readouterr().out)
+
+
 def test_throughput_is_per_window_not_per_single_step() -> None:
     # A loader with 4 workers delivers in bursts: one step waits 0.37 s for the next 4 batches,
     # the other 3 find theirs ready (0.01 s, the model). The median single step (0.01 s) would
@@ -90,6 +109,7 @@ def test_conventional_transform_gives_normalised_views(channels: int) -> None:
     ["--window", "ten"],
     ["--no-such-flag"],
     ["--channels", "2"],
+    ["--conventional-precision", "fp16"],
 ])
 def test_bad_flags_exit_2_with_one_line(argv: list[str],
                                         capsys: pytest.CaptureFixture[str]) -> None:

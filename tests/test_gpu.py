@@ -88,7 +88,7 @@ def test_training_step_in_bf16_without_host_sync(method: str) -> None:
     x, y = next(train_batches(trial, gen, 128))
     x1, x2 = two_views(trial, x, augs, gen)
     assert x1.is_contiguous(memory_format=torch.channels_last)
-    with trial._autocast():
+    with trial.autocast():
         feats = m.backbone(x1)
     assert feats.dtype == torch.bfloat16  # the convolutions ran in bf16
     for i in range(3):  # the first step may sync while cuDNN picks kernels; later ones must not

@@ -15,7 +15,13 @@ from sslsearch.data import load_dataset
 from sslsearch.errors import ConfigError, TrialFailure
 from sslsearch.methods.base import Step
 from sslsearch.train import main, run
-from sslsearch.trial import setup_trial, train_step, trial_optimizer
+from sslsearch.trial import (
+    cpu_has_native_bf16,
+    setup_trial,
+    train_step,
+    trial_optimizer,
+    uses_bf16,
+)
 
 TINY = {"backbone_width": 8, "batch_size": 64, "epochs": 3, "device": "cpu", "knn_k": 10,
         "probe_max_iter": 20, "crop_min_scale": 0.5}
@@ -35,12 +41,14 @@ def test_reports_every_epoch_with_probe_at_the_end(tmp_path: Path) -> None:
     assert (tmp_path / "checkpoint.pt").is_file()
 
 
-@pytest.mark.parametrize("precision,conv_dtype", [("auto", torch.float32),
-                                                   ("fp32", torch.float32),
-                                                   ("bf16", torch.bfloat16)])
+@pytest.mark.parametrize("precision,conv_dtype", [
+    ("auto", torch.bfloat16 if cpu_has_native_bf16() else torch.float32),
+    ("fp32", torch.float32),
+    ("bf16", torch.bfloat16)])
 def test_precision_on_cpu(precision: str, conv_dtype: torch.dtype) -> None:
     # bf16 autocast on the CPU: the convolutions compute in bf16, the weights stay float32, and
-    # training still learns something finite; auto and fp32 keep the CPU in float32.
+    # training still learns something finite; fp32 keeps the CPU in float32, auto does on CPUs
+    # without native bf16.
     cfg = trial_config({**TINY, "method": "simclr", "precision": precision, "probe": False})
     data = load_dataset("digits")
     trial = setup_trial(cfg, data, torch.device("cpu"))
@@ -56,6 +64,18 @@ def test_precision_on_cpu(precision: str, conv_dtype: torch.dtype) -> None:
     if precision == "bf16":
         final = run(cfg, data=data)
         assert 0.5 < final["val_knn_acc"] <= 1.0
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_rule(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One rule (trial.uses_bf16): auto autocasts on CUDA always and on the CPU only where bf16 is
+    # native (emulated bf16 is slower than float32); bf16 and fp32 mean what they say anywhere.
+    monkeypatch.setattr("sslsearch.trial.cpu_has_native_bf16", lambda: native)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert uses_bf16("auto", cpu) is native
+    assert uses_bf16("auto", cuda) is True
+    assert uses_bf16("bf16", cpu) is True and uses_bf16("bf16", cuda) is True
+    assert uses_bf16("fp32", cpu) is False and uses_bf16("fp32", cuda) is False
 
 
 @pytest.mark.parametrize("method", ["simclr", "vicreg"])

@@ -52,8 +52,12 @@ def build_parser(d: BenchConfig) -> argparse.ArgumentParser:
                    help="torch.compile mode: default, reduce-overhead (CUDA graphs), "
                         "max-autotune, max-autotune-no-cudagraphs (default: %(default)s)")
     p.add_argument("--precision", default=d.precision,
-                   help="auto (bf16 autocast on CUDA, fp32 on CPU), bf16 (also on CPU) or fp32; "
-                        "both paths (default: %(default)s)")
+                   help="ours: auto (bf16 autocast on CUDA and on CPUs with native bf16), bf16 "
+                        "or fp32 (default: %(default)s)")
+    p.add_argument("--conventional-precision", default=d.conventional_precision,
+                   help="the conventional path's: library (as the public libraries' defaults: "
+                        "bf16 autocast on CUDA, fp32 on the CPU), same (as ours), bf16 or fp32 "
+                        "(default: %(default)s)")
     p.add_argument("--rounds", type=int, default=d.rounds,
                    help="alternating timed windows per path (default: %(default)s)")
     p.add_argument("--window", type=int, default=d.window,
@@ -83,6 +87,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchConfig, bool, str | Non
                      data_dir=a.data_dir, batch_size=a.batch_size, image_size=a.image_size,
                      channels=a.channels, optimizer=a.optimizer, device=a.device,
                      compile=a.compile, compile_mode=a.compile_mode, precision=a.precision,
+                     conventional_precision=a.conventional_precision,
                      rounds=a.rounds,
                      window=a.window, warmup=a.warmup,
                      workers=a.workers, trials=a.trials, duration=a.duration, threads=a.threads,

@@ -27,6 +27,9 @@ PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
 )
 
 
+CONVENTIONAL_PRECISIONS = ("library", "same", "bf16", "fp32")
+
+
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
     """What to benchmark and how; ``check`` gives one-line errors for values out of range."""
@@ -44,7 +47,12 @@ class BenchConfig:
     device: str = TrialConfig.device
     compile: bool = TrialConfig.compile
     compile_mode: str = TrialConfig.compile_mode
-    precision: str = TrialConfig.precision  # auto: bf16 autocast on CUDA, float32 on CPU
+    precision: str = TrialConfig.precision  # ours: the training loop's rule (trial.uses_bf16)
+    # The conventional path's precision: "library" (default) runs it as the public SSL libraries
+    # do by default: bf16/fp16 autocast on CUDA (their AMP recipes), float32 on the CPU (e.g.
+    # Lightning's precision="32-true"); "same": ours' precision (the paths then differ only in where
+    # the views come from); "bf16" or "fp32": that, on any device.
+    conventional_precision: str = "library"
     rounds: int = 5  # alternating (ours, conventional) windows
     window: int = 10  # timed steps per window
     warmup: int = 5  # untimed steps per path before the first window
@@ -72,6 +80,8 @@ class BenchConfig:
         need(self.rounds >= 1, "rounds", self.rounds, "an integer >= 1")
         need(self.window >= 1, "window", self.window, "an integer >= 1")
         need(self.warmup >= 1, "warmup", self.warmup, "an integer >= 1")
+        need(self.conventional_precision in CONVENTIONAL_PRECISIONS, "conventional-precision",
+             self.conventional_precision, ", ".join(CONVENTIONAL_PRECISIONS))
         need(self.workers >= 0, "workers", self.workers, "an integer >= 0")
         need(self.trials >= 0, "trials", self.trials, "an integer >= 0")
         need(self.duration > 0, "duration", self.duration, "seconds > 0")

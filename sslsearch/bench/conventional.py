@@ -69,11 +69,22 @@ class TwoViewPILDataset(torch.utils.data.Dataset[tuple[Tensor, Tensor, int]]):
         return self.transforms[0](img), self.transforms[1](img), self.labels[i]
 
 
+def conventional_bf16(precision: str, s: Setup) -> bool:
+    """Whether the conventional path autocasts to bf16, per ``BenchConfig.conventional_precision``:
+    ``library`` as the public libraries' defaults (autocast on CUDA only), ``same`` as ours."""
+    if precision == "library":
+        return s.device.type == "cuda"
+    if precision == "same":
+        return s.trial.bf16
+    return precision == "bf16"
+
+
 class ConventionalPath:
     """A DataLoader with worker processes feeding the identical model step."""
 
-    def __init__(self, s: Setup, workers: int) -> None:
+    def __init__(self, s: Setup, workers: int, *, bf16: bool) -> None:
         self.s = s
+        self.bf16 = bf16  # autocast in the model step (conventional_bf16)
         data = s.trial.data
         assert isinstance(data.train, Split)
         tfs = tuple(conventional_transform(a, data.image_size, data.in_channels, data.mean,
@@ -118,7 +129,7 @@ class ConventionalPath:
         return x1, x2, y
 
     def step(self) -> None:
-        model_step(self.s, *self.batch())
+        model_step(self.s, *self.batch(), bf16=self.bf16)
 
     def workers_cpu_s(self) -> float | None:
         """CPU seconds the loader's worker processes have used so far (None off Linux)."""

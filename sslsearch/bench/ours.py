@@ -90,10 +90,11 @@ def setup(bc: BenchConfig) -> Setup:
     return Setup(trial, optimizer, augs, gen, bc.batch_size)
 
 
-def model_step(s: Setup, x1: Tensor, x2: Tensor, y: Tensor) -> dict[str, Tensor]:
+def model_step(s: Setup, x1: Tensor, x2: Tensor, y: Tensor, *, bf16: bool | None = None
+               ) -> dict[str, Tensor]:
     """One optimiser step on two views: ``trial.train_step``, the body of ``train.run``'s loop
-    (minus the LR schedule, which costs nothing)."""
-    return train_step(s.trial, s.optimizer, x1, x2, y, s.next_step())
+    (minus the LR schedule, which costs nothing); ``bf16`` None: the trial's precision."""
+    return train_step(s.trial, s.optimizer, x1, x2, y, s.next_step(), bf16=bf16)
 
 
 class OursPath:
@@ -121,7 +122,7 @@ class OursPath:
     def model_only(self, x1: Tensor, x2: Tensor) -> None:
         """Encoder + projector forward on both views, a trivial loss, backward, optimiser step."""
         method = self.s.trial.method
-        with self.s.trial._autocast():
+        with self.s.trial.autocast():
             loss = method.embed(x1).float().mean() + method.embed(x2).float().mean()
         self.s.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]

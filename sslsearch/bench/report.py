@@ -36,8 +36,11 @@ def format_report(r: dict[str, Any]) -> str:
                   f"gain {r['gain']:.2f}x"]
         return "\n".join(lines)
     d, o, v, bd, cp = r["data"], r["ours"], r["conventional"], r["breakdown"], r["compute"]
+    a = r["autocast"]
     lines = [
         head,
+        f"precision: ours {a['ours']} ({c['precision']}), conventional {a['conventional']} "
+        f"({c['conventional_precision']})",
         *([SPIN_NOTE] if r["cpu_threads"] > 1 and r["omp_wait_policy"] is None else []),
         f"data: {d['name']} {d['shape'][0]}x{d['shape'][1]}x{d['shape'][2]}, "
         f"{d['train_images']} training images; each image = 2 views",

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from sslsearch.bench.config import MAX_SETTLE_S, BenchConfig
-from sslsearch.bench.conventional import ConventionalPath
+from sslsearch.bench.conventional import ConventionalPath, conventional_bf16
 from sslsearch.bench.ours import OursPath, setup
 from sslsearch.bench.timing import device_name, flops_per_image, peak_tflops, summary, time_phases
 from sslsearch.data import DataBundle
@@ -29,7 +29,7 @@ def run_benchmark(bc: BenchConfig, log: Callable[[str], None] | None = None) -> 
     s = setup(bc)
     dev, b = s.device, bc.batch_size
     ours = OursPath(s)
-    conv = ConventionalPath(s, bc.workers)
+    conv = ConventionalPath(s, bc.workers, bf16=conventional_bf16(bc.conventional_precision, s))
     try:
         say(f"warm-up: {bc.warmup} steps per path (includes compile and worker start-up)")
         time_phases([ours.step], bc.warmup, dev)
@@ -82,6 +82,8 @@ def run_benchmark(bc: BenchConfig, log: Callable[[str], None] | None = None) -> 
     result: dict[str, Any] = {
         "config": dataclasses.asdict(bc),
         "device": device_name(dev),
+        "autocast": {"ours": "bf16" if s.trial.bf16 else "fp32",
+                     "conventional": "bf16" if conv.bf16 else "fp32"},
         "cpu_threads": torch.get_num_threads() if dev.type == "cpu" else 0,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "data": {"name": data.name, "train_images": len(data.train),

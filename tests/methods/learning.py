@@ -28,3 +28,35 @@ def knn_gain(method: str, params: dict[str, Any] | None = None, *, setup: dict[s
     values = {**setup, "method": method, "method_params": params or {}, **overrides}
     last = run(trial_config(values, source="test"))
     return last["init_knn_acc"], last["val_knn_acc"]  # the same encoder before its first step
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print each FAST case's gain per seed (how the margins in test_learning.py were measured)::
+
+        python -m tests.methods.learning --precision bf16 --seeds 0,1,2,3,4 [--methods simclr,...]
+    """
+    import argparse
+    import json
+    import time
+
+    from tests.methods.test_learning import CASES
+
+    p = argparse.ArgumentParser(prog="python -m tests.methods.learning")
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--seeds", default="0,1,2,3,4")
+    p.add_argument("--methods", default=",".join(sorted(CASES)))
+    a = p.parse_args(argv)
+    for seed in (int(s) for s in a.seeds.split(",")):
+        for m in a.methods.split(","):
+            case, t0 = CASES[m], time.perf_counter()
+            before, after = knn_gain(m, case.params, setup=FAST,
+                                     **{**case.overrides, "seed": seed, "precision": a.precision})
+            print(json.dumps({"method": m, "seed": seed, "precision": a.precision,
+                              "init": round(100 * before, 2),
+                              "gain": round(100 * (after - before), 2),
+                              "margin": 100 * case.margin,
+                              "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
