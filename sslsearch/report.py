@@ -32,7 +32,8 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.ticker import MaxNLocator
 
-from sslsearch.space import Dist, SearchSpace, label, param_importances
+from sslsearch.sampling import param_importances
+from sslsearch.space import Dist, SearchSpace, label
 
 CURVES = "learning_curves.png"
 IMPORTANCE = "param_importance.png"

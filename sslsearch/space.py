@@ -77,6 +77,22 @@ class Dist:
             return IntDistribution(a[0], a[1], log=self.kind == "logint")
         return CategoricalDistribution([label(v) for v in a])
 
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is one this distribution can draw (a choice's value, or within the
+        bounds; on the grid for ``quantized``, an integer for ``int``/``logint``)."""
+        if self.kind == "choice":
+            return any(label(value) == label(v) for v in self.args)
+        if not _number(value):
+            return False
+        low, high = self.args[0], self.args[1]
+        if self.kind in ("int", "logint") and not isinstance(value, int):
+            return False
+        if self.kind == "quantized":
+            steps = (value - low) / self.args[2]
+            if abs(steps - round(steps)) > 1e-9:
+                return False
+        return bool(low <= value <= high)
+
     def corners(self) -> list[Any]:
         """Values that must all be valid for the field: the bounds, or every choice."""
         if self.kind == "choice":
@@ -290,10 +306,12 @@ def parse_space(doc: Any, source: str, base: TrialConfig | None = None) -> Searc
             _check_field(cfg_cls, key, spec, source, f"methods.{name}.{key}")
             per_method[name][key] = spec
 
-    space = SearchSpace(source, method, trial, per_method, dataclasses.asdict(base),
-                        _parse_initial(doc.get("initial"), source, method, names))
+    raw_initial = _parse_initial(doc.get("initial"), source, method, names)
+    space = SearchSpace(source, method, trial, per_method, dataclasses.asdict(base))
     _check_values(space)
-    for i, point in enumerate(space.initial):
+    for i, point in enumerate(raw_initial):
+        if isinstance(point, str):
+            continue  # DEFAULTS, built from the experiment below: valid by construction
         name = point.get("method", names[0])
         allowed = space.drawn_names(name)
         for key in point:
@@ -305,21 +323,56 @@ def parse_space(doc: Any, source: str, base: TrialConfig | None = None) -> Searc
                   **{f"{name}.{k}": v for k, v in per_method.get(name, {}).items()
                      if not isinstance(v, Dist)}, **point}
         trial_from_config(config, source=f"{source}: initial[{i}]")
-    return space
+    initial: list[Mapping[str, Any]] = []
+    for point in raw_initial:
+        initial += ([default_point(space, m) for m in space.method_names]
+                    if isinstance(point, str) else [point])
+    return dataclasses.replace(space, initial=tuple(initial))
+
+
+# In ``initial:``, the hand-picked configuration: the experiment's settings (default_point).
+DEFAULTS = "defaults"
+
+
+def default_point(space: SearchSpace, method: str) -> dict[str, Any]:
+    """``method``'s default configuration as a point to evaluate first: the value the experiment
+    (``space.base``) gives each trial field the space draws, and the experiment's or the method's
+    own default for each method parameter; choices by their label, as Optuna records them.
+
+    A value the space cannot draw (outside its range, or not among its choices) is left out, so
+    TPE draws that parameter instead: an enqueued value outside the distribution would be a point
+    the space itself excludes.
+    """
+    base = space.base
+    params = dict(base.get("method_params") or {}) if base.get("method") == method else {}
+    own = {f.name: getattr(methods.get(method).Config(), f.name)
+           for f in dataclasses.fields(methods.get(method).Config)}
+    point: dict[str, Any] = {"method": method} if isinstance(space.method, Dist) else {}
+    for key, dist in space.dists(method).items():
+        if key.startswith(f"{method}."):
+            field = key.removeprefix(f"{method}.")
+            value = params.get(field, own[field])
+        else:
+            value = base[key]
+        if dist.contains(value):
+            point[key] = label(value) if dist.kind == "choice" else value
+    return point
 
 
 def _parse_initial(doc: Any, source: str, method: Dist | str,
-                   names: tuple[Any, ...]) -> tuple[Mapping[str, Any], ...]:
+                   names: tuple[Any, ...]) -> tuple[Mapping[str, Any] | str, ...]:
     if doc is None:
         return ()
-    if not isinstance(doc, list) or not all(isinstance(p, Mapping) for p in doc):
+    if not isinstance(doc, list) or not all(isinstance(p, Mapping) or p == DEFAULTS for p in doc):
         raise ConfigError(f"{source}: initial must be a list of mappings of parameter names "
-                          "to values")
+                          f"to values, or {DEFAULTS} (the experiment's own settings)")
     for i, point in enumerate(doc):
+        if isinstance(point, str):
+            continue
         if "method" in point and point["method"] not in names:
             raise ConfigError(f"{source}: initial[{i}].method = {point['method']!r}; allowed: "
                               f"{', '.join(map(str, names))}")
-    return tuple(dict(p) for p in doc)
+    return tuple(p if p == DEFAULTS else dict(p) for p in doc)
 
 
 def _check_values(space: SearchSpace) -> None:
@@ -345,75 +398,3 @@ def load_space(name: str | Path, base: TrialConfig | None = None) -> SearchSpace
     """Load a space YAML: a path, or a bare name under ``search_spaces/``."""
     path = resolve_file(name, SPACES_DIR, "space")
     return parse_space(read_yaml(path), str(path), base)
-
-
-def param_importances(rows: list[tuple[dict[str, Any], float]], dists: dict[str, Dist]
-                      ) -> dict[str, float]:
-    """fANOVA importances of ``dists``' parameters over finished trials ``(params, value)``.
-
-    The trials are replayed into a fresh Optuna study (``create_trial`` + ``add_trial``), so this
-    works from Ray's results after the sweep. Raises ValueError/RuntimeError when fANOVA cannot
-    fit (e.g. a degenerate forest).
-    """
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize")
-    for params, value in rows:
-        study.add_trial(optuna.trial.create_trial(
-            params={k: label(params[k]) for k in dists},
-            distributions={k: d.distribution() for k, d in dists.items()}, value=value))
-    values = optuna.importance.get_param_importances(
-        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
-    return {k: float(v) for k, v in values.items()}
-
-
-# ------------------------------------------------------------------------------------------------
-# How a trial ended: the one rule the searcher, the progress lines and summary.md share
-
-
-def random_points(space: SearchSpace, n: int, seed: int) -> list[dict[str, Any]]:
-    """``n`` parameter sets drawn by Optuna's ``RandomSampler(seed)``, keyed (and labelled, for
-    choices) as the space's Optuna trials name them: points the sweep's searcher evaluates."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed),
-                                direction="maximize")
-    points = []
-    for _ in range(n):
-        trial = study.ask()
-        space(trial)
-        points.append(dict(trial.params))
-    return points
-
-
-# ------------------------------------------------------------------------------------------------
-# The sampler
-
-
-def n_startup_trials(num_samples: int, dims: int) -> int:
-    """Random trials before TPE models anything: ``clamp(2·dims, 4, 10)``, at most a third of
-    the budget, at least 1.
-
-    Two random points per searched dimension (the usual size of an initial design, e.g. TuRBO's
-    2·d), at least 4 and at most Optuna's default of 10; but never more than ``num_samples // 3``,
-    so that two thirds of a small budget are still proposed by TPE (a fixed 4 spent a 3-trial
-    search on random draws), and at least 1, as TPE needs an observation. Points from the space's
-    ``initial:`` list count towards it (Optuna counts every finished trial).
-    """
-    design = min(10, max(4, 2 * dims))
-    return max(1, min(design, num_samples // 3))
-
-
-def optuna_sampler(seed: int, n_startup_trials: int) -> Any:
-    """The seeded multivariate TPE sampler; ``group=True`` handles the conditional sub-spaces.
-
-    ``constant_liar=True``: trials still running count as bad results, so trials proposed while
-    others run (``max_concurrent > 1``) are pushed away from them instead of being drawn from the
-    same posterior. Optuna 5 defaults to it; Optuna 4 (which pyproject allows) does not.
-    """
-    import optuna
-
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
-                                      n_startup_trials=n_startup_trials, constant_liar=True)

@@ -30,8 +30,9 @@ from sslsearch.config import Experiment, SearchConfig
 from sslsearch.errors import ConfigError
 from sslsearch.outbox import OUTBOX_FILE
 from sslsearch.results import FINISHED, STOPPED_EARLY, configured_epochs, trial_status
+from sslsearch.sampling import n_startup_trials, optuna_sampler
 from sslsearch.schema import check_owned
-from sslsearch.space import SearchSpace, n_startup_trials, optuna_sampler
+from sslsearch.space import SearchSpace
 from sslsearch.tracking import MLflowTrialCallback
 from sslsearch.trainable import trainable
 
@@ -299,8 +300,11 @@ def build_tuner(exp: Experiment, space: SearchSpace, settings: SweepSettings,
     fn = _trainable(search.metric, search.mode, search.cpus_per_trial, search.gpus_per_trial)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # multivariate TPE is marked experimental by Optuna
-        sampler = optuna_sampler(settings.seed, n_startup_trials(search.num_samples,
-                                                                  space.n_dims))
+        # With a budget, num_samples is only a cap the budget reaches first: the start-up is
+        # sized from the budget in whole trials, as `sslsearch.run --num-samples` that many.
+        planned = (search.num_samples if budget_epochs is None
+                   else max(1, budget_epochs // exp.trial.epochs))
+        sampler = optuna_sampler(settings.seed, n_startup_trials(planned, space.n_dims))
         searcher = SSLOptunaSearch(space, metric=search.metric, mode=search.mode, sampler=sampler,
                                    points_to_evaluate=[dict(p) for p in space.initial] or None)
     epochs = exp.trial.epochs

@@ -3,6 +3,7 @@ search and TPE + ASHA; the budget accounting, the report files, bad input (exit 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -18,7 +19,8 @@ from sslsearch.bench import budget as bench_budget
 from sslsearch.bench import search as bs
 from sslsearch.bench import search_report as rep
 from sslsearch.results import FINISHED
-from sslsearch.space import load_space, random_points, trial_from_config
+from sslsearch.sampling import n_startup_trials, random_points
+from sslsearch.space import load_space, trial_from_config
 
 # ------------------------------------------------------------------------------------------------
 # The budget: pure functions
@@ -125,6 +127,37 @@ def test_random_points_are_seeded_inside_the_space_and_keyed_as_it_draws() -> No
     assert set(a[0]) == set(space.dists("simclr"))
     lo, hi = space.methods["simclr"]["temperature"].args
     assert all(lo <= p["simclr.temperature"] <= hi for p in a + b)
+
+
+def test_random_starts_from_the_spaces_initial_points_then_draws() -> None:
+    from sslsearch.config import load_experiment
+
+    space = load_space("simclr.yaml", load_experiment("fashion_mnist").trial)
+    assert len(space.initial) == 1  # `defaults`: the experiment's configuration
+    design = bs.random_design(space, 4, seed=0)
+    assert len(design) == 4 and design[0] == dict(space.initial[0])
+    assert list(design[1:]) == random_points(space, 3, seed=0)
+    assert bs.random_design(space, 1, seed=0) == (dict(space.initial[0]),)
+
+
+def test_a_budgeted_search_sizes_tpes_start_up_from_the_budget(tmp_path: Path) -> None:
+    # num_samples is only a cap there (tpe_trial_cap): TPE's random start-up is what
+    # `sslsearch.run --num-samples budget/epochs` would use, not a third of the cap.
+    from sslsearch.config import load_experiment
+
+    exp = load_experiment("fashion_mnist")
+    exp = dataclasses.replace(exp, search=dataclasses.replace(exp.search, num_samples=38))
+    space = load_space("simclr.yaml", exp.trial)
+    settings = sweep.SweepSettings(name="x", storage=str(tmp_path), tracking_uri="sqlite:///"
+                                   f"{tmp_path / 'm.db'}", mlflow_experiment="sslsearch")
+
+    def startup(budget: int | None) -> int:
+        tuner = sweep.build_tuner(exp, space, settings, quiet=True, budget_epochs=budget)
+        searcher = tuner._local_tuner._tune_config.search_alg
+        return int(searcher._sampler._n_startup_trials)
+
+    assert startup(12 * exp.trial.epochs) == n_startup_trials(12, space.n_dims) == 4
+    assert startup(None) == n_startup_trials(38, space.n_dims) == 10
 
 
 def test_the_budget_stop_goes_in_front_of_the_sweeps_own_stopper(tmp_path: Path) -> None:

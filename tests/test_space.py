@@ -13,15 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sslsearch import methods
-from sslsearch.config import SPACES_DIR
+from sslsearch.config import SPACES_DIR, load_experiment, trial_config
 from sslsearch.errors import ConfigError
 from sslsearch.results import FINISHED, STOPPED_EARLY, configured_epochs, trial_status
 from sslsearch.run import main
+from sslsearch.sampling import n_startup_trials, optuna_sampler
 from sslsearch.space import (
     Dist,
     load_space,
-    n_startup_trials,
-    optuna_sampler,
     parse_space,
     trial_from_config,
 )
@@ -136,6 +135,58 @@ def test_space_dimensions_count_what_one_trial_draws() -> None:
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # group=True
+def test_defaults_point_is_the_experiments_configuration() -> None:
+    # `initial: [defaults]` warm-starts the search from the hand-picked configuration: the
+    # experiment's value of each drawn trial field, the experiment's or the method's own value
+    # of each drawn method parameter; a value the space cannot draw is left to TPE.
+    doc = yaml.safe_load("""
+method: vicreg
+trial:
+  base_lr: {loguniform: [1.0e-3, 1.0e-2]}
+  batch_size: {choice: [32, 64]}
+  crop_min_scale: {quantized: [0.2, 0.6, 0.2]}
+  weight_decay: 1.0e-5
+methods:
+  vicreg:
+    sim_coeff: {uniform: [1, 50]}
+    cov_coeff: {loguniform: [0.1, 5]}
+    expander_dims: {choice: [[256, 256], [512, 512]]}
+initial:
+  - {base_lr: 0.002}
+  - defaults
+""")
+    exp = trial_config({"base_lr": 0.004, "batch_size": 128, "crop_min_scale": 0.4,
+                        "method": "vicreg", "method_params": {"sim_coeff": 10.0,
+                                                              "expander_dims": [512, 512]}})
+    space = parse_space(doc, "s.yaml", exp)
+    assert space.initial == ({"base_lr": 0.002},
+                             {"base_lr": 0.004, "crop_min_scale": 0.4,  # batch 128: not a choice
+                              "vicreg.sim_coeff": 10.0, "vicreg.cov_coeff": 1.0,
+                              "vicreg.expander_dims": "[512, 512]"})  # Optuna's label
+    # The point rebuilds the experiment's trial (batch size and all) through the searcher.
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial(dict(space.initial[1]))
+    cfg = trial_from_config(space(study.ask()))
+    assert (cfg.base_lr, cfg.crop_min_scale, cfg.weight_decay) == (0.004, 0.4, 1.0e-5)
+    assert cfg.method_params["expander_dims"] == [512, 512]
+    assert cfg.method_params["sim_coeff"] == 10.0 and cfg.method_params["cov_coeff"] == 1.0
+    # A space that draws the method: one point per method.
+    many = parse_space({"method": {"choice": ["simclr", "vicreg"]},
+                        "methods": {"simclr": {"temperature": {"uniform": [0.1, 0.5]}}},
+                        "initial": ["defaults"]}, "m.yaml")
+    assert many.initial == ({"method": "simclr", "simclr.temperature": 0.2},
+                            {"method": "vicreg"})
+
+
+@pytest.mark.parametrize("name", ["simclr.yaml", "vicreg.yaml"])
+def test_shipped_spaces_start_from_the_experiments_defaults(name: str) -> None:
+    # Every parameter the shipped Fashion-MNIST-tuned spaces draw lies in range for the
+    # experiment's values: the first trial is exactly the hand-picked configuration.
+    exp = load_experiment("fashion_mnist")
+    space = load_space(name, exp.trial)
+    assert set(space.initial[0]) == set(space.dists(str(space.method)))
+
+
 def test_sampler_is_seeded_tpe_with_the_liar_and_the_given_startup() -> None:
     sampler = optuna_sampler(3, 5)
     assert isinstance(sampler, optuna.samplers.TPESampler)
@@ -187,6 +238,8 @@ BAD: list[tuple[str, str]] = [
     ("method: vicreg\nmethods:\n  simclr: {}\n", "methods.simclr is not a method this space draws"),
     ("methd: vicreg\n",
      "unknown key methd; valid keys: description, initial, method, methods, trial"),
+    ("method: vicreg\ninitial: [default]\n",
+     "initial must be a list of mappings of parameter names to values, or defaults"),
 ]
 
 

@@ -18,7 +18,8 @@ import pytest
 from optuna.trial import TrialState
 
 from sslsearch.config import TrialConfig
-from sslsearch.space import SearchSpace, optuna_sampler, parse_space
+from sslsearch.sampling import optuna_sampler
+from sslsearch.space import SearchSpace, parse_space
 from sslsearch.sweep import SSLOptunaSearch
 
 EPOCHS = 4

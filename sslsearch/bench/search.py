@@ -12,8 +12,9 @@ actually trained, summed over trials; ``--budget``, or ``--budget-trials`` × th
 * ``default``: the method's default configuration (the experiment's trial settings, the space's
   constants, no searched parameter) trained ``budget // epochs`` times with different seeds
   (``--seeds``), through :func:`sslsearch.sweep.build_seed_tuner` (no searcher, no ASHA);
-* ``random``: ``budget // epochs`` configurations drawn up front by Optuna's seeded
-  ``RandomSampler`` from the space, run to their last epoch (ASHA's grace period set to the
+* ``random``: the space's ``initial:`` points (as TPE evaluates them first), then configurations
+  drawn up front by Optuna's seeded ``RandomSampler`` from the space, ``budget // epochs`` in all,
+  run to their last epoch (ASHA's grace period set to the
   epochs, so it stops nothing) through :func:`sslsearch.sweep.build_tuner` as points to evaluate;
 * ``tpe_asha``: the product's search as ``python -m sslsearch.run`` runs it
   (:func:`sslsearch.sweep.build_tuner`: seeded TPE, ASHA, the collapse stopper), which keeps
@@ -55,8 +56,9 @@ from sslsearch.bench.search_report import RESULTS_MD, SELECTION, aggregate, pct,
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
 from sslsearch.errors import ConfigError, exit_code
 from sslsearch.results import FINISHED
+from sslsearch.sampling import random_points
 from sslsearch.schema import resolve_file, results_folder
-from sslsearch.space import Dist, SearchSpace, random_points
+from sslsearch.space import Dist, SearchSpace
 
 STRATEGIES = ("default", "random", "tpe_asha")
 # ------------------------------------------------------------------------------------------------
@@ -232,6 +234,14 @@ def default_config(space: SearchSpace) -> dict[str, Any]:
     return config
 
 
+def random_design(space: SearchSpace, runs: int, seed: int) -> tuple[dict[str, Any], ...]:
+    """``random``'s ``runs`` points: the space's own ``initial:`` points first (TPE evaluates them
+    first too), then draws of Optuna's ``RandomSampler(seed)``; the two strategies then differ
+    only in what proposes the rest."""
+    start = tuple(dict(p) for p in space.initial[:runs])
+    return start + tuple(random_points(space, runs - len(start), seed))
+
+
 def _for_seed(p: Plan, seed: int) -> tuple[Experiment, SearchSpace]:
     exp = dataclasses.replace(p.exp, trial=dataclasses.replace(p.exp.trial, seed=seed))
     return exp, dataclasses.replace(p.space, base={**p.space.base, "seed": seed})
@@ -254,7 +264,7 @@ def run_strategy(p: Plan, strategy: str, seed: int) -> tuple[list[Any], float]:
                                        tracking_uri=p.tracking_uri,
                                        mlflow_experiment=p.mlflow_experiment, seed=seed)
         if strategy == "random":
-            space = dataclasses.replace(space, initial=tuple(random_points(space, p.runs, seed)))
+            space = dataclasses.replace(space, initial=random_design(space, p.runs, seed))
             # ASHA's grace period = the epochs: it stops nothing; every trial is a drawn point.
             search = dataclasses.replace(exp.search, num_samples=p.runs, grace_period=p.epochs)
             tuner = sweep.build_tuner(dataclasses.replace(exp, search=search), space, settings,
