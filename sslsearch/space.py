@@ -345,8 +345,8 @@ def default_point(space: SearchSpace, method: str) -> dict[str, Any]:
     """
     base = space.base
     params = dict(base.get("method_params") or {}) if base.get("method") == method else {}
-    own = {f.name: getattr(methods.get(method).Config(), f.name)
-           for f in dataclasses.fields(methods.get(method).Config)}
+    defaults = methods.get(method).Config()
+    own = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(defaults)}
     point: dict[str, Any] = {"method": method} if isinstance(space.method, Dist) else {}
     for key, dist in space.dists(method).items():
         if key.startswith(f"{method}."):
@@ -354,6 +354,8 @@ def default_point(space: SearchSpace, method: str) -> dict[str, Any]:
             value = params.get(field, own[field])
         else:
             value = base[key]
+        if isinstance(value, tuple):  # a dataclass default (2048, 2048): YAML's choices are lists
+            value = list(value)
         if dist.contains(value):
             point[key] = label(value) if dist.kind == "choice" else value
     return point

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -124,6 +125,7 @@ class LiveTrial:
         return contextlib.nullcontext()
 
 
+@functools.cache  # asked at every step; the CPU does not change under a running process
 def cpu_has_native_bf16() -> bool:
     """The CPU computes bf16 matmuls and convolutions natively (x86 avx512_bf16 or AMX), so
     autocast there is a speed-up; elsewhere bf16 is emulated through float32 and slower."""

@@ -176,6 +176,10 @@ initial:
                         "initial": ["defaults"]}, "m.yaml")
     assert many.initial == ({"method": "simclr", "simclr.temperature": 0.2},
                             {"method": "vicreg"})
+    # A method's own list default (a tuple in its dataclass) matches the YAML list choice.
+    own = parse_space({"method": "vicreg", "methods": {"vicreg": {"expander_dims": {
+        "choice": [[512, 512], [2048, 2048, 2048]]}}}, "initial": ["defaults"]}, "o.yaml")
+    assert own.initial == ({"vicreg.expander_dims": "[2048, 2048, 2048]"},)
 
 
 @pytest.mark.parametrize("name", ["simclr.yaml", "vicreg.yaml"])
