@@ -32,8 +32,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.ticker import MaxNLocator
 
-from sslsearch.sampling import param_importances
-from sslsearch.space import Dist, SearchSpace, label
+from sslsearch.space import Dist, SearchSpace, label, param_importances
 
 CURVES = "learning_curves.png"
 IMPORTANCE = "param_importance.png"

@@ -30,7 +30,6 @@ from sslsearch.config import Experiment, SearchConfig
 from sslsearch.errors import ConfigError
 from sslsearch.outbox import OUTBOX_FILE
 from sslsearch.results import FINISHED, STOPPED_EARLY, configured_epochs, trial_status
-from sslsearch.sampling import n_startup_trials, optuna_sampler
 from sslsearch.schema import check_owned
 from sslsearch.space import SearchSpace
 from sslsearch.tracking import MLflowTrialCallback
@@ -290,6 +289,33 @@ class BudgetStopper(tune.Stopper):
     def stop_all(self) -> bool:
         inner = bool(self.inner.stop_all()) if self.inner is not None else False
         return self.spent >= self.budget or inner
+
+
+def n_startup_trials(num_samples: int, dims: int) -> int:
+    """Random trials before TPE models anything: ``clamp(2·dims, 4, 10)``, at most a third of
+    the budget, at least 1.
+
+    Two random points per searched dimension (the usual size of an initial design, e.g. TuRBO's
+    2·d), at least 4 and at most Optuna's default of 10; but never more than ``num_samples // 3``,
+    so that two thirds of a small budget are still proposed by TPE (a fixed 4 spent a 3-trial
+    search on random draws), and at least 1, as TPE needs an observation. Points from the space's
+    ``initial:`` list count towards it (Optuna counts every finished trial).
+    """
+    design = min(10, max(4, 2 * dims))
+    return max(1, min(design, num_samples // 3))
+
+
+def optuna_sampler(seed: int, n_startup_trials: int) -> Any:
+    """The seeded multivariate TPE sampler; ``group=True`` handles the conditional sub-spaces.
+
+    ``constant_liar=True``: trials still running count as bad results, so trials proposed while
+    others run (``max_concurrent > 1``) are pushed away from them instead of being drawn from the
+    same posterior. Optuna 5 defaults to it; Optuna 4 (which pyproject allows) does not.
+    """
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                      n_startup_trials=n_startup_trials, constant_liar=True)
 
 
 def build_tuner(exp: Experiment, space: SearchSpace, settings: SweepSettings,

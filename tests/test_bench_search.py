@@ -19,8 +19,8 @@ from sslsearch.bench import budget as bench_budget
 from sslsearch.bench import search as bs
 from sslsearch.bench import search_report as rep
 from sslsearch.results import FINISHED
-from sslsearch.sampling import n_startup_trials, random_points
-from sslsearch.space import load_space, trial_from_config
+from sslsearch.space import load_space, random_points, trial_from_config
+from sslsearch.sweep import n_startup_trials
 
 # ------------------------------------------------------------------------------------------------
 # The budget: pure functions

@@ -56,9 +56,8 @@ from sslsearch.bench.search_report import RESULTS_MD, SELECTION, aggregate, pct,
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
 from sslsearch.errors import ConfigError, exit_code
 from sslsearch.results import FINISHED
-from sslsearch.sampling import random_points
 from sslsearch.schema import resolve_file, results_folder
-from sslsearch.space import Dist, SearchSpace
+from sslsearch.space import Dist, SearchSpace, random_points
 
 STRATEGIES = ("default", "random", "tpe_asha")
 # ------------------------------------------------------------------------------------------------
