@@ -26,6 +26,12 @@ class TrialFailure(RuntimeError):
         self.reason = reason
 
 
+# The reasons that are a configuration's own doing (a learning rate that diverges or collapses
+# does so again), so the search learns them as bad outcomes; an out-of-memory depends on the
+# machine and on what else runs on it, so it does not count against the configuration.
+CONFIG_FAULTS = frozenset({"nan_loss", "collapsed"})
+
+
 def exit_code(body: Callable[[], int], *, interrupted: str = "interrupted",
               failures: tuple[type[Exception], ...] = ()) -> int:
     """Run a command's ``body`` and turn the ways it can end into exit codes, each with one line

@@ -15,13 +15,15 @@ idempotent: a child run is found by its tag before one is created, metrics at st
 already has are skipped, tags and artifacts overwrite. So a replay cut short by a crash can be
 run again without duplicating anything.
 
-No mlflow import here: the outbox only knows the tracker's method names (:data:`OPS`).
+No mlflow import here: the outbox only knows the tracker's method names (:data:`OPS`). A
+locked SQLite store is the other fault it waits out (:class:`RetryingClient`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -214,3 +216,41 @@ def _read(path: Path) -> tuple[dict[str, str], list[tuple[str, list[Any]]]]:
 def read_target(path: Path) -> dict[str, str]:
     """The tracking URI, MLflow experiment and sweep id an outbox file replays to."""
     return _read(path)[0]
+
+
+class RetryingClient:
+    """An ``MlflowClient`` whose calls wait out a locked SQLite store instead of failing.
+
+    Two sweeps (or a sweep and ``mlflow ui``) writing one ``mlflow.db`` take turns at SQLite's
+    single writer lock; a call that finds it held past SQLite's own 5 s wait raises "database is
+    locked". Such calls are retried with exponential backoff and jitter (0.1 s doubling to 5 s,
+    about a minute in all); any other error is raised at once.
+    """
+
+    LOCKED = "database is locked"
+
+    def __init__(self, client: Any, attempts: int = 12, first_wait: float = 0.1,
+                 max_wait: float = 5.0) -> None:
+        self._client = client
+        self._attempts, self._first_wait, self._max_wait = attempts, first_wait, max_wait
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # not the client's (and unpickling asks before _client exists)
+            raise AttributeError(name)
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            wait = self._first_wait
+            for attempt in range(self._attempts):
+                try:
+                    return attr(*args, **kwargs)
+                except Exception as exc:
+                    if self.LOCKED not in str(exc) or attempt == self._attempts - 1:
+                        raise
+                    time.sleep(wait * (0.5 + random.random()))
+                    wait = min(wait * 2, self._max_wait)
+            raise AssertionError("unreachable")
+
+        return call

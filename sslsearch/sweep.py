@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import os
-import socket
 import sys
 import time
 import uuid
@@ -26,8 +25,9 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from sslsearch.cluster import check_address
 from sslsearch.config import Experiment, SearchConfig
-from sslsearch.errors import ConfigError
+from sslsearch.errors import CONFIG_FAULTS, ConfigError
 from sslsearch.outbox import OUTBOX_FILE
 from sslsearch.results import FINISHED, STOPPED_EARLY, configured_epochs, trial_status
 from sslsearch.schema import check_owned
@@ -36,6 +36,7 @@ from sslsearch.tracking import MLflowTrialCallback
 from sslsearch.trainable import trainable
 
 SWEEP_FILE = "sslsearch_sweep.json"
+FAILURE_ATTR = "failure_reason"  # the Optuna trial's user attribute naming a CONFIG_FAULTS reason
 
 
 class CollapseStopper(tune.Stopper):
@@ -79,8 +80,11 @@ class SSLOptunaSearch(OptunaSearch):
       ended before (ASHA stopped it) is PRUNED, so TPE does not learn a grace-period value as if
       it were final (Ray's OptunaSearch marks it COMPLETE with its last result). The rule is
       :func:`sslsearch.results.trial_status`, with the epochs recorded when the trial was proposed.
-    - A trial ended for a reason (NaN, OOM, collapse: ``failure_reason`` beside a finite
-      placeholder metric) or by an error is FAIL, never a learnt value.
+    - A trial that diverged or collapsed (a ``failure_reason`` in :data:`CONFIG_FAULTS`) is
+      PRUNED with that reason as a user attribute, which :func:`failed_constraint` makes
+      infeasible: TPE ranks it below every trial that trained and proposes away from it (as FAIL,
+      TPE never saw it and kept proposing the learning rates that collapse). Out of memory or an
+      error is FAIL. Neither is ever given its placeholder metric as a value.
 
     The recorded epochs are part of the searcher's state, saved and restored with it on resume.
     """
@@ -123,7 +127,11 @@ class SSLOptunaSearch(OptunaSearch):
             super().on_trial_complete(trial_id, result, error)  # Ray's warning / KeyError
             return
         planned = self._planned().pop(trial_id, None)
-        if error or (result and result.get("failure_reason")):
+        reason = (result or {}).get("failure_reason")
+        if not error and reason in CONFIG_FAULTS:
+            self._ot_trials[trial_id].set_user_attr(FAILURE_ATTR, reason)
+            super().on_trial_complete(trial_id, None)  # PRUNED, infeasible
+        elif error or reason:
             super().on_trial_complete(trial_id, None, error=True)  # FAIL
         elif result:
             self._report(trial_id, result)
@@ -224,32 +232,6 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
 
 
-def check_address(address: str, given: str = "--address", timeout: float = 5.0) -> None:
-    """Refuse (ConfigError, exit 2) in seconds an address where no Ray cluster answers: Ray itself
-    waits minutes for an unreachable head. ``auto`` is the cluster `ray start` recorded on this
-    machine; ``HOST:PORT`` a head's GCS, ``ray://HOST:PORT`` a Ray Client server. Only TCP is
-    tried (the port accepts a connection), before anything else starts."""
-    target = address
-    if address == "auto":
-        record = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
-        if not record.is_file():
-            raise ConfigError(f"{given} auto: no Ray cluster was started on this machine (no "
-                              f"{record}); start one with `ray start --head`, or omit it for a "
-                              "local Ray")
-        target = record.read_text().strip()
-    host, colon, port = target.removeprefix("ray://").rpartition(":")
-    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{given} {address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            pass
-    except OSError as exc:
-        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        raise ConfigError(f"{given} {address}: no Ray cluster answers at {host}:{port} "
-                          f"({reason} within {timeout:g} s); start it with `ray start --head`, "
-                          "or omit it for a local Ray") from None
-
-
 def check_resources(search: SearchConfig, address: str | None) -> None:
     """A trial asking for more CPUs or GPUs than the Ray cluster has would wait forever: refuse
     it now (exit 2), for a local Ray. A cluster given by address may grow (an autoscaler adds
@@ -305,17 +287,24 @@ def n_startup_trials(num_samples: int, dims: int) -> int:
     return max(1, min(design, num_samples // 3))
 
 
+def failed_constraint(trial: Any) -> tuple[float]:
+    """TPE's constraint (feasible when ≤ 0): 1 for a trial that diverged or collapsed."""
+    return (1.0,) if trial.user_attrs.get(FAILURE_ATTR) in CONFIG_FAULTS else (0.0,)
+
+
 def optuna_sampler(seed: int, n_startup_trials: int) -> Any:
     """The seeded multivariate TPE sampler; ``group=True`` handles the conditional sub-spaces.
 
     ``constant_liar=True``: trials still running count as bad results, so trials proposed while
     others run (``max_concurrent > 1``) are pushed away from them instead of being drawn from the
     same posterior. Optuna 5 defaults to it; Optuna 4 (which pyproject allows) does not.
+    ``constraints_func``: infeasible trials (:func:`failed_constraint`) rank last.
     """
     import optuna
 
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
-                                      n_startup_trials=n_startup_trials, constant_liar=True)
+                                      n_startup_trials=n_startup_trials, constant_liar=True,
+                                      constraints_func=failed_constraint)
 
 
 def build_tuner(exp: Experiment, space: SearchSpace, settings: SweepSettings,

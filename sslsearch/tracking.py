@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import time
 import urllib.error
 import urllib.request
@@ -24,7 +23,7 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from sslsearch.errors import ConfigError
-from sslsearch.outbox import Outbox, is_outage
+from sslsearch.outbox import Outbox, RetryingClient, is_outage
 from sslsearch.results import RAW_KEYS, outcome
 
 PARENT = "parent"
@@ -85,44 +84,6 @@ def _params(values: Mapping[str, Any], prefix: str = "") -> list[Param]:
         else:
             out.append(Param(f"{prefix}{key}", str(value)[:6000]))
     return out
-
-
-class RetryingClient:
-    """An ``MlflowClient`` whose calls wait out a locked SQLite store instead of failing.
-
-    Two sweeps (or a sweep and ``mlflow ui``) writing one ``mlflow.db`` take turns at SQLite's
-    single writer lock; a call that finds it held past SQLite's own 5 s wait raises "database is
-    locked". Such calls are retried with exponential backoff and jitter (0.1 s doubling to 5 s,
-    about a minute in all); any other error is raised at once.
-    """
-
-    LOCKED = "database is locked"
-
-    def __init__(self, client: Any, attempts: int = 12, first_wait: float = 0.1,
-                 max_wait: float = 5.0) -> None:
-        self._client = client
-        self._attempts, self._first_wait, self._max_wait = attempts, first_wait, max_wait
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):  # not the client's (and unpickling asks before _client exists)
-            raise AttributeError(name)
-        attr = getattr(self._client, name)
-        if not callable(attr):
-            return attr
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            wait = self._first_wait
-            for attempt in range(self._attempts):
-                try:
-                    return attr(*args, **kwargs)
-                except Exception as exc:
-                    if self.LOCKED not in str(exc) or attempt == self._attempts - 1:
-                        raise
-                    time.sleep(wait * (0.5 + random.random()))
-                    wait = min(wait * 2, self._max_wait)
-            raise AssertionError("unreachable")
-
-        return call
 
 
 class Tracker:
@@ -203,18 +164,24 @@ class Tracker:
 
         A driver killed between a trial's end and its callback leaves that trial's run RUNNING,
         and the resumed sweep does not start the trial again: its outcome comes from Ray's final
-        results (``last_results``, keyed by trial id). A run with no result is marked KILLED.
-        """
+        results (``last_results``, keyed by trial id).
+
+        One with no result started between Tune's last save and the kill: the restored sweep
+        (and searcher) forgot it and ran its slot again under a new id, as a rule with the same
+        configuration. It is closed KILLED (``trial_status: lost``) and soft-deleted (MLflow's
+        "deleted" filter still shows it), so the sweep's runs are its trials, each once."""
         for run in self._search(f"tags.`{TAG_SWEEP}` = '{self.sweep_id}' and "
                                 f"tags.`{TAG_ROLE}` = '{CHILD}' and "
                                 "attributes.status = 'RUNNING'"):
             trial_id = run.data.tags.get(TAG_TRIAL, "")
             if trial_id in last_results:  # Ray's results carry the trial's config
                 run_status, tags = outcome(last_results[trial_id], max_epochs)
+                self.finish_child(run.info.run_id, run_status, tags)
             else:
-                run_status, tags = "KILLED", {"trial_status": "interrupted",
-                                              "failure_reason": "interrupted"}
-            self.finish_child(run.info.run_id, run_status, tags)
+                self.finish_child(run.info.run_id, "KILLED", {
+                    "trial_status": "lost", "failure_reason": "lost", "failure_message":
+                    "not in Tune's saved state at the kill; the resumed sweep re-ran its slot"})
+                self.client.delete_run(run.info.run_id)
         self.client.set_terminated(self.parent_id, status=status)
 
     # --- children -------------------------------------------------------------------------

@@ -89,8 +89,9 @@ def _simulate_tpe_asha(budget: int, epochs: int, grace: int, concurrent: int,
 
 @pytest.mark.parametrize("stopped", [set(), {1, 2, 3}, set(range(100))])
 def test_the_three_strategies_spend_the_same_budget(stopped: set[int]) -> None:
-    """default and random: budget // epochs whole trials; tpe_asha: until the trained epochs
-    reach the budget, however many trials ASHA stops at its grace period."""
+    """default: budget // epochs whole trials; random and tpe_asha: until the trained epochs
+    reach the budget, however many trials stop early (ASHA at its grace period, or a collapse:
+    random's trials end only that way)."""
     budget, epochs = 12, 4
     whole = bench_budget.runs_for_budget(budget, epochs) * epochs
     spent = _simulate_tpe_asha(budget, epochs, grace=1, concurrent=2, stop_at_grace=stopped)
@@ -172,6 +173,38 @@ def test_the_budget_stop_goes_in_front_of_the_sweeps_own_stopper(tmp_path: Path)
     stopper = tuner._local_tuner.get_run_config().stop
     assert isinstance(stopper, sweep.BudgetStopper)
     assert isinstance(stopper.inner, sweep.CollapseStopper) and stopper.budget == 7
+
+
+def test_random_and_tpe_run_until_the_budget_and_random_stops_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A collapsed random trial's unspent epochs go to the next draw: random runs its points up
+    to the cap under the same budget stop as TPE (it ran budget // epochs points, and spent 38
+    of 48 trial-epochs on VICReg when trials collapsed)."""
+    from sslsearch.config import load_experiment
+
+    exp = load_experiment("quick")
+    calls: dict[str, Any] = {}
+
+    class Grid(list[Any]):  # a ResultGrid with no trials
+        num_terminated = num_errors = 0
+
+    def fake_build_tuner(e: Any, space: Any, settings: Any, quiet: bool = False,
+                         budget_epochs: int | None = None) -> Any:
+        calls[Path(settings.storage).name] = (e.search, space, budget_epochs)
+        return SimpleNamespace(fit=Grid)
+
+    monkeypatch.setattr(sweep, "build_tuner", fake_build_tuner)
+    p = SimpleNamespace(exp=exp, space=load_space("simclr.yaml", exp.trial), runs=3,
+                        epochs=exp.trial.epochs, budget=3 * exp.trial.epochs, tpe_cap=9,
+                        folder=tmp_path, name="b", tracking_uri="sqlite:///x.db",
+                        mlflow_experiment="sslsearch", quiet=True)
+    for strategy in ("random", "tpe_asha"):
+        bs.run_strategy(p, strategy, seed=0)
+        search, _, budget = calls[f"{strategy}-seed0"]
+        assert budget == p.budget and search.num_samples == p.tpe_cap
+    random_search, random_space, _ = calls["random-seed0"]
+    assert random_search.grace_period == p.epochs  # ASHA stops no random trial
+    assert len(random_space.initial) == p.tpe_cap  # drawn points, not TPE's proposals
 
 
 # ------------------------------------------------------------------------------------------------

@@ -311,7 +311,9 @@ def test_mlflow_outcome_is_trial_status_against_the_trials_own_epochs() -> None:
 
 def test_mlflow_child_runs_end_as_trial_status_says(tmp_path: Path) -> None:
     """Through the callback (a trial's end) and end_sweep (a run a killed driver left RUNNING):
-    searched epochs 2 of 2 and probe: false 3 of 3 are completed; 3 of a searched 6 is not."""
+    searched epochs 2 of 2 and probe: false 3 of 3 are completed; 3 of a searched 6 is not. A
+    RUNNING run Ray has no result for (Tune never saved its trial, so the resumed sweep re-ran
+    its slot under another id) is closed as lost and soft-deleted: no fifth trial."""
     from sslsearch.tracking import MLflowTrialCallback
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -327,6 +329,8 @@ def test_mlflow_child_runs_end_as_trial_status_says(tmp_path: Path) -> None:
         callback.on_trial_result(0, [], trial, {"epoch": epoch, "val_knn_acc": 0.5})
         if trial_id != "long":
             callback.on_trial_complete(0, [], trial)
+    lost = SimpleNamespace(trial_id="lost", config={"_base": base, "method": "simclr"})
+    callback.on_trial_start(0, [], lost)  # then the driver died, before Tune saved the trial
     # "long" is left RUNNING (its driver died); the sweep's end closes it from Ray's result
     callback.outbox.tracker().end_sweep({"long": {"epoch": 3.0, "config": {"_base": base,
                                                                  "method": "simclr",
@@ -336,6 +340,13 @@ def test_mlflow_child_runs_end_as_trial_status_says(tmp_path: Path) -> None:
            for c in children}
     assert got == {"short": ("FINISHED", "completed"), "noprobe": ("FINISHED", "completed"),
                    "long": ("FINISHED", "stopped_early")}
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    deleted = MlflowClient(tracking_uri=uri).search_runs(
+        [children[0].info.experiment_id], run_view_type=ViewType.DELETED_ONLY)
+    assert [(r.data.tags[TAG_TRIAL], r.info.status, r.data.tags["trial_status"])
+            for r in deleted] == [("lost", "KILLED", "lost")]
 
 
 def test_best_experiment_without_probe_says_its_val_knn(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from sslsearch.tracking import RetryingClient
+from sslsearch.outbox import RetryingClient
 
 
 class _Flaky:

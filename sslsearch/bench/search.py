@@ -13,9 +13,10 @@ actually trained, summed over trials; ``--budget``, or ``--budget-trials`` × th
   constants, no searched parameter) trained ``budget // epochs`` times with different seeds
   (``--seeds``), through :func:`sslsearch.sweep.build_seed_tuner` (no searcher, no ASHA);
 * ``random``: the space's ``initial:`` points (as TPE evaluates them first), then configurations
-  drawn up front by Optuna's seeded ``RandomSampler`` from the space, ``budget // epochs`` in all,
-  run to their last epoch (ASHA's grace period set to the
-  epochs, so it stops nothing) through :func:`sslsearch.sweep.build_tuner` as points to evaluate;
+  drawn up front by Optuna's seeded ``RandomSampler`` from the space, each run to its last epoch
+  (ASHA's grace period set to the epochs, so it stops nothing) through
+  :func:`sslsearch.sweep.build_tuner` as points to evaluate, until the trained trial-epochs
+  reach the budget (a trial that collapses leaves its epochs to the next draw);
 * ``tpe_asha``: the product's search as ``python -m sslsearch.run`` runs it
   (:func:`sslsearch.sweep.build_tuner`: seeded TPE, ASHA, the collapse stopper), which keeps
   proposing trials until its trained trial-epochs reach the budget: ASHA's savings buy more
@@ -27,9 +28,9 @@ the random draws, of TPE and of the searched trials; the default config's seeds 
 the best validation kNN accuracy among the trials that trained all their epochs (selection on
 validation only) and that trial's linear-probe **test** accuracy; and the trial-epochs actually
 spent, the trials by outcome and the wall time. All strategies spend the budget ± one trial's
-epochs (``default`` / ``random``: ``budget // epochs`` whole trials; ``tpe_asha``: it stops at
-the first result that reaches the budget, so it can overshoot by the epochs other trials report
-at the same time).
+epochs (``default``: ``budget // epochs`` whole trials; ``random`` and ``tpe_asha`` stop at the
+first result that reaches the budget, so they can overshoot by the epochs other trials report at
+the same time).
 
 Writes ``bench_search.json``, ``bench_search.md`` and ``best_so_far.png`` (the best finished
 trial's val kNN against cumulative trial-epochs, per strategy) into ``--storage/--name``, with
@@ -147,7 +148,7 @@ class Plan:
     method: str
     budget: int  # trial-epochs per strategy and search seed
     epochs: int
-    runs: int  # trials of default and random
+    runs: int  # budget // epochs: whole trials in the budget (the default's seeds)
     default_seeds: int
     tpe_cap: int
     search_seeds: tuple[int, ...]
@@ -262,16 +263,15 @@ def run_strategy(p: Plan, strategy: str, seed: int) -> tuple[list[Any], float]:
         settings = sweep.SweepSettings(name=p.name, storage=str(p.folder / run_name),
                                        tracking_uri=p.tracking_uri,
                                        mlflow_experiment=p.mlflow_experiment, seed=seed)
+        # Both run until their trials have trained the budget, so the epochs a collapsed trial
+        # did not train go to the next one (random once spent 38 of 48 on VICReg).
+        search = dataclasses.replace(exp.search, num_samples=p.tpe_cap)
         if strategy == "random":
-            space = dataclasses.replace(space, initial=random_design(space, p.runs, seed))
+            space = dataclasses.replace(space, initial=random_design(space, p.tpe_cap, seed))
             # ASHA's grace period = the epochs: it stops nothing; every trial is a drawn point.
-            search = dataclasses.replace(exp.search, num_samples=p.runs, grace_period=p.epochs)
-            tuner = sweep.build_tuner(dataclasses.replace(exp, search=search), space, settings,
-                                      quiet=p.quiet)
-        else:
-            search = dataclasses.replace(exp.search, num_samples=p.tpe_cap)
-            tuner = sweep.build_tuner(dataclasses.replace(exp, search=search), space, settings,
-                                      quiet=p.quiet, budget_epochs=p.budget)
+            search = dataclasses.replace(search, grace_period=p.epochs)
+        tuner = sweep.build_tuner(dataclasses.replace(exp, search=search), space, settings,
+                                  quiet=p.quiet, budget_epochs=p.budget)
     grid = tuner.fit()
     if grid.num_terminated + grid.num_errors < len(grid):  # Ray returns on Ctrl+C
         raise KeyboardInterrupt
