@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -57,11 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(e.g. vicreg.yaml, all_methods). Required unless --resume.")
     p.add_argument("--experiment", default="quick",
                    help="experiment YAML (fixed setup): a path or a name under experiments/")
-    p.add_argument("--num-samples", type=_positive_int,
+    p.add_argument("--num-samples", type=positive_int,
                    help="number of trials (default: the experiment's search.num_samples)")
-    p.add_argument("--max-concurrent", type=_positive_int,
+    p.add_argument("--max-concurrent", type=positive_int,
                    help="trials running at once (default: the experiment's)")
-    p.add_argument("--epochs", type=_positive_int,
+    p.add_argument("--epochs", type=positive_int,
                    help="pretraining epochs per trial (default: the experiment's)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the TPE sampler and of every trial")
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address",
                    help="an existing Ray cluster (auto or ray://HOST:PORT; default: "
                         "$RAY_ADDRESS, else a local Ray on 127.0.0.1)")
-    p.add_argument("--grace-period", type=_positive_int,
+    p.add_argument("--grace-period", type=positive_int,
                    help="epochs before ASHA may stop a trial (default: the experiment's)")
     p.add_argument("--cpus-per-trial", type=_nonneg_float,
                    help="CPUs reserved per trial (default: the experiment's)")
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compare the space's methods fairly: --num-samples trials per method, "
                         "the best of each (on validation) re-run with --seeds seeds; writes "
                         "comparison.md/.json and a report (sslsearch/compare.py)")
-    p.add_argument("--seeds", type=_positive_int, default=3,
+    p.add_argument("--seeds", type=positive_int, default=3,
                    help="--compare: seeds each method's selected configuration is re-run with")
     p.add_argument("--methods",
                    help="--compare: comma-separated subset of the space's methods "

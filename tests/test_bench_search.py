@@ -368,3 +368,14 @@ def test_bench_search_end_to_end(tmp_path: Path) -> None:
     assert {rep.RESULTS_MD, rep.RESULTS_JSON, rep.CURVE_PNG} <= artifacts
     assert "tpe_asha.best_val_knn_acc.mean" in parents[0].data.metrics
 
+
+
+def test_checkpoints_are_deleted_once_read_and_results_kept(tmp_path: Path) -> None:
+    trial = tmp_path / "random-seed0" / "b" / "simclr_1"
+    for name in ("checkpoint_000000", "checkpoint_000001"):
+        (trial / name).mkdir(parents=True)
+        (trial / name / "checkpoint.pt").write_bytes(b"x" * 1000)
+    (trial / "result.json").write_text("{}")
+    assert rep.drop_checkpoints(tmp_path / "random-seed0") == 2000
+    assert sorted(p.name for p in trial.iterdir()) == ["result.json"]
+    assert rep.drop_checkpoints(tmp_path / "random-seed0") == 0

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import math
 import os
 import shlex
@@ -53,7 +54,15 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from sslsearch.bench.budget import best_so_far, runs_for_budget, tpe_trial_cap, within_one_trial
-from sslsearch.bench.search_report import RESULTS_MD, SELECTION, aggregate, pct, write_results
+from sslsearch.bench.search_report import (
+    RESULTS_MD,
+    SELECTION,
+    aggregate,
+    drop_checkpoints,
+    pct,
+    write_results,
+)
+from sslsearch.cli import positive_int
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
 from sslsearch.errors import ConfigError, exit_code
 from sslsearch.results import FINISHED
@@ -70,19 +79,6 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{self.prog}: {message}")
 
 
-def _int_at_least(low: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number ≥ {low}, found {text!r}"
-                                             ) from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected a whole number ≥ {low}, found {text!r}")
-        return value
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m sslsearch.bench search",
                 description="Equal trial-epoch budgets: the default config, random search and "
@@ -95,25 +91,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", help="the method, for a space that draws several "
                                     "(all_methods.yaml)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--budget", type=_int_at_least(1),
+    budget.add_argument("--budget", type=positive_int,
                         help="trial-epochs per strategy and search seed (default: "
                              "--budget-trials × epochs)")
-    budget.add_argument("--budget-trials", type=_int_at_least(1),
+    budget.add_argument("--budget-trials", type=positive_int,
                         help="the budget in whole trials: budget = this × epochs (default: the "
                              "experiment's search.num_samples)")
-    p.add_argument("--epochs", type=_int_at_least(1),
+    p.add_argument("--epochs", type=positive_int,
                    help="pretraining epochs per trial (default: the experiment's)")
-    p.add_argument("--search-seeds", type=_int_at_least(1), default=3,
+    p.add_argument("--search-seeds", type=positive_int, default=3,
                    help="repetitions of each strategy (seeds 0 … N−1; default: %(default)s); "
                         "a claim wants ≥ 3")
-    p.add_argument("--seeds", type=_int_at_least(1),
+    p.add_argument("--seeds", type=positive_int,
                    help="runs of the default config per search seed (default: budget // epochs; "
                         "must spend the budget ± one trial)")
     p.add_argument("--strategies", default=",".join(STRATEGIES),
                    help="comma-separated subset of: " + ", ".join(STRATEGIES) + " (default: all)")
-    p.add_argument("--max-concurrent", type=_int_at_least(1),
+    p.add_argument("--max-concurrent", type=positive_int,
                    help="trials at once (default: the experiment's)")
-    p.add_argument("--grace-period", type=_int_at_least(1),
+    p.add_argument("--grace-period", type=positive_int,
                    help="tpe_asha: epochs before ASHA may stop a trial (default: the "
                         "experiment's)")
     p.add_argument("--name", help="benchmark name, a folder under --storage "
@@ -127,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MLflow experiment the benchmark's runs go to (default: %(default)s)")
     p.add_argument("--data-dir", help="dataset folder, overriding the experiment's")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep the trials' checkpoints (default: deleted once each strategy's "
+                        "results are read; the benchmark never uses them)")
     return p
 
 
@@ -158,6 +157,7 @@ class Plan:
     tracking_uri: str
     mlflow_experiment: str
     quiet: bool
+    keep_checkpoints: bool = False
 
 
 def plan(args: argparse.Namespace) -> Plan:
@@ -215,7 +215,8 @@ def plan(args: argparse.Namespace) -> Plan:
                                       search.max_concurrent),
                 search_seeds=tuple(range(args.search_seeds)), strategies=strategies,
                 folder=folder, name=name, tracking_uri=tracking_uri,
-                mlflow_experiment=args.mlflow_experiment, quiet=bool(args.quiet))
+                mlflow_experiment=args.mlflow_experiment, quiet=bool(args.quiet),
+                keep_checkpoints=bool(args.keep_checkpoints))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -368,8 +369,10 @@ def run(p: Plan, argv: Sequence[str]) -> int:
                     last_results[str(r.metrics["trial_id"])] = r.metrics
                     stages[str(r.metrics["trial_id"])] = f"{strategy} search-seed {seed}"
             best = row["best"]
-            print(f"== {strategy}, search seed {seed}: {row['spent']} trial-epochs, "
-                  f"{wall:.0f} s, best val kNN {pct(best and best['val_knn_acc'])}", flush=True)
+            gib = 0 if p.keep_checkpoints else drop_checkpoints(p.folder / f"{strategy}-seed{seed}")
+            print(f"== {strategy}, search seed {seed}: {row['spent']} trial-epochs, {wall:.0f} s, "
+                  f"best val kNN {pct(best and best['val_knn_acc'])}; checkpoints deleted: "
+                  f"{gib / 2**30:.1f} GiB", flush=True)
     elapsed = time.time() - t0
     info = {"name": p.name, "command": command, "space": p.space_path.name,
             "experiment": Path(p.exp.source).name, "method": p.method,
@@ -422,12 +425,11 @@ def _log_end(p: Plan, summary: dict[str, Any], written: Sequence[Path], stages: 
     for metrics in last_results.values():
         tracker.log_parent_baselines(metrics)
     for strategy, s in summary.items():
-        for key in ("best_val_knn_acc", "best_probe_test_acc"):
-            if s[key]["mean"] is not None:
-                tracker.client.log_metric(tracker.parent_id, f"{strategy}.{key}.mean",
-                                          s[key]["mean"])
-                tracker.client.log_metric(tracker.parent_id, f"{strategy}.{key}.std",
-                                          s[key]["std"])
+        for key, stat in itertools.product(("best_val_knn_acc", "best_probe_test_acc"),
+                                           ("mean", "std")):
+            if s[key][stat] is not None:
+                tracker.client.log_metric(tracker.parent_id, f"{strategy}.{key}.{stat}",
+                                          s[key][stat])
     for path in written:
         tracker.log_parent_file(path)
     tracker.end_sweep(last_results, p.epochs, "FINISHED")
