@@ -377,7 +377,7 @@ def run(p: Plan, argv: Sequence[str]) -> int:
     info = {"name": p.name, "command": command, "space": p.space_path.name,
             "experiment": Path(p.exp.source).name, "method": p.method,
             "dataset": p.exp.trial.dataset, "backbone": p.exp.trial.backbone,
-            "epochs": p.epochs, "budget": p.budget, "runs": p.runs,
+            "epochs": p.epochs, "budget": p.budget, "budget_trials": p.runs,
             "default_seeds": p.default_seeds, "tpe_cap": p.tpe_cap,
             "search_seeds": list(p.search_seeds), "strategies": list(p.strategies),
             "metric": p.exp.search.metric, "selection": SELECTION, "wall_seconds": elapsed}

@@ -107,8 +107,8 @@ def runs_markdown(runs: Sequence[dict[str, Any]]) -> str:
 def _strategies_text(info: dict[str, Any]) -> str:
     text = {"default": "**default**: the experiment's trial settings and the space's constants, "
                        f"no searched parameter, {info['default_seeds']} seeds per search seed",
-            "random": "**random**: Optuna's RandomSampler(search seed), every trial to its last "
-                      "epoch",
+            "random": "**random**: the space's initial points, then Optuna's RandomSampler(search "
+                      "seed), every trial to its last epoch (ASHA stops none)",
             "tpe_asha": "**tpe_asha**: the product's search (seeded TPE, ASHA, collapse "
                         "stopper); trials running when the budget is reached are stopped"}
     return "; ".join(text[s] for s in info["strategies"])
@@ -123,8 +123,8 @@ def report_markdown(info: dict[str, Any], summary: dict[str, dict[str, Any]],
         f"Space `{info['space']}` (method {info['method']}), experiment `{info['experiment']}` "
         f"(dataset {info['dataset']}, backbone {info['backbone']}, {info['epochs']} epochs a "
         f"trial). Budget: **{info['budget']} trial-epochs** per strategy and search seed "
-        f"(default and random: {info['runs']} trials × {info['epochs']} epochs; tpe_asha: until "
-        f"its trained epochs reach the budget, at most {info['tpe_cap']} trials); search seeds "
+        f"(default: {info['budget_trials']} trials × {info['epochs']} epochs; random and tpe_asha: until "
+        f"their trained epochs reach the budget, at most {info['tpe_cap']} trials); search seeds "
         f"{', '.join(map(str, info['search_seeds']))}.\n\n"
         f"Strategies: {_strategies_text(info)}.\n\n"
         f"Selection: {info['selection']}.\n\n"
