@@ -36,7 +36,6 @@ from sslsearch.tracking import MLflowTrialCallback
 from sslsearch.trainable import trainable
 
 SWEEP_FILE = "sslsearch_sweep.json"
-FAILURE_ATTR = "failure_reason"  # the Optuna trial's user attribute naming a CONFIG_FAULTS reason
 
 
 class CollapseStopper(tune.Stopper):
@@ -81,10 +80,10 @@ class SSLOptunaSearch(OptunaSearch):
       it were final (Ray's OptunaSearch marks it COMPLETE with its last result). The rule is
       :func:`sslsearch.results.trial_status`, with the epochs recorded when the trial was proposed.
     - A trial that diverged or collapsed (a ``failure_reason`` in :data:`CONFIG_FAULTS`) is
-      PRUNED with that reason as a user attribute, which :func:`failed_constraint` makes
-      infeasible: TPE ranks it below every trial that trained and proposes away from it (as FAIL,
-      TPE never saw it and kept proposing the learning rates that collapse). Out of memory or an
-      error is FAIL. Neither is ever given its placeholder metric as a value.
+      PRUNED and infeasible (``Trial.set_constraint(reason, 1.0)``): TPE ranks it below every
+      trial that trained and proposes away from it (as FAIL, TPE never saw it and kept proposing
+      the learning rates that collapse). Out of memory or an error is FAIL. Neither is ever given
+      its placeholder metric as a value.
 
     The recorded epochs are part of the searcher's state, saved and restored with it on resume.
     """
@@ -129,8 +128,8 @@ class SSLOptunaSearch(OptunaSearch):
         planned = self._planned().pop(trial_id, None)
         reason = (result or {}).get("failure_reason")
         if not error and reason in CONFIG_FAULTS:
-            self._ot_trials[trial_id].set_user_attr(FAILURE_ATTR, reason)
-            super().on_trial_complete(trial_id, None)  # PRUNED, infeasible
+            self._ot_trials[trial_id].set_constraint(reason, 1.0)  # > 0: infeasible
+            super().on_trial_complete(trial_id, None)  # PRUNED
         elif error or reason:
             super().on_trial_complete(trial_id, None, error=True)  # FAIL
         elif result:
@@ -287,24 +286,17 @@ def n_startup_trials(num_samples: int, dims: int) -> int:
     return max(1, min(design, num_samples // 3))
 
 
-def failed_constraint(trial: Any) -> tuple[float]:
-    """TPE's constraint (feasible when ≤ 0): 1 for a trial that diverged or collapsed."""
-    return (1.0,) if trial.user_attrs.get(FAILURE_ATTR) in CONFIG_FAULTS else (0.0,)
-
-
 def optuna_sampler(seed: int, n_startup_trials: int) -> Any:
     """The seeded multivariate TPE sampler; ``group=True`` handles the conditional sub-spaces.
 
     ``constant_liar=True``: trials still running count as bad results, so trials proposed while
     others run (``max_concurrent > 1``) are pushed away from them instead of being drawn from the
-    same posterior. Optuna 5 defaults to it; Optuna 4 (which pyproject allows) does not.
-    ``constraints_func``: infeasible trials (:func:`failed_constraint`) rank last.
+    same posterior (Optuna 5's default, stated).
     """
     import optuna
 
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
-                                      n_startup_trials=n_startup_trials, constant_liar=True,
-                                      constraints_func=failed_constraint)
+                                      n_startup_trials=n_startup_trials, constant_liar=True)
 
 
 def build_tuner(exp: Experiment, space: SearchSpace, settings: SweepSettings,

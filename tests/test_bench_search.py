@@ -266,8 +266,9 @@ def test_results_are_written_as_json_markdown_and_png(tmp_path: Path) -> None:
     info = {"name": "b", "command": "python -m sslsearch.bench search", "space": "simclr.yaml",
             "experiment": "quick.yaml", "method": "simclr", "dataset": "digits",
             "backbone": "small_cnn", "epochs": 2, "budget": 6, "budget_trials": 3,
-            "default_seeds": 3, "tpe_cap": 8, "search_seeds": [0, 1], "strategies": list(bs.STRATEGIES),
-            "metric": "val_knn_acc", "selection": bs.SELECTION, "wall_seconds": 60.0}
+            "default_seeds": 3, "tpe_cap": 8, "search_seeds": [0, 1],
+            "strategies": list(bs.STRATEGIES), "metric": "val_knn_acc",
+            "selection": bs.SELECTION, "wall_seconds": 60.0}
     md, written = rep.write_results(tmp_path, info, _runs())
     assert [p.name for p in written] == [rep.RESULTS_MD, rep.RESULTS_JSON, rep.CURVE_PNG]
     assert (tmp_path / rep.CURVE_PNG).read_bytes().startswith(b"\x89PNG")

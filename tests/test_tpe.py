@@ -16,7 +16,6 @@ from typing import Any
 
 import optuna
 import pytest
-from optuna.samplers._base import _CONSTRAINTS_KEY
 from optuna.trial import TrialState
 
 from sslsearch.config import TrialConfig
@@ -94,13 +93,14 @@ def test_stopped_trial_is_pruned_and_finished_one_complete_with_every_epoch_repo
     assert noprobe.state == TrialState.COMPLETE and noprobe.value == pytest.approx(0.65)
     # Divergence and collapse are the configuration's doing: PRUNED and infeasible, so TPE
     # learns them as the worst outcomes; out of memory and errors are FAIL (TPE ignores them).
+    trial_reason = {"nan": "nan_loss", "collapsed": "collapsed"}
     for tid in ("nan", "collapsed"):
         trial = _frozen(searcher, tid)
         assert trial.state == TrialState.PRUNED, tid
-        assert trial.system_attrs[_CONSTRAINTS_KEY] == (1.0,), tid
+        assert trial.constraints == {trial_reason[tid]: 1.0}, tid
     for tid in ("oom", "error"):
         assert _frozen(searcher, tid).state == TrialState.FAIL, tid
-    assert done.system_attrs[_CONSTRAINTS_KEY] == (0.0,)
+    assert done.constraints == {} and asha.constraints == {}  # feasible
     # A failure's placeholder metric is never recorded, not even as an intermediate value.
     assert _frozen(searcher, "nan").intermediate_values == {1: 0.3}
     assert _frozen(searcher, "collapsed").intermediate_values == {1: 0.30}
