@@ -437,7 +437,3 @@ def random_points(space: SearchSpace, n: int, seed: int) -> list[dict[str, Any]]
         space(trial)
         points.append(dict(trial.params))
     return points
-
-
-# ------------------------------------------------------------------------------------------------
-# The sampler

@@ -191,17 +191,20 @@ def test_random_and_tpe_run_until_the_budget_and_random_stops_nothing(
     def fake_build_tuner(e: Any, space: Any, settings: Any, quiet: bool = False,
                          budget_epochs: int | None = None) -> Any:
         calls[Path(settings.storage).name] = (e.search, space, budget_epochs)
+        (Path(settings.storage) / "b" / "trial" / "checkpoint_000001").mkdir(parents=True)
         return SimpleNamespace(fit=Grid)
 
     monkeypatch.setattr(sweep, "build_tuner", fake_build_tuner)
     p = SimpleNamespace(exp=exp, space=load_space("simclr.yaml", exp.trial), runs=3,
                         epochs=exp.trial.epochs, budget=3 * exp.trial.epochs, tpe_cap=9,
                         folder=tmp_path, name="b", tracking_uri="sqlite:///x.db",
-                        mlflow_experiment="sslsearch", quiet=True)
+                        mlflow_experiment="sslsearch", quiet=True, keep_checkpoints=False)
     for strategy in ("random", "tpe_asha"):
         bs.run_strategy(p, strategy, seed=0)
         search, _, budget = calls[f"{strategy}-seed0"]
         assert budget == p.budget and search.num_samples == p.tpe_cap
+        trial = tmp_path / f"{strategy}-seed0" / "b" / "trial"
+        assert trial.is_dir() and not any(trial.iterdir())  # its checkpoints deleted after fit
     random_search, random_space, _ = calls["random-seed0"]
     assert random_search.grace_period == p.epochs  # ASHA stops no random trial
     assert len(random_space.initial) == p.tpe_cap  # drawn points, not TPE's proposals

@@ -276,6 +276,8 @@ def run_strategy(p: Plan, strategy: str, seed: int) -> tuple[list[Any], float]:
     grid = tuner.fit()
     if grid.num_terminated + grid.num_errors < len(grid):  # Ray returns on Ctrl+C
         raise KeyboardInterrupt
+    if not p.keep_checkpoints:  # the results are in hand; nothing here reads a checkpoint
+        drop_checkpoints(p.folder / run_name)
     return [grid[i] for i in range(len(grid))], time.time() - t0
 
 
@@ -369,10 +371,8 @@ def run(p: Plan, argv: Sequence[str]) -> int:
                     last_results[str(r.metrics["trial_id"])] = r.metrics
                     stages[str(r.metrics["trial_id"])] = f"{strategy} search-seed {seed}"
             best = row["best"]
-            gib = 0 if p.keep_checkpoints else drop_checkpoints(p.folder / f"{strategy}-seed{seed}")
-            print(f"== {strategy}, search seed {seed}: {row['spent']} trial-epochs, {wall:.0f} s, "
-                  f"best val kNN {pct(best and best['val_knn_acc'])}; checkpoints deleted: "
-                  f"{gib / 2**30:.1f} GiB", flush=True)
+            print(f"== {strategy}, search seed {seed}: {row['spent']} trial-epochs, "
+                  f"{wall:.0f} s, best val kNN {pct(best and best['val_knn_acc'])}", flush=True)
     elapsed = time.time() - t0
     info = {"name": p.name, "command": command, "space": p.space_path.name,
             "experiment": Path(p.exp.source).name, "method": p.method,
