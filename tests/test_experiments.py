@@ -64,3 +64,28 @@ def test_a_bad_search_block_exits_2_with_one_line_naming_file_and_field(
     assert main(["--space", "simclr", "--experiment", str(path)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0] and field in lines[0], lines
+
+
+def test_the_peer_recipe_is_issue_15s_and_the_tuned_search_runs_on_the_same_setup() -> None:
+    """The peer comparison (README, "Does the search beat defaults?") is fair only when the
+    recipe is the conventional one and the tuned side changes nothing of the setup: the same
+    subset, network, batch, epochs and kNN, judged on validation kNN (no probe: the sweep then
+    exports its best val-kNN trial, the one the README re-runs)."""
+    from sslsearch.space import load_space
+
+    recipe = load_experiment("peer_simclr_fashion_mnist").trial
+    assert (recipe.method_params["temperature"], recipe.optimizer, recipe.momentum,
+            recipe.weight_decay, recipe.warmup_epochs, recipe.final_lr_ratio) == (
+        0.5, "sgd", 0.9, 5e-4, 0, 0.0)
+    assert recipe.base_lr * 128 / 256 == pytest.approx(0.06)  # lr 0.06 · batch/128
+    assert (recipe.crop_min_scale, recipe.flip_p, recipe.jitter_strength,
+            recipe.grayscale_p) == (0.08, 0.5, 1.0, 0.0)
+    tuned = load_experiment("peer_tuned_simclr_fashion_mnist")
+    setup = ("dataset", "max_train_samples", "val_fraction", "split_seed", "backbone",
+             "backbone_width", "epochs", "batch_size", "knn_k", "knn_t", "probe")
+    assert {k: getattr(tuned.trial, k) for k in setup} == {k: getattr(recipe, k) for k in setup}
+    assert (recipe.max_train_samples, recipe.batch_size, recipe.epochs, recipe.knn_k,
+            recipe.knn_t, recipe.probe) == (10000, 256, 6, 200, 0.1, False)
+    space = load_space("peer/simclr.yaml", tuned.trial)
+    assert not {"batch_size", "epochs", "max_train_samples"} & set(space.dists("simclr"))
+    assert space.trial["batch_size"] == 256
