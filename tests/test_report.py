@@ -38,7 +38,9 @@ def _trial(method: str, i: int, stage: str = "search", value: float | None = Non
               "weight_decay": 1e-5 * (1 + i), "crop_min_scale": 0.2 + 0.1 * i,
               "jitter_strength": 0.25 * i}
     if method == "simclr":
-        params["simclr.temperature"] = 0.1 + 0.1 * i
+        params.update({"simclr.temperature": 0.1 + 0.1 * i,
+                       "simclr.proj_hidden_dim": [512, 2048][i % 2],
+                       "simclr.proj_output_dim": [64, 128][i % 2]})
     if method == "vicreg":
         params.update({"vicreg.sim_coeff": 5.0 + i, "vicreg.std_coeff": 20.0 + i,
                        "vicreg.cov_coeff": 1.0 + 0.1 * i})
@@ -64,7 +66,8 @@ def test_importance_needs_two_completed_trials_and_varying_params() -> None:
     values, note = importance([_trial("simclr", i) for i in range(5)], space, "simclr")
     assert values is not None and "too few to trust" in note
     assert set(values) <= {"base_lr", "batch_size", "weight_decay", "crop_min_scale",
-                           "jitter_strength", "simclr.temperature"}
+                           "jitter_strength", "simclr.temperature", "simclr.proj_hidden_dim",
+                           "simclr.proj_output_dim"}
     assert sum(values.values()) == pytest.approx(1.0, abs=1e-6)
 
 
