@@ -93,16 +93,27 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the experiment's)")
     p.add_argument("--data-dir", help="dataset folder, overriding the experiment's")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
+    _selection_flags(p)
+    return p
+
+
+def _selection_flags(p: argparse.ArgumentParser) -> None:
+    """How the answer is chosen: confirmation on fresh seeds, and the method comparison."""
+    p.add_argument("--confirm-top", type=positive_int, metavar="K",
+                   help="after the search, re-run its K best configurations on fresh seeds "
+                        "(default: the experiment's search.confirm_top, else 2)")
+    p.add_argument("--confirm-seeds", type=positive_int, metavar="N",
+                   help="fresh seeds each confirmed configuration (and the experiment's own) is "
+                        "re-run with (default: the experiment's search.confirm_seeds)")
+    p.add_argument("--no-confirm", dest="confirm", action="store_const", const=False,
+                   help="no confirmation: the answer is the best trial at the search's seed")
     p.add_argument("--compare", action="store_true",
                    help="compare the space's methods fairly: --num-samples trials per method, "
                         "the best of each (on validation) re-run with --seeds seeds; writes "
                         "comparison.md/.json and a report (sslsearch/compare.py)")
-    p.add_argument("--seeds", type=positive_int, default=3,
-                   help="--compare: seeds each method's selected configuration is re-run with")
     p.add_argument("--methods",
                    help="--compare: comma-separated subset of the space's methods "
                         "(default: all of them)")
-    return p
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +130,9 @@ class Overrides:
     epochs: int | None = None
     seed: int = 0
     data_dir: str | None = None
+    confirm: bool | None = None
+    confirm_top: int | None = None
+    confirm_seeds: int | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Overrides:
@@ -134,7 +148,7 @@ class Overrides:
         folders) and checked to exist, and its labels checked (:func:`check_labels`)."""
         search = dict(dataclasses.asdict(exp.search))
         for key in ("num_samples", "max_concurrent", "grace_period", "cpus_per_trial",
-                    "gpus_per_trial"):
+                    "gpus_per_trial", "confirm", "confirm_top", "confirm_seeds"):
             if getattr(self, key) is not None:
                 search[key] = getattr(self, key)
         search_cfg = build_dataclass(SearchConfig, search, source="command line", where="search")

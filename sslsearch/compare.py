@@ -5,18 +5,15 @@
 1. **Equal search budgets.** Each method gets its own search with the same number of trials
    (``--num-samples``, per method), the same epochs, the same seeded TPE and the same ASHA
    schedule: the method is fixed, its own and the shared parameters are searched.
-2. **Selection on validation only.** Each method's best configuration is the finished trial
-   (one that trained all its configured epochs, :func:`sslsearch.results.trial_status`) with the
-   highest ``probe_val_acc`` (a linear probe on frozen features, scored on the validation split
-   held out of the training set); ties go to ``val_knn_acc``. When no finished trial has a probe
-   (``probe: false``, or none finished), the highest last ``val_knn_acc`` is taken: among the
-   finished trials, else among those ASHA stopped early. Failed trials are never selected. The
-   test split plays no part in any choice.
-3. **Seeds.** The selected configuration is re-trained with ``--seeds N`` fresh seeds (not the
-   seed its search used: the selection's luck must not carry over), through Ray like any trial.
-   The table reports mean ± sample std (ddof 1) over those seeds of the linear-probe **test**
-   accuracy, the test kNN accuracy and the validation kNN accuracy, and the compute each method
-   spent (trial-seconds and epochs, search and seeds apart).
+2. **Selection on validation only, confirmed on fresh seeds.** Each method's search is ranked by
+   the one selection rule (:data:`sslsearch.results.SELECTION`: the search's metric, finished
+   trials first); its top ``--confirm-top`` configurations and the method's defaults are re-run
+   with ``--confirm-seeds`` fresh seeds, the same seeds for every method (so differences between
+   methods are paired), and the method's winner is the best mean of the search's metric over
+   them (:mod:`sslsearch.confirm`). The test split plays no part in any choice.
+3. **Seeds.** The table reports mean ± sample std (ddof 1) over the winner's fresh-seed runs of
+   the linear-probe **test** accuracy, the test kNN accuracy and the validation kNN accuracy,
+   and the compute each method spent (trial-seconds and epochs, search and confirmation apart).
 4. **Baselines.** Beside each accuracy: the same measure on the standardised raw pixels of the
    same split (``raw_probe_test_acc``, ``raw_test_knn_acc``, ``raw_knn_acc``; one value per split,
    carried from the trials' results) and the difference "vs raw pixels" in points; beside the
@@ -33,9 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import shlex
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +38,7 @@ from typing import Any
 
 from sslsearch.cli import Overrides, storage_location
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
+from sslsearch.confirm import Choice, Confirmation, choose, fresh_seeds
 from sslsearch.errors import ConfigError
 from sslsearch.outbox import OUTBOX_FILE
 from sslsearch.results import (
@@ -56,21 +52,23 @@ from sslsearch.results import (
     fmt_delta,
     mean_std,
     record,
-    select_best,
 )
 from sslsearch.schema import resolve_file, results_folder
 from sslsearch.summary import correlation_markdown
 
 
 def summarize(search: dict[str, list[TrialRecord]], seeds: dict[str, list[TrialRecord]],
-              best: dict[str, TrialRecord | None]) -> list[dict[str, Any]]:
-    """One row per method, ordered by mean linear-probe test accuracy (best first)."""
+              best: dict[str, TrialRecord | None], metric: str = "val_knn_acc",
+              mode: str = "max") -> list[dict[str, Any]]:
+    """One row per method (``seeds``: its winner's runs on the fresh seeds), ordered by the mean
+    of the search's metric over those runs, the confirmed value the winner was chosen on (best
+    first; validation only, never test)."""
     rows = []
     for method, trials in search.items():
         runs = [t for t in seeds.get(method, []) if t.status == "finished"]
         row: dict[str, Any] = {"method": method}
-        for key in ("probe_test_acc", "test_knn_acc", "val_knn_acc", "probe_val_acc",
-                    *BASELINE_KEYS):
+        for key in dict.fromkeys(("probe_test_acc", "test_knn_acc", "val_knn_acc",
+                                  "probe_val_acc", metric, *BASELINE_KEYS)):
             mean, std = mean_std([float(t.metrics[key]) for t in runs if key in t.metrics])
             row[key] = {"mean": mean, "std": std, "n": len(runs)}
         # The raw-pixel baseline is one value per split: carried from any trial of the method
@@ -86,8 +84,8 @@ def summarize(search: dict[str, list[TrialRecord]], seeds: dict[str, list[TrialR
         row["vs_init"] = {"val_knn_acc": _diff(row["val_knn_acc"], row[INIT_KEY])}
         chosen = best.get(method)
         row["selected"] = None if chosen is None else {
-            "trial_id": chosen.trial_id, "probe_val_acc": chosen.probe_val_acc,
-            "val_knn_acc": chosen.val_knn_acc, "params": chosen.params}
+            "trial_id": chosen.trial_id, "metric": metric, "value": chosen.metrics.get(metric),
+            "probe_val_acc": chosen.probe_val_acc, "params": chosen.params}
         row["search"] = {
             "trials": len(trials),
             "finished": sum(t.status == "finished" for t in trials),
@@ -101,8 +99,8 @@ def summarize(search: dict[str, list[TrialRecord]], seeds: dict[str, list[TrialR
                         "epochs": int(sum(len(t.epochs) for t in seed_runs)),
                         "trial_seconds": sum(t.seconds for t in seed_runs)}
         rows.append(row)
-    rows.sort(key=lambda r: -(r["probe_test_acc"]["mean"] if r["probe_test_acc"]["mean"]
-                              is not None else -1.0))
+    sign = -1.0 if mode == "max" else 1.0
+    rows.sort(key=lambda r: (r[metric]["mean"] is None, sign * (r[metric]["mean"] or 0.0)))
     return rows
 
 
@@ -134,14 +132,9 @@ def _short(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def _selected_by(sel: Any) -> str:
-    """The validation score a trial was selected on: its probe val acc, else (no probe) its
-    val kNN acc. ``sel``: a :class:`TrialRecord` or a row's ``selected`` dict."""
-    def get(key: str) -> Any:
-        return sel.get(key) if isinstance(sel, dict) else getattr(sel, key)
-
-    probe = get("probe_val_acc")
-    return _short(probe) if probe is not None else f"no probe; val kNN {_short(get('val_knn_acc'))}"
+def _selected_by(sel: dict[str, Any]) -> str:
+    """The search's value of the selected trial (a row's ``selected``), at the search's seed."""
+    return f"search {sel['metric']} {_short(sel['value'])}"
 
 
 def table_markdown(rows: Sequence[dict[str, Any]], n_seeds: int) -> str:
@@ -149,8 +142,8 @@ def table_markdown(rows: Sequence[dict[str, Any]], n_seeds: int) -> str:
     lines = [f"| method | linear probe test acc (mean ± std, {n_seeds} seeds) | raw pixels | "
              "vs raw pixels | test kNN acc | raw pixels | vs raw pixels | val kNN acc | "
              "raw pixels | vs raw pixels | random init | vs random init | "
-             "selected trial (probe val acc) | search: finished/stopped/failed | "
-             "search epochs | search trial-s | seed-runs trial-s | selected parameters |",
+             "selected trial | search: finished/stopped/failed | "
+             "search epochs | search trial-s | winner's seed runs trial-s | selected parameters |",
              "|---" * 18 + "|"]
     for r in rows:
         sel = r["selected"]
@@ -181,12 +174,14 @@ def comparison_markdown(info: dict[str, Any], rows: Sequence[dict[str, Any]]) ->
         f"Space `{info['space']}`, experiment `{info['experiment']}` "
         f"(dataset {info['dataset']}, backbone {info['backbone']}, {info['epochs']} epochs a "
         f"trial). Equal budgets: {info['num_samples']} search trials per method (TPE seed "
-        f"{info['search_seed']}; TPE and ASHA rank trials by {info['metric']}), then the selected "
-        f"configuration re-trained with seeds {info['seeds']}.\n\n"
+        f"{info['search_seed']}; TPE and ASHA rank trials by {info['metric']}), then each method's "
+        f"top {info['confirm_top']} configurations and its defaults re-trained with the fresh "
+        f"seeds {info['seeds']}, the same for every method.\n\n"
         f"Selection: {SELECTION}\n\n"
         f"{table_markdown(rows, n)}\n"
-        "Accuracies in %, mean ± sample std (ddof 1) over the seed re-runs; rows ordered by mean "
-        "linear-probe test accuracy. Differences within about one std are not meaningful. "
+        "Accuracies in %, mean ± sample std (ddof 1) over the winner's fresh-seed runs; rows "
+        f"ordered by the mean {info['metric']} of those runs (validation, the value each winner "
+        "was chosen on). Differences within about one std are not meaningful. "
         "*raw pixels*: the same measure (same linear probe, same kNN k and T) on the "
         "standardised raw pixels of the same split; *random init*: the val kNN accuracy of each "
         "seed run's encoder before its first step; *vs …*: mean accuracy minus the baseline, in "
@@ -207,27 +202,6 @@ def trial_keys(space: Any) -> list[str]:
     for method, params in space.methods.items():
         keys += [f"{method}.{k}" for k, v in params.items() if isinstance(v, Dist)]
     return keys
-
-
-def _fit(tuner: Any) -> list[Any]:
-    """``tuner.fit()``; Ray Tune returns (not raises) on Ctrl+C, with trials left unfinished:
-    that must end the comparison, not carry on with half a search."""
-    grid = tuner.fit()
-    if grid.num_terminated + grid.num_errors < len(grid):
-        print("comparison interrupted; a comparison cannot be resumed: start it again",
-              file=sys.stderr, flush=True)
-        raise KeyboardInterrupt
-    return [grid[i] for i in range(len(grid))]
-
-
-def only_method(space: Any, method: str) -> Any:
-    """``space`` with its method fixed to ``method`` (and only that method's initial points)."""
-    changes: dict[str, Any] = {"method": method}
-    if getattr(space, "initial", None):
-        changes["initial"] = tuple(
-            {k: v for k, v in p.items() if k != "method"} for p in space.initial
-            if p.get("method", method) == method)
-    return dataclasses.replace(space, **changes)
 
 
 @dataclasses.dataclass
@@ -257,11 +231,14 @@ class Outcome:
     """What the comparison found: each method's search, its selected trial and its seed runs."""
 
     search: dict[str, list[TrialRecord]] = dataclasses.field(default_factory=dict)
-    seed_runs: dict[str, list[TrialRecord]] = dataclasses.field(default_factory=dict)
-    best: dict[str, TrialRecord | None] = dataclasses.field(default_factory=dict)
+    seed_runs: dict[str, list[TrialRecord]] = dataclasses.field(default_factory=dict)  # winner's
+    best: dict[str, TrialRecord | None] = dataclasses.field(default_factory=dict)  # its trial
+    choices: dict[str, Choice | None] = dataclasses.field(default_factory=dict)
+    confirmations: dict[str, Confirmation | None] = dataclasses.field(default_factory=dict)
     last_results: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def all_trials(self) -> list[TrialRecord]:
+        """The searches' trials and the winners' confirmation runs."""
         return [t for runs in (*self.search.values(), *self.seed_runs.values()) for t in runs]
 
 
@@ -273,8 +250,6 @@ def run_compare(args: argparse.Namespace, argv: list[str]) -> int:
     sweep.init_ray(c.address)
     sweep.check_resources(c.exp.search, c.address)  # before the comparison's MLflow run exists
     _log_start(c)
-    # Every epoch checkpoints; Tune's "snapshotting too often" warning is noise at this scale.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     t0 = time.time()
     outcome = Outcome()
     for method in c.methods:
@@ -304,6 +279,9 @@ def _plan(args: argparse.Namespace, argv: list[str]) -> Comparison:
         raise ConfigError("--compare needs --space (e.g. --space all_methods.yaml)")
     space_path = resolve_file(args.space, SPACES_DIR, "space")
     exp = Overrides.from_args(args).apply(load_experiment(args.experiment))
+    if not exp.search.confirm:
+        raise ConfigError("--compare confirms each method's top configurations on fresh seeds "
+                          "and compares those: drop --no-confirm (search.confirm: false)")
     if not exp.trial.labels:
         raise ConfigError(f"{exp.source}: --compare selects and reports on labels (probe, kNN), "
                           "and this experiment has none; run a sweep per method instead")
@@ -326,7 +304,7 @@ def _plan(args: argparse.Namespace, argv: list[str]) -> Comparison:
     folder.mkdir(parents=True, exist_ok=True)
     return Comparison(
         name=name, folder=folder, space_path=space_path, space=space, exp=exp, methods=methods,
-        seeds=[exp.trial.seed + 1 + i for i in range(args.seeds)], tracking_uri=tracking_uri,
+        seeds=fresh_seeds({exp.trial.seed}, exp.search.confirm_seeds), tracking_uri=tracking_uri,
         mlflow_experiment=args.mlflow_experiment,
         command=sweep.python_command([shlex.quote(a) for a in argv]),
         address=args.address or None,  # None: $RAY_ADDRESS, else a fresh local Ray
@@ -351,32 +329,32 @@ def _log_start(c: Comparison) -> None:
 
 
 def _compare_one(c: Comparison, method: str, outcome: Outcome) -> None:
-    """One method: its search, the selected trial, that trial re-run with every seed."""
+    """One method: its search, its top configurations confirmed on the comparison's fresh seeds
+    (the same for every method), the winner (:func:`sslsearch.confirm.choose`)."""
     from sslsearch import sweep
+    from sslsearch.reruns import Target, confirm_search
 
     keys = trial_keys(c.space)
-    print(f"\n== {method}: search ({c.exp.search.num_samples} trials)", flush=True)
+    search = c.exp.search
+    print(f"\n== {method}: search ({search.num_samples} trials)", flush=True)
     settings = sweep.SweepSettings(name=c.name, storage=str(c.folder / f"search-{method}"),
                                    tracking_uri=c.tracking_uri,
                                    mlflow_experiment=c.mlflow_experiment, seed=c.exp.trial.seed,
                                    address=c.address, outbox=str(c.outbox))
-    results = _fit(sweep.build_tuner(c.exp, only_method(c.space, method), settings,
-                                     quiet=c.quiet))
-    outcome.search[method] = [record(r, "search", keys) for r in results]
-    chosen = outcome.best[method] = select_best(outcome.search[method])
-    outcome.seed_runs[method] = []
-    if chosen is None:
-        print(f"== {method}: no usable trial; no seed re-runs", flush=True)
-    else:
-        label = "probe val acc " if chosen.probe_val_acc is not None else ""
-        print(f"== {method}: selected {chosen.trial_id} ({label}{_selected_by(chosen)}); "
-              f"re-running with seeds {c.seeds}", flush=True)
-        seed_results = _fit(sweep.build_seed_tuner(
-            chosen.config, c.seeds, c.exp, str(c.folder), f"seeds-{method}", c.name,
-            c.tracking_uri, c.mlflow_experiment, c.quiet, outbox=c.outbox))
-        outcome.seed_runs[method] = [record(r, "seed", keys) for r in seed_results]
-        results += seed_results
-    for r in results:
+    results = sweep.fit_all(sweep.build_tuner(c.exp, c.space.only(method), settings,
+                                              quiet=c.quiet))
+    trials = outcome.search[method] = [record(r, "search", keys) for r in results]
+    target = Target(storage=str(c.folder), run_name=f"confirm-{method}", sweep_name=c.name,
+                    tracking_uri=c.tracking_uri, mlflow_experiment=c.mlflow_experiment,
+                    outbox=c.outbox, quiet=c.quiet)
+    conf, runs = confirm_search(trials, c.space.only(method), c.exp, target, keys)
+    choice = outcome.choices[method] = choose(trials, search.metric, search.mode, conf)
+    outcome.confirmations[method] = conf
+    outcome.best[method] = next((t for t in trials if choice and t.trial_id == choice.trial_id),
+                                None)
+    outcome.seed_runs[method] = list(conf.winner.runs) if conf and conf.winner else []
+    print(f"== {method}: {choice.how if choice else 'no usable trial'}", flush=True)
+    for r in [*results, *runs]:
         if r.metrics and "trial_id" in r.metrics:
             outcome.last_results[str(r.metrics["trial_id"])] = r.metrics
 
@@ -391,15 +369,15 @@ def _write_outputs(c: Comparison, outcome: Outcome, elapsed: float
     outbox = tracking.sweep_outbox(c.outbox, c.tracking_uri, c.mlflow_experiment, c.name)
     for t in outcome.all_trials():  # once; a no-op when the callbacks logged them
         outbox.send("log_parent_baselines", {k: t.metrics[k] for k in RAW_KEYS & t.metrics.keys()})
-    for t in (t for runs in outcome.seed_runs.values() for t in runs):
-        outbox.send("trial_tag", t.trial_id, "sslsearch.stage", f"seed re-run {t.seed}")
     exp = c.exp
-    rows = summarize(outcome.search, outcome.seed_runs, outcome.best)
+    rows = summarize(outcome.search, outcome.seed_runs, outcome.best, exp.search.metric,
+                     exp.search.mode)
     info = {"name": c.name, "command": c.command, "space": c.space_path.name,
             "experiment": Path(exp.source).name, "dataset": exp.trial.dataset,
             "backbone": exp.trial.backbone, "epochs": exp.trial.epochs,
             "num_samples": exp.search.num_samples, "search_seed": exp.trial.seed,
             "metric": exp.search.metric, "seeds": c.seeds, "n_seeds": len(c.seeds),
+            "confirm_top": exp.search.top,
             "methods": c.methods, "selection": SELECTION, "wall_seconds": elapsed}
     correlations = correlation_markdown([(t.method, t.metrics) for t in outcome.all_trials()
                                          if t.stage == "search"])
@@ -409,7 +387,7 @@ def _write_outputs(c: Comparison, outcome: Outcome, elapsed: float
     (c.folder / "comparison.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
     outbox.send("log_parent_file", str(c.folder / "comparison.md"))
     outbox.send("log_parent_file", str(c.folder / "comparison.json"))
-    winner = _export_encoders(c, outcome.best, outbox)
+    winner = _export_encoders(c, outcome.choices, outbox)
     written = report.write_report(
         c.folder, md, outcome.all_trials(), outcome.best, c.space,
         winner_encoder=None if winner is None else c.folder / "best_encoder", winner=winner,
@@ -421,30 +399,34 @@ def _write_outputs(c: Comparison, outcome: Outcome, elapsed: float
     return md, winner, tracking.outbox_link(outbox)
 
 
-def _export_encoders(c: Comparison, best: dict[str, TrialRecord | None], outbox: Any
+def _export_encoders(c: Comparison, choices: dict[str, Choice | None], outbox: Any
                      ) -> str | None:
-    """Each method's selected encoder, and the best of them on validation as ``best_encoder``."""
+    """Each method's answer's encoder (its confirmed winner's run nearest the mean), and the
+    method whose answer has the best confirmed mean as ``best_encoder``."""
     import shutil
 
     from sslsearch.export import export_trial
 
     exports: dict[str, Path] = {}
-    for method, chosen in best.items():
-        if chosen is None:
+    for method, choice in choices.items():
+        if choice is None:
             continue
-        out = export_trial(chosen.config, chosen.checkpoint, c.folder / "encoders" / method,
-                           extra={"trial_id": chosen.trial_id,
-                                  "probe_val_acc": chosen.probe_val_acc})
+        out = export_trial(choice.run.config, choice.run.checkpoint,
+                           c.folder / "encoders" / method,
+                           extra={"trial_id": choice.trial_id, "run_trial_id": choice.run.trial_id,
+                                  "selection": choice.how})
         if out is not None:
             exports[method] = out
             for path in sorted(out.iterdir()):
                 outbox.send("log_parent_file", str(path), f"encoders/{method}")
-    eligible = [b for b in best.values() if b is not None and b.method in exports]
-    winner = max(eligible, key=lambda t: (t.probe_val_acc or 0.0, t.val_knn_acc or 0.0),
-                 default=None)
-    if winner is None:
+    sign = 1.0 if c.exp.search.mode == "max" else -1.0
+    ranked = sorted((m for m, ch in choices.items() if ch is not None and m in exports
+                     and ch.value is not None),
+                    key=lambda m: -sign * (choices[m].value or 0.0))  # type: ignore[union-attr]
+    if not ranked:
         return None
-    shutil.copytree(exports[winner.method], c.folder / "best_encoder", dirs_exist_ok=True)
+    winner = ranked[0]
+    shutil.copytree(exports[winner], c.folder / "best_encoder", dirs_exist_ok=True)
     for path in sorted((c.folder / "best_encoder").iterdir()):
         outbox.send("log_parent_file", str(path), "best_encoder")
-    return winner.method
+    return winner

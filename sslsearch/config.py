@@ -128,6 +128,14 @@ class SearchConfig:
     # healthy methods 0.12-0.63, SimSiam without stop-gradient 0.035-0.041.
     collapse_rank_ratio: float = 0.06
     reuse_actors: bool = True  # one Ray actor runs trial after trial (README, "Per-trial overhead")
+    # Confirmation on fresh seeds (sslsearch.confirm): after the search, its top confirm_top
+    # configurations and the experiment's own are re-run with confirm_seeds seeds the search
+    # never used; the winner is the best mean over them. 3 seeds: the fewest that give an
+    # interval; 2 candidates (None: 2, or num_samples when that is fewer): the runner-up is what
+    # the winner must be told apart from.
+    confirm: bool = True
+    confirm_top: int | None = None
+    confirm_seeds: int = 3
 
     def __post_init__(self) -> None:
         """Range checks (a ValueError becomes ``FILE: search: ...`` through build_dataclass)."""
@@ -142,14 +150,26 @@ class SearchConfig:
                              f"{SEARCH_METRICS[self.metric]}imised; allowed: "
                              f"{SEARCH_METRICS[self.metric]}")
         for key, low in (("num_samples", 1), ("max_concurrent", 1), ("grace_period", 1),
-                         ("reduction_factor", 2), ("max_failures", 0), ("collapse_patience", 1)):
-            if getattr(self, key) < low:
+                         ("reduction_factor", 2), ("max_failures", 0), ("collapse_patience", 1),
+                         ("confirm_top", 1), ("confirm_seeds", 1)):
+            if getattr(self, key) is not None and getattr(self, key) < low:
                 raise ValueError(f"{key} = {getattr(self, key)!r} is out of range; allowed: an "
                                  f"integer ≥ {low}")
+        if self.confirm and self.confirm_top is not None and self.confirm_top > self.num_samples:
+            raise ValueError(f"confirm_top = {self.confirm_top} is more than num_samples = "
+                             f"{self.num_samples}: only the search's own trials can be confirmed "
+                             "(--confirm-top, --num-samples)")
         for key in ("cpus_per_trial", "gpus_per_trial", "collapse_std_ratio",
                     "collapse_rank_ratio"):
             if not getattr(self, key) >= 0:  # NaN fails too
                 raise ValueError(f"{key} = {getattr(self, key)!r} is out of range; allowed: ≥ 0")
+
+
+    @property
+    def top(self) -> int:
+        """The K of the confirmation: ``confirm_top``, by default 2 (fewer when the search has
+        fewer trials)."""
+        return self.confirm_top if self.confirm_top is not None else min(2, self.num_samples)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,7 +35,7 @@ OUTBOX_FILE = "tracking_outbox.jsonl"
 # The Tracker methods a record may name: each takes JSON values and is idempotent.
 OPS = frozenset({"trial_started", "trial_result", "trial_ended", "trial_tag",
                  "trial_file", "log_parent_text", "log_parent_file", "log_parent_baselines",
-                 "end_sweep"})
+                 "log_parent_selection", "end_sweep"})
 # Failures that mean "the server is not there (now)", not "the call is wrong": connection refused
 # or reset, DNS, timeouts, and HTTP 5xx after MLflow's own retries ("Max retries exceeded").
 _OUTAGE_TYPES = {"ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "MaxRetryError",

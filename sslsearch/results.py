@@ -25,6 +25,12 @@ def fmt(v: Any) -> str:
 FINISHED = "finished"
 STOPPED_EARLY = "stopped early"
 ERROR = "error"  # the status of a trial Ray gave up on (its error file says why)
+FAILED_PREFIXES = ("failed", "error")  # a TrialRecord's status: "failed: <reason>" or "error"
+
+
+def is_failed(status: str) -> bool:
+    """A record's status says it failed (a failure reason, or an error Ray gave up on)."""
+    return status.startswith(FAILED_PREFIXES)
 
 
 def number(v: Any) -> float | None:
@@ -210,11 +216,17 @@ def budget_line(b: Budget) -> str:
 # Selection: which trial of a search is re-run, exported, reported
 
 
-SELECTION = ("probe_val_acc (linear probe on the validation split held out of the training set) "
-             "among the finished trials (those that trained all their configured epochs); ties: "
-             "val_knn_acc. When no finished trial has a probe (probe: false, or none finished): "
-             "the last val_knn_acc, among the finished trials, else among those stopped early by "
-             "ASHA. Failed trials are never selected. Test accuracy is never used to select.")
+# The one selection rule: which trial of a search is best. The sweep's summary and its exported
+# encoder, best_experiment.yaml, the confirmation's candidates, --compare, the search benchmark and
+# the sweep's MLflow run all read it through rank_trials / select_best; nothing else sorts trials.
+SELECTION = ("trials are ranked by the search's own metric (search.metric, the value TPE optimises "
+             "and ASHA compares) at their last epoch, better first; ties go to the higher linear-"
+             "probe validation accuracy, then the trial id. Eligible: the trials that trained all "
+             "their configured epochs (finished, with a probe or without); only when none did, "
+             "those ASHA stopped early (on their last, earlier, value). Failed trials are never "
+             "eligible, and the test split never plays a part. With confirmation on, the top K "
+             "eligible configurations are re-run on fresh seeds and the winner is the one with the "
+             "best mean of the same metric over those seeds.")
 
 
 @dataclasses.dataclass
@@ -237,7 +249,7 @@ class TrialRecord:
     @property
     def val_knn_acc(self) -> float | None:
         v = self.metrics.get("val_knn_acc")
-        return None if self.status.startswith(("failed", "error")) or v is None else float(v)
+        return None if is_failed(self.status) or v is None else float(v)
 
     @property
     def probe_val_acc(self) -> float | None:
@@ -283,16 +295,35 @@ def record(result: Any, stage: str, space_keys: Sequence[str] = ()) -> TrialReco
         seed=int(config["seed"]) if "seed" in config else None)
 
 
-def select_best(trials: Sequence[TrialRecord]) -> TrialRecord | None:
-    """The method's configuration to re-run: see :data:`SELECTION`."""
-    probed = [t for t in trials if t.status == FINISHED and t.probe_val_acc is not None]
-    if probed:
-        return max(probed, key=lambda t: (t.probe_val_acc or 0.0, t.val_knn_acc or 0.0))
-    for status in (FINISHED, STOPPED_EARLY):  # no probe: the kNN monitor, finished trials first
-        alive = [t for t in trials if t.status == status and t.val_knn_acc is not None]
-        if alive:
-            return max(alive, key=lambda t: t.val_knn_acc or 0.0)
-    return None
+def rank_key(t: TrialRecord, metric: str, mode: str) -> tuple[int, float, float, str]:
+    """The sort key of :data:`SELECTION` (smaller is better): tier (0 finished, 1 stopped early,
+    2 failed or without a finite value), the metric (better first), the probe's val accuracy,
+    the trial id."""
+    value = None if is_failed(t.status) else number(t.metrics.get(metric))
+    tier = 2 if value is None else {FINISHED: 0, STOPPED_EARLY: 1}.get(t.status, 2)
+    sign = -1.0 if mode == "max" else 1.0
+    probe = t.probe_val_acc
+    return (tier, sign * value if value is not None else math.inf,
+            -probe if probe is not None else math.inf, t.trial_id)
+
+
+def rank_trials(trials: Sequence[TrialRecord], metric: str, mode: str) -> list[TrialRecord]:
+    """Every trial, best first (:data:`SELECTION`): the eligible ones, then the rest."""
+    return sorted(trials, key=lambda t: rank_key(t, metric, mode))
+
+
+def eligible(trials: Sequence[TrialRecord], metric: str, mode: str) -> list[TrialRecord]:
+    """The trials :data:`SELECTION` may pick, best first: the finished ones with a value of
+    ``metric``; when there are none, those stopped early."""
+    tiers = [(rank_key(t, metric, mode)[0], t) for t in rank_trials(trials, metric, mode)]
+    best_tier = min((tier for tier, _ in tiers), default=2)
+    return [t for tier, t in tiers if tier == best_tier < 2]
+
+
+def select_best(trials: Sequence[TrialRecord], metric: str, mode: str) -> TrialRecord | None:
+    """The search's best trial by :data:`SELECTION`; None when no trial is eligible."""
+    pool = eligible(trials, metric, mode)
+    return pool[0] if pool else None
 
 
 def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:

@@ -22,10 +22,11 @@ from typing import Any
 import yaml
 
 from sslsearch.cli import Overrides, build_parser, find_resume_folder, storage_location
-from sslsearch.compare import run_compare
+from sslsearch.compare import run_compare, trial_keys
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
+from sslsearch.confirm import Choice, choose, parent_record
 from sslsearch.errors import ConfigError, exit_code
-from sslsearch.results import FINISHED, budget, budget_line, fmt
+from sslsearch.results import budget, budget_line, record
 from sslsearch.schema import check_owned, resolve_file, results_folder
 from sslsearch.space import load_space, trial_from_config
 from sslsearch.summary import summarize
@@ -84,8 +85,11 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
         tuner = sweep.build_tuner(exp, space, _settings(plan, address), quiet=args.quiet)
         if plan.folder is not None and not plan.resumed:  # a restart keeps the first record
             sweep.write_sweep_file(plan.folder, _sweep_record(plan, args, argv))
-    grid = tuner.fit()
-    return _report(plan, [grid[i] for i in range(len(grid))], time.time() - t0)
+    results = sweep.fit_all(tuner)  # Ctrl+C: "interrupted: resume with --resume"
+    confirmation, confirm_results = None, list[Any]()
+    if exp.search.confirm:
+        confirmation, confirm_results = _confirm(plan, space, results, args.quiet)
+    return _report(plan, results, confirmation, confirm_results, time.time() - t0)
 
 
 def _resumed_plan(args: argparse.Namespace) -> Plan:
@@ -102,6 +106,14 @@ def _resumed_plan(args: argparse.Namespace) -> Plan:
                               "it as it was")
     saved = Overrides.saved(info["overrides"], str(folder / sweep.SWEEP_FILE))
     exp = saved.apply(load_experiment(info["experiment_path"]))
+    for flag, key, started in (("--confirm-top", "confirm_top", exp.search.top),
+                               ("--confirm-seeds", "confirm_seeds", exp.search.confirm_seeds),
+                               ("--no-confirm", "confirm", exp.search.confirm)):
+        given = getattr(args, key)
+        if given is not None and given != started:
+            shown = "" if key == "confirm" else f" {given}"
+            raise ConfigError(f"{flag}{shown}: sweep {folder.name} was started with "
+                              f"search.{key} = {started}; drop the flag to resume it as it was")
     return Plan(name=folder.name, storage=str(folder.parent), space_path=Path(info["space_path"]),
                 exp=exp, tracking_uri=info["tracking_uri"],
                 mlflow_experiment=info["mlflow_experiment"], resumed=True)
@@ -164,12 +176,31 @@ def _log_new_sweep(plan: Plan, args: argparse.Namespace, argv: list[str]) -> Non
                "command.txt": sweep.python_command([shlex.quote(a) for a in argv]) + "\n"})
 
 
-def _report(plan: Plan, results: list[Any], elapsed: float) -> int:
-    """The summary (MLflow, summary.md, the terminal), the best config and encoder exported."""
+def _confirm(plan: Plan, space: Any, results: list[Any], quiet: bool) -> tuple[Any, list[Any]]:
+    """The search's top configurations on fresh seeds (:func:`sslsearch.reruns.confirm_search`),
+    in the sweep's folder (``confirm/``), resumed after a kill like the search."""
+    from sslsearch.reruns import CONFIRM_RUN, Target, confirm_search
+
+    keys = trial_keys(space)
+    target = Target(storage=f"{plan.storage}/{plan.name}", run_name=CONFIRM_RUN,
+                    sweep_name=plan.name, tracking_uri=plan.tracking_uri,
+                    mlflow_experiment=plan.mlflow_experiment,
+                    outbox=_settings(plan, None).outbox_file, quiet=quiet, record=plan.folder)
+    return confirm_search([record(r, "search", keys) for r in results], space, plan.exp, target,
+                          keys)
+
+
+def _report(plan: Plan, results: list[Any], confirmation: Any, confirm_results: list[Any],
+            elapsed: float) -> int:
+    """The summary (MLflow, summary.md, the terminal), the answer (:func:`sslsearch.confirm.
+    choose`) exported as ``best_experiment.yaml`` and ``best_encoder/``, and recorded on the
+    sweep's MLflow run."""
     from sslsearch import tracking
 
     exp, folder = plan.exp, plan.folder
-    summary, rows = summarize(results, exp.search.metric, exp.search.mode)
+    metric = exp.search.metric
+    summary, rows = summarize(results, metric, exp.search.mode, confirmation)
+    choice = choose([r["record"] for r in rows], metric, exp.search.mode, confirmation)
     outbox = _outbox(plan)
     header = (f"# Sweep {plan.name}\n\nspace `{plan.space_path.name}`, experiment "
               f"`{Path(exp.source).name}`, {len(rows)} trials, {elapsed:.0f} s\n\n")
@@ -181,19 +212,19 @@ def _report(plan: Plan, results: list[Any], elapsed: float) -> int:
         for k, v in row["baselines"].items():
             split.setdefault(k, v)
     outbox.send("log_parent_baselines", split)
-    finished = [r for r in rows if r["status"] == FINISHED]
-    if finished and folder is not None:
-        best_file = export_best(finished[0], folder / "best_experiment.yaml", exp)
+    outbox.send("log_parent_selection", *parent_record(choice, confirmation, metric))
+    if choice is not None and folder is not None:
+        best_file = export_best(choice, folder / "best_experiment.yaml", exp)
         outbox.send("log_parent_file", str(best_file))
         (folder / "summary.md").write_text(header + summary)
-        _log_best_encoder(outbox, finished[0], folder)
-    last_results = {str(r.metrics["trial_id"]): r.metrics for r in results
+        _log_best_encoder(outbox, choice, folder)
+    last_results = {str(r.metrics["trial_id"]): r.metrics for r in [*results, *confirm_results]
                     if r.metrics and "trial_id" in r.metrics}
     outbox.send("end_sweep", last_results, exp.trial.epochs, "FINISHED")
     outbox.close(plan.name if plan.folder is not None else str(outbox.path))
     print(f"\n{summary}")
-    if finished and folder is not None:
-        print(f"best config: {folder / 'best_experiment.yaml'}")
+    if choice is not None and folder is not None:
+        print(f"best config: {folder / 'best_experiment.yaml'} ({choice.how})")
     print(f"MLflow runs: mlflow ui --backend-store-uri {plan.tracking_uri} --host 127.0.0.1 "
           f"--port 5000, then open {tracking.outbox_link(outbox)}")
     print(budget_line(budget(results)).strip().replace("**", ""))
@@ -234,20 +265,16 @@ def sync_tracking(given: str, storage: str) -> int:
     return 1
 
 
-def export_best(best: dict[str, Any], out: Path, exp: Experiment) -> Path:
-    """The best trial's config as a ready-to-run experiment YAML."""
-    cfg = dataclasses.asdict(trial_from_config(best["config"]))
+def export_best(choice: Choice, out: Path, exp: Experiment) -> Path:
+    """The answer's configuration as a ready-to-run experiment YAML."""
+    cfg = dataclasses.asdict(trial_from_config(choice.config))
     cfg["method_params"] = {k: list(v) if isinstance(v, tuple) else v
                             for k, v in cfg["method_params"].items()}
     cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
-    # A trial without a linear probe (probe: false) was selected on its val kNN accuracy.
-    score = (f"probe val acc {fmt(best['probe_val_acc'])}"
-             if best.get("probe_val_acc") is not None
-             else f"val kNN acc {fmt(best.get('val_knn_acc'))} (no linear probe)")
-    doc = {"description": f"Best trial {best['trial_id']} of sweep {out.parent.name}: "
-                          f"{score}. Re-run with `python -m sslsearch.train --experiment {out}`.",
+    doc = {"description": f"Sweep {out.parent.name}: {choice.how}. Re-run with `python -m "
+                          f"sslsearch.train --experiment {out}` (--seed S for another seed).",
            "trial": cfg, "search": dataclasses.asdict(exp.search)}
-    out.write_text(yaml.safe_dump(doc, sort_keys=False))
+    out.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
     return out
 
 
@@ -259,20 +286,21 @@ def _outbox(plan: Plan) -> Any:
                                  plan.mlflow_experiment, plan.name)
 
 
-def _log_best_encoder(outbox: Any, best: dict[str, Any], folder: Path) -> None:
-    """Export the best trial's encoder (safetensors weights + config, see ``sslsearch.export``)
-    to ``folder/best_encoder`` and log it to the trial's and the sweep's MLflow runs."""
+def _log_best_encoder(outbox: Any, choice: Choice, folder: Path) -> None:
+    """Export the answer's encoder (safetensors weights + config, see ``sslsearch.export``) to
+    ``folder/best_encoder`` and log it to its run's and the sweep's MLflow runs."""
     from sslsearch.export import export_trial
 
-    out = export_trial(best["config"], best.get("checkpoint"), folder / "best_encoder",
-                       extra={"trial_id": best["trial_id"],
-                              "probe_val_acc": best["probe_val_acc"],
-                              "probe_test_acc": best["probe_test_acc"]})
+    run = choice.run
+    out = export_trial(run.config, run.checkpoint, folder / "best_encoder",
+                       extra={"trial_id": choice.trial_id, "run_trial_id": run.trial_id,
+                              "selection": choice.how,
+                              "probe_val_acc": run.metrics.get("probe_val_acc"),
+                              "probe_test_acc": run.metrics.get("probe_test_acc")})
     if out is None:
         return
-    trial_id = best["config"].get("_trial_id", best["trial_id"])
     for path in sorted(out.iterdir()):
-        outbox.send("trial_file", trial_id, str(path), "encoder")
+        outbox.send("trial_file", run.trial_id, str(path), "encoder")
         outbox.send("log_parent_file", str(path), "best_encoder")
     print(f"best encoder: {out} (load with sslsearch.load_encoder)", flush=True)
 

@@ -145,6 +145,22 @@ class SearchSpace:
         included). What the number of random start-up trials scales with."""
         return max(len(self.drawn_names(m)) for m in self.method_names)
 
+    def fixed(self, method: str) -> dict[str, Any]:
+        """``method``'s Ray config with nothing drawn: the experiment's settings (``_base``) and
+        the space's constants. As it is, the experiment's own configuration (the *defaults*);
+        drawn values go over it."""
+        return {"_base": dict(self.base), "method": method,
+                **{k: v for k, v in self.trial.items() if not isinstance(v, Dist)},
+                **{f"{method}.{k}": v for k, v in self.methods.get(method, {}).items()
+                   if not isinstance(v, Dist)}}
+
+    def only(self, method: str) -> SearchSpace:
+        """This space with its method fixed to ``method`` (and only that method's initial
+        points): one method's search in a comparison or a benchmark."""
+        return dataclasses.replace(self, method=method, initial=tuple(
+            {k: v for k, v in p.items() if k != "method"} for p in self.initial
+            if p.get("method", method) == method))
+
     def __call__(self, trial: Any) -> dict[str, Any]:
         """Define-by-run: suggest the method, the shared parameters, then that method's own.
 
@@ -318,11 +334,7 @@ def parse_space(doc: Any, source: str, base: TrialConfig | None = None) -> Searc
             if key not in allowed:
                 raise ConfigError(f"{source}: initial[{i}].{key!s} is not a parameter this space "
                                   f"draws for {name}; allowed: {', '.join(sorted(allowed))}")
-        config = {"_base": space.base, "method": name,
-                  **{k: v for k, v in trial.items() if not isinstance(v, Dist)},
-                  **{f"{name}.{k}": v for k, v in per_method.get(name, {}).items()
-                     if not isinstance(v, Dist)}, **point}
-        trial_from_config(config, source=f"{source}: initial[{i}]")
+        trial_from_config({**space.fixed(name), **point}, source=f"{source}: initial[{i}]")
     initial: list[Mapping[str, Any]] = []
     for point in raw_initial:
         initial += ([default_point(space, m) for m in space.method_names]
@@ -380,10 +392,6 @@ def _parse_initial(doc: Any, source: str, method: Dist | str,
 def _check_values(space: SearchSpace) -> None:
     """Build a trial config at every bound of every parameter: range errors surface now."""
     for name in space.method_names:
-        fixed = {"method": name}
-        consts = {k: v for k, v in space.trial.items() if not isinstance(v, Dist)}
-        mconsts = {f"{name}.{k}": v for k, v in space.methods.get(name, {}).items()
-                   if not isinstance(v, Dist)}
         probes: list[dict[str, Any]] = [{}]
         for key, spec in space.trial.items():
             if isinstance(spec, Dist):
@@ -392,8 +400,7 @@ def _check_values(space: SearchSpace) -> None:
             if isinstance(spec, Dist):
                 probes += [{f"{name}.{key}": v} for v in spec.corners()]
         for probe in probes:
-            config = {"_base": space.base, **fixed, **consts, **mconsts, **probe}
-            trial_from_config(config, source=space.source)
+            trial_from_config({**space.fixed(name), **probe}, source=space.source)
 
 
 def load_space(name: str | Path, base: TrialConfig | None = None) -> SearchSpace:

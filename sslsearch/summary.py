@@ -10,10 +10,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sslsearch.config import LABEL_FREE_OBJECTIVES
+from sslsearch.confirm import markdown
 from sslsearch.results import (
-    FINISHED,
     INIT_KEY,
-    STOPPED_EARLY,
+    SELECTION,
     baseline_line,
     baselines_of,
     budget,
@@ -22,14 +22,19 @@ from sslsearch.results import (
     fmt,
     fmt_delta,
     number,
+    rank_key,
+    record,
     result_status,
 )
 
 
-def summarize(results: Any, metric: str, mode: str) -> tuple[str, list[dict[str, Any]]]:
-    """A Markdown table: the best trial of each method, and all trials ranked, each accuracy
-    beside its difference to the raw-pixel baseline (and val kNN to the random-init encoder);
-    above it the baselines and the budget (:func:`budget_line`)."""
+def summarize(results: Any, metric: str, mode: str, confirmation: Any = None
+              ) -> tuple[str, list[dict[str, Any]]]:
+    """A Markdown table: the best trial of each method, and all trials ranked by the one
+    selection rule (:func:`sslsearch.results.rank_trials`), each accuracy beside its difference
+    to the raw-pixel baseline (and val kNN to the random-init encoder); above it the baselines,
+    the budget (:func:`budget_line`) and, when the search was confirmed on fresh seeds
+    (``confirmation``, a :class:`sslsearch.confirm.Confirmation`), its candidates first."""
     results = list(results)
     rows = []
     for r in results:
@@ -37,30 +42,18 @@ def summarize(results: Any, metric: str, mode: str) -> tuple[str, list[dict[str,
         if metric not in m:
             continue
         cfg = r.config or {}
-        method = cfg.get("method", "?")
         params = {k: v for k, v in cfg.items()
                   if not k.startswith("_") and k != "method"}
-        rows.append({"trial_id": m.get("trial_id", "?"), "method": method, "params": params,
+        rec = record(r, "search")
+        rows.append({"trial_id": rec.trial_id, "method": rec.method, "params": params,
                      "epochs": int(m.get("epoch", 0)), metric: m.get(metric),
                      "val_knn_acc": m.get("val_knn_acc"),
                      "probe_val_acc": m.get("probe_val_acc"),
                      "probe_test_acc": m.get("probe_test_acc"),
                      "baselines": baselines_of(m),
                      "status": result_status(r), "metrics": m,
-                     "config": cfg, "path": r.path, "checkpoint": r.checkpoint})
-    sign = -1 if mode == "max" else 1
-
-    def key(row: dict[str, Any]) -> tuple[bool, int, float, float]:
-        # Selection is on validation: the probe's val accuracy once trained, else the kNN monitor
-        # (which also orders trials without a probe: stopped early, or finished with probe: false).
-        failed = row["status"] not in (FINISHED, STOPPED_EARLY)
-        probe = row["probe_val_acc"]
-        value = number(row[metric])
-        return (probe is None, int(failed),
-                sign * probe if probe is not None and mode == "max" else 0.0,
-                sign * value if value is not None else math.inf)
-
-    rows.sort(key=key)
+                     "config": cfg, "path": r.path, "checkpoint": r.checkpoint, "record": rec})
+    rows.sort(key=lambda row: rank_key(row["record"], metric, mode))
     ranked_by = "val kNN" if metric == "val_knn_acc" else metric
     lines = [f"| method | trial | epochs | status | {ranked_by} | vs raw pixels | vs random init | "
              "probe val | vs raw pixels | probe test | vs raw pixels | parameters |",
@@ -83,9 +76,10 @@ def summarize(results: Any, metric: str, mode: str) -> tuple[str, list[dict[str,
                 f"{vs(row, 'probe_test_acc', 'raw_probe_test_acc')} | {params} |")
 
     labeled = any(r["val_knn_acc"] is not None for r in rows) or not rows
-    text = [f"Trials ranked by `{metric}` ({mode}imised), in ASHA and TPE alike.\n",
+    confirmed = [] if confirmation is None else [markdown(confirmation)]
+    text = [f"Trials ranked by `{metric}` ({mode}imised), in ASHA and TPE alike: {SELECTION}\n",
             baseline_line(rows) if labeled else "**Baselines**: none (no labels: the trials are "
-            "judged by label-free metrics only).\n", budget_line(budget(results)),
+            "judged by label-free metrics only).\n", budget_line(budget(results)), *confirmed,
             "## Best trial per method (selected on validation)", "", *lines,
             *(line(r) for r in best_per_method.values()), "", "## All trials", "", *lines,
             *(line(r) for r in rows)]

@@ -23,50 +23,22 @@ import ray
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from sslsearch.cluster import check_address
 from sslsearch.config import Experiment, SearchConfig
+from sslsearch.confirm import CANDIDATE_KEY, DEFAULTS
 from sslsearch.errors import CONFIG_FAULTS, ConfigError
 from sslsearch.outbox import OUTBOX_FILE
 from sslsearch.results import FINISHED, STOPPED_EARLY, configured_epochs, trial_status
 from sslsearch.schema import check_owned
 from sslsearch.space import SearchSpace
+from sslsearch.stopping import BudgetStopper, CollapseStopper
 from sslsearch.tracking import MLflowTrialCallback
 from sslsearch.trainable import trainable
 
 SWEEP_FILE = "sslsearch_sweep.json"
-
-
-class CollapseStopper(tune.Stopper):
-    """Stop a trial whose embeddings have collapsed for ``patience`` consecutive epochs.
-
-    Collapsed: std of the L2-normalised embeddings × √d below ``std_ratio`` (≈ 1 when spread, 0
-    when every embedding is the same), or effective rank / d below ``rank_ratio``. The stopper
-    marks the result with ``failure_reason: collapsed`` so the searcher and MLflow record why.
-    """
-
-    def __init__(self, std_ratio: float, rank_ratio: float, patience: int) -> None:
-        self.std_ratio, self.rank_ratio, self.patience = std_ratio, rank_ratio, patience
-        self._streak: dict[str, int] = {}
-
-    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        std = result.get("embed_std_ratio")
-        rank = result.get("effective_rank_ratio")
-        if std is None or rank is None:
-            return False
-        collapsed = std < self.std_ratio or rank < self.rank_ratio
-        self._streak[trial_id] = self._streak.get(trial_id, 0) + 1 if collapsed else 0
-        if self._streak[trial_id] >= self.patience:
-            # The same dict reaches the callbacks and becomes the trial's last result.
-            result["failure_reason"] = "collapsed"
-            result["failure_message"] = (f"embeddings collapsed for {self.patience} epochs: "
-                                         f"std×√d {std:.3g}, rank/d {rank:.3g}")
-            return True
-        return False
-
-    def stop_all(self) -> bool:
-        return False
 
 
 class SSLOptunaSearch(OptunaSearch):
@@ -156,7 +128,8 @@ class Progress(tune.Callback):
                         result: dict[str, Any], **info: Any) -> None:
         if self.per_epoch and "epoch" in result:
             print(f"  [{time.time() - self.t0:6.0f}s] {trial.trial_id} "
-                  f"{trial.config.get('method', '?'):>8} epoch {int(result['epoch']):3d}  "
+                  f"{trial.config.get('method', '?'):>8}{_run_label(trial.config)} "
+                  f"epoch {int(result['epoch']):3d}  "
                   f"{self.metric} {result.get(self.metric, float('nan')):.4f}", flush=True)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial,
@@ -166,13 +139,22 @@ class Progress(tune.Callback):
         status = trial_status(last, trial.config)
         state = {FINISHED: FINISHED, STOPPED_EARLY: f"{STOPPED_EARLY} by ASHA"}.get(
             status, f"ended: {status}")
-        print(f"trial {trial.trial_id} {state} ({self.done}/{self.total} done)", flush=True)
+        print(f"trial {trial.trial_id}{_run_label(trial.config)} {state} ({self.done}/"
+              f"{self.total} done)", flush=True)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial,
                        **info: Any) -> None:
         self.done += 1
         print(f"trial {trial.trial_id} errored ({self.done}/{self.total} done); "
               f"see {trial.error_file}", flush=True)
+
+
+def _run_label(config: dict[str, Any]) -> str:
+    """`` confirm #1 seed 4`` for a confirmation run, "" for a search trial."""
+    label = config.get(CANDIDATE_KEY)
+    if label is None:
+        return ""
+    return f" confirm {label if label == DEFAULTS else f'#{label}'} seed {config.get('seed')}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,6 +193,8 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Every epoch checkpoints; Tune's "snapshotting too often" warning is noise at this scale.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Trials print nothing themselves; Ray's own INFO chatter would drown the progress lines.
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
                               "log_to_driver": True}
@@ -246,30 +230,6 @@ def check_resources(search: SearchConfig, address: str | None) -> None:
                 print(f"warning: {line} unless the cluster grows", file=sys.stderr, flush=True)
             else:
                 raise ConfigError(line)
-
-
-class BudgetStopper(tune.Stopper):
-    """Stops the whole search once the trials' trained epochs (the highest ``epoch`` each trial
-    reported, so a restarted trial's repeated epoch counts once) reach ``budget``; wraps the
-    sweep's own stopper (the collapse stopper), which keeps deciding about single trials."""
-
-    def __init__(self, budget: int, inner: Any = None) -> None:
-        self.budget, self.inner = budget, inner
-        self._epochs: dict[str, int] = {}
-
-    @property
-    def spent(self) -> int:
-        return sum(self._epochs.values())
-
-    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        epoch = result.get("epoch")
-        if isinstance(epoch, int | float) and math.isfinite(epoch):
-            self._epochs[trial_id] = max(self._epochs.get(trial_id, 0), int(epoch))
-        return bool(self.inner(trial_id, result)) if self.inner is not None else False
-
-    def stop_all(self) -> bool:
-        inner = bool(self.inner.stop_all()) if self.inner is not None else False
-        return self.spent >= self.budget or inner
 
 
 def n_startup_trials(num_samples: int, dims: int) -> int:
@@ -387,10 +347,13 @@ def has_tune_state(folder: Path) -> bool:
     return any(folder.glob("experiment_state-*.json"))
 
 
-def restore_tuner(folder: Path) -> tune.Tuner:
-    return tune.Tuner.restore(str(folder), trainable=_restorable_trainable(folder),
-                              resume_unfinished=True, resume_errored=True,
-                              restart_errored=False)
+def restore_tuner(folder: Path, record: Path | None = None) -> tune.Tuner:
+    """Tune's experiment in ``folder``, to continue; ``record``: the folder whose sweep file says
+    how its trials were wrapped (default ``folder``; a confirmation's is its sweep's)."""
+    info = json.loads(((record or folder) / SWEEP_FILE).read_text())
+    fn = _trainable(info["metric"], info["mode"], info["cpus_per_trial"], info["gpus_per_trial"])
+    return tune.Tuner.restore(str(folder), trainable=fn, resume_unfinished=True,
+                              resume_errored=True, restart_errored=False)
 
 
 def _trainable(metric: str, mode: str, cpus: float, gpus: float) -> Any:
@@ -398,33 +361,66 @@ def _trainable(metric: str, mode: str, cpus: float, gpus: float) -> Any:
                                {"cpu": cpus, "gpu": gpus})
 
 
-def _restorable_trainable(folder: Path) -> Any:
-    info = json.loads((folder / SWEEP_FILE).read_text())
-    return _trainable(info["metric"], info["mode"], info["cpus_per_trial"], info["gpus_per_trial"])
+class ConfigList(Searcher):
+    """Proposes the given trial configs in order, then FINISHED: a fixed list of runs (a search's
+    candidates on fresh seeds, the default configuration's seeds). Its position is saved with the
+    experiment (as JSON, not a pickle), so a resumed list proposes the rest, each once."""
+
+    def __init__(self, configs: Sequence[dict[str, Any]], metric: str, mode: str) -> None:
+        super().__init__(metric=metric, mode=mode)
+        self.configs = [dict(c) for c in configs]
+        self.position = 0
+
+    def suggest(self, trial_id: str) -> Any:  # a config, or Searcher.FINISHED (a string)
+        if self.position >= len(self.configs):
+            return Searcher.FINISHED
+        self.position += 1
+        return dict(self.configs[self.position - 1])
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
+                          error: bool = False) -> None:
+        pass  # nothing to learn: the list is fixed
+
+    def save(self, checkpoint_path: str) -> None:
+        Path(checkpoint_path).write_text(json.dumps({"configs": self.configs,
+                                                     "position": self.position}))
+
+    def restore(self, checkpoint_path: str) -> None:
+        state = json.loads(Path(checkpoint_path).read_text())
+        self.configs, self.position = state["configs"], int(state["position"])
 
 
-def build_seed_tuner(config: dict[str, Any], seeds: list[int], exp: Experiment, storage: str,
+def build_runs_tuner(configs: Sequence[dict[str, Any]], exp: Experiment, storage: str,
                      run_name: str, sweep_name: str, tracking_uri: str, mlflow_experiment: str,
                      quiet: bool, outbox: Path | None = None) -> tune.Tuner:
-    """Re-train one configuration with each seed: a grid over ``seed``, no searcher, no ASHA;
-    logged as children of the sweep ``sweep_name`` like any trial (through the tracking outbox
-    ``outbox``, by default ``storage/tracking_outbox.jsonl``)."""
+    """Train each of ``configs`` (full Ray configs, seeds included) once to its last epoch: no
+    searcher, no ASHA, no collapse stopper (a confirmation wants every run's end). Logged as
+    children of the sweep ``sweep_name`` like any trial (through the tracking outbox ``outbox``,
+    by default ``storage/tracking_outbox.jsonl``); Tune's experiment is ``storage/run_name``."""
     search = exp.search
-    config = {k: v for k, v in config.items() if k != "seed"}
     return tune.Tuner(
         _trainable(search.metric, search.mode, search.cpus_per_trial, search.gpus_per_trial),
-        param_space={**config, "seed": tune.grid_search(seeds)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=search.max_concurrent,
-                                    reuse_actors=search.reuse_actors,
-                                    trial_dirname_creator=_trial_dirname),
+        tune_config=tune.TuneConfig(
+            search_alg=ConfigList(configs, search.metric, search.mode),
+            num_samples=len(configs), max_concurrent_trials=search.max_concurrent,
+            reuse_actors=search.reuse_actors, trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=run_name, storage_path=storage,
             callbacks=[MLflowTrialCallback(tracking_uri, mlflow_experiment, sweep_name,
                                            exp.trial.epochs,
                                            outbox or Path(storage) / OUTBOX_FILE),
-                       Progress(search.metric, len(seeds), per_epoch=not quiet)],
+                       Progress(search.metric, len(configs), per_epoch=not quiet)],
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0))
+
+
+def fit_all(tuner: tune.Tuner) -> list[Any]:
+    """``tuner.fit()``'s results. Tune returns (not raises) on Ctrl+C, with trials unfinished:
+    that must end the command (to be resumed), not carry on with half a search."""
+    grid = tuner.fit()
+    if grid.num_terminated + grid.num_errors < len(grid):
+        raise KeyboardInterrupt
+    return [grid[i] for i in range(len(grid))]
 
 
 def python_command(argv: Sequence[str]) -> str:

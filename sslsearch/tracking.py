@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
+from sslsearch.confirm import CANDIDATE_KEY, STAGE_KEY
 from sslsearch.errors import ConfigError
 from sslsearch.outbox import Outbox, RetryingClient, is_outage
 from sslsearch.results import RAW_KEYS, outcome
@@ -33,6 +34,9 @@ TAG_SWEEP = "sslsearch.sweep_id"
 TAG_TRIAL = "sslsearch.trial_id"
 TAG_NODE = "sslsearch.node_id"  # the Ray node the trial's latest result came from
 TAG_NODES = "sslsearch.node_ids"  # every node it ran on, in order (comma-separated)
+TAG_STAGE = "sslsearch.stage"  # search, or confirm (a candidate re-run on a fresh seed)
+TAG_CANDIDATE = "sslsearch.candidate"  # a confirmation run's candidate: its search rank, defaults
+TAG_SEED = "sslsearch.seed"
 # Ray's bookkeeping keys are not metrics of the trial.
 _SKIP = {"training_iteration", "timestamp", "time_since_restore", "iterations_since_restore",
          "done", "pid", "time_total_s", "time_this_iter_s", "epoch"}
@@ -158,6 +162,15 @@ class Tracker:
             self._parent_metrics |= {m.key for m in fresh}
         return [m.key for m in fresh]
 
+    def log_parent_selection(self, tags: Mapping[str, str], metrics: Mapping[str, float]) -> None:
+        """The sweep's answer on its run (:func:`sslsearch.confirm.parent_record`): which trial
+        won and how, the confirmed figures. Idempotent: a replay sets the same values again."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.parent_id,
+                              metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()
+                                       if math.isfinite(float(v))],
+                              tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
     def end_sweep(self, last_results: Mapping[str, Mapping[str, Any]], max_epochs: int,
                   status: str = "FINISHED") -> None:
         """Close the parent and every child still RUNNING.
@@ -250,8 +263,11 @@ class Tracker:
     # --- keyed by Ray trial id: the calls an Outbox records and replays (JSON arguments; each
     # idempotent, since a replay cut short is run again) ------------------------------------
     def trial_started(self, trial_id: str, name: str, params: Mapping[str, Any],
-                      config_text: str) -> None:
-        self.log_child_text(self.child(trial_id, name, params), config_text, "trial_config.yaml")
+                      config_text: str, tags: Mapping[str, str] | None = None) -> None:
+        run_id = self.child(trial_id, name, params)
+        self.log_child_text(run_id, config_text, "trial_config.yaml")
+        if tags:
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def trial_result(self, trial_id: str, name: str, params: Mapping[str, Any],
                      metrics: Mapping[str, Any], step: int, node_id: str | None = None,
@@ -346,7 +362,10 @@ class MLflowTrialCallback(Callback):
     def _who(trial: Trial) -> tuple[str, str, dict[str, str]]:
         """The trial's id, run name and params (as strings: what MLflow stores, and JSON)."""
         params = {p.key: p.value for p in _params(trial_params(trial.config))}
-        return trial.trial_id, f"{trial.config.get('method')}-{trial.trial_id}", params
+        config, method = trial.config, trial.config.get("method")
+        name = (f"{method}-{trial.trial_id}" if STAGE_KEY not in config else
+                f"{method}-{config[STAGE_KEY]}-{config.get(CANDIDATE_KEY)}-seed{config.get('seed')}")
+        return trial.trial_id, name, params
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial,
                        **info: Any) -> None:
@@ -358,8 +377,12 @@ class MLflowTrialCallback(Callback):
 
         cfg = dataclasses.asdict(trial_from_config(trial.config))
         cfg["method_params"] = dict(cfg["method_params"])
+        config = trial.config
+        tags = {TAG_STAGE: str(config.get(STAGE_KEY, "search"))}
+        if CANDIDATE_KEY in config:  # a confirmation run: which candidate, on which seed
+            tags |= {TAG_CANDIDATE: str(config[CANDIDATE_KEY]), TAG_SEED: str(config.get("seed"))}
         self.outbox.send("trial_started", *self._who(trial),
-                         yaml.safe_dump({"trial": cfg}, sort_keys=False))
+                         yaml.safe_dump({"trial": cfg}, sort_keys=False), tags)
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial,
                         result: dict[str, Any], **info: Any) -> None:

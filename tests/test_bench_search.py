@@ -14,10 +14,11 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from sslsearch import sweep
+from sslsearch import stopping, sweep
 from sslsearch.bench import budget as bench_budget
 from sslsearch.bench import search as bs
 from sslsearch.bench import search_report as rep
+from sslsearch.config import load_experiment
 from sslsearch.results import FINISHED
 from sslsearch.space import load_space, random_points, trial_from_config
 from sslsearch.sweep import n_startup_trials
@@ -52,7 +53,7 @@ class _Inner:
 
 def test_budget_stopper_counts_each_trials_epochs_once_and_keeps_the_inner_stopper() -> None:
     inner = _Inner()
-    stop = sweep.BudgetStopper(5, inner)
+    stop = stopping.BudgetStopper(5, inner)
     assert stop("a", {"epoch": 1}) is False and stop("bad", {"epoch": 1}) is True
     assert stop("a", {"epoch": 2}) is False
     stop("a", {"epoch": 2})  # a restarted trial repeats its epoch: counted once
@@ -70,7 +71,7 @@ def _simulate_tpe_asha(budget: int, epochs: int, grace: int, concurrent: int,
     """Tune's loop in miniature: ``concurrent`` trials advance one epoch per step, each result
     goes through the stopper, a trial ends at its epochs (or at the grace period, for the
     proposals in ``stop_at_grace``: ASHA), new ones are proposed until ``stop_all``."""
-    stop = sweep.BudgetStopper(budget)
+    stop = stopping.BudgetStopper(budget)
     cap = bench_budget.tpe_trial_cap(budget, epochs, grace, concurrent)
     proposed, running = 0, {}
     while not stop.stop_all():
@@ -115,7 +116,7 @@ def test_default_config_is_the_experiments_trial_without_searched_parameters() -
 
     exp = load_experiment("quick")
     space = load_space("simclr.yaml", exp.trial)
-    cfg = trial_from_config(bs.default_config(space))
+    cfg = trial_from_config(space.fixed("simclr"))
     assert cfg.method == "simclr" and cfg.method_params == {}
     assert (cfg.base_lr, cfg.batch_size, cfg.crop_min_scale) == (
         exp.trial.base_lr, exp.trial.batch_size, exp.trial.crop_min_scale)
@@ -171,8 +172,8 @@ def test_the_budget_stop_goes_in_front_of_the_sweeps_own_stopper(tmp_path: Path)
     tuner = sweep.build_tuner(exp, load_space("simclr.yaml", exp.trial), settings, quiet=True,
                               budget_epochs=7)
     stopper = tuner._local_tuner.get_run_config().stop
-    assert isinstance(stopper, sweep.BudgetStopper)
-    assert isinstance(stopper.inner, sweep.CollapseStopper) and stopper.budget == 7
+    assert isinstance(stopper, stopping.BudgetStopper)
+    assert isinstance(stopper.inner, stopping.CollapseStopper) and stopper.budget == 7
 
 
 def test_random_and_tpe_run_until_the_budget_and_random_stops_nothing(
@@ -230,7 +231,8 @@ def _result(trial_id: str, epochs: int, planned: int, vals: list[float], t0: flo
 
 
 def _plan(tmp_path: Path, budget: int = 6, epochs: int = 2) -> Any:
-    return SimpleNamespace(space=load_space("simclr.yaml"), budget=budget, epochs=epochs)
+    return SimpleNamespace(space=load_space("simclr.yaml"), budget=budget, epochs=epochs,
+                           exp=load_experiment("quick"))
 
 
 def test_summarize_run_selects_on_validation_and_counts_the_trained_epochs(

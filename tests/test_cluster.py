@@ -90,7 +90,7 @@ def _finish(proc: subprocess.Popen[str], timeout: float) -> str:
 def test_sweep_runs_its_trials_on_several_nodes_of_a_cluster(
         tmp_path: Path, cluster: Any, mlflow_server: str) -> None:
     proc = _sweep(["--space", "vicreg.yaml", "--num-samples", "2", "--epochs", "2",
-                   "--max-concurrent", "2", "--quiet", "--name", "on-cluster",
+                   "--max-concurrent", "2", "--quiet", "--no-confirm", "--name", "on-cluster",
                    "--storage", str(tmp_path / "shared"), "--tracking-uri", mlflow_server,
                    "--address", "auto"], tmp_path)  # the cluster this machine started last
     out = _finish(proc, timeout=240)
@@ -115,7 +115,7 @@ def test_trial_on_a_lost_node_resumes_from_its_checkpoint_on_another_node(
     # all its epochs. FailureConfig(max_failures=1) of the quick experiment allows the retry.
     proc = _sweep(["--space", "vicreg.yaml", "--num-samples", "2", "--epochs", str(epochs),
                    "--grace-period", str(epochs), "--max-concurrent", "2", "--quiet",
-                   "--name", "lost-node", "--storage", str(tmp_path / "shared"),
+                   "--no-confirm", "--name", "lost-node", "--storage", str(tmp_path / "shared"),
                    "--tracking-uri", mlflow_server], tmp_path,
                   env={"RAY_ADDRESS": cluster.address})
     client = MlflowClient(tracking_uri=mlflow_server)
@@ -173,7 +173,7 @@ def test_a_sweep_whose_every_trial_errors_exits_non_zero(tmp_path: Path) -> None
     experiment.write_text(yaml.safe_dump({"trial": {"dataset": "cifar10", "data_dir": str(empty),
                                                     "backbone": "small_cnn", "epochs": 1}}))
     proc = _sweep(["--space", "vicreg.yaml", "--experiment", str(experiment), "--num-samples", "1",
-                   "--quiet", "--storage", str(tmp_path / "results")], tmp_path)
+                   "--quiet", "--no-confirm", "--storage", str(tmp_path / "results")], tmp_path)
     out = _finish(proc, timeout=180)
     assert proc.returncode == 1, out[-3000:]
     assert "none of the 1 trials reported a result" in out and "errored" in out

@@ -54,7 +54,7 @@ def test_diverging_and_collapsing_trials_end_with_their_reason(tmp_path: Path) -
     (tmp_path / "faults.yaml").write_text(SPACE)
     out = sslsearch_run(["--space", "faults.yaml", "--num-samples", "8", "--epochs", "4",
                          "--grace-period", "4", "--max-concurrent", "2", "--name", "faults",
-                         "--storage", "results", "--quiet"], tmp_path, timeout=600)
+                         "--storage", "results", "--quiet", "--no-confirm"], tmp_path, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     children = assert_complete_sweep(uri, n_trials=8, epochs=4)
@@ -128,25 +128,30 @@ def test_resume_with_another_space_is_refused(tmp_path: Path) -> None:
     assert len(out.stderr.strip().splitlines()) == 1
 
 
-# A driver that dies at a chosen point, in the style of Ray Tune's own fault-injection tests: the
-# sweep's Progress callback is swapped for one that SIGKILLs the driver at its N-th trial result,
-# unless a marker file says the fault already happened (so the same script then resumes cleanly).
+# A driver that dies at chosen points, in the style of Ray Tune's own fault-injection tests: the
+# sweep's Progress callback is swapped for one that SIGKILLs the driver at its N-th trial result of
+# a stage (search trials or confirmation runs), once per kill point (a marker file per point says
+# it already happened, so the same script then resumes cleanly).
 KILLER = """
 import os, signal, sys
 from pathlib import Path
 import sslsearch.sweep as sweep
 from sslsearch.run import main
 
-marker = Path(sys.argv[1])
+folder = Path(sys.argv[1])
+points = [p.split(":") for p in sys.argv[2].split(",")]  # stage:N, e.g. search:5,confirm:2
 
 class KillingProgress(sweep.Progress):
-    seen = 0
+    seen = {"search": 0, "confirm": 0}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        KillingProgress.seen += 1
-        if KillingProgress.seen == int(sys.argv[2]) and not marker.exists():
-            marker.write_text(trial.trial_id)
-            os.kill(os.getpid(), signal.SIGKILL)  # mid-callback: MLflow may lag Tune's state
+        stage = "confirm" if "_candidate" in trial.config else "search"
+        KillingProgress.seen[stage] += 1
+        for at_stage, n in points:
+            marker = folder / f"killed-{at_stage}-{n}"
+            if stage == at_stage and KillingProgress.seen[stage] == int(n) and not marker.exists():
+                marker.write_text(trial.trial_id)
+                os.kill(os.getpid(), signal.SIGKILL)  # mid-callback: MLflow may lag Tune's state
         super().on_trial_result(iteration, trials, trial, result, **info)
 
 sweep.Progress = KillingProgress
@@ -154,36 +159,62 @@ sys.exit(main(sys.argv[3:]))
 """
 
 
-def test_driver_killed_inside_a_callback_resumes_with_nothing_lost(tmp_path: Path) -> None:
+def test_driver_killed_in_the_search_and_in_the_confirmation_resumes_with_nothing_lost(
+        tmp_path: Path) -> None:
+    """Killed at the 5th search result, resumed; killed again at the 2nd confirmation result,
+    resumed again: every search trial and every confirmation run (each candidate on each fresh
+    seed) once in MLflow, all FINISHED, and the answer the confirmed winner's."""
     import contextlib
     import os
     import signal
     import subprocess
     import sys
 
+    import yaml
+
     script = tmp_path / "killer.py"
     script.write_text(KILLER)
-    marker = tmp_path / "killed.marker"
+    points = "search:5,confirm:2"
     args = ["--space", "simclr", "--num-samples", "4", "--epochs", "3", "--max-concurrent", "2",
-            "--grace-period", "3", "--name", "k", "--storage", "results", "--quiet"]
-    first = subprocess.Popen([sys.executable, str(script), str(marker), "5", *args], cwd=tmp_path,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             start_new_session=True)
-    try:
-        output, _ = first.communicate(timeout=600)
-    finally:
-        # The Ray processes the killed driver started, as a killed machine would lose them.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(first.pid, signal.SIGKILL)
-    assert first.returncode == -9 and marker.exists(), output[-3000:]
-    again = subprocess.run([sys.executable, str(script), str(marker), "5", "--resume", "k",
-                            "--storage", "results", "--quiet"], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=600)
+            "--grace-period", "3", "--name", "k", "--storage", "results", "--quiet",
+            "--confirm-top", "2", "--confirm-seeds", "2"]
+    resume = ["--resume", "k", "--storage", "results", "--quiet"]
+    for marker, command in (("killed-search-5", args), ("killed-confirm-2", resume)):
+        proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), points, *command],
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+        try:
+            output, _ = proc.communicate(timeout=600)
+        finally:
+            # The Ray processes the killed driver started, as a killed machine would lose them.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        assert proc.returncode == -9 and (tmp_path / marker).exists(), output[-3000:]
+    again = subprocess.run([sys.executable, str(script), str(tmp_path), points, *resume],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    children = assert_complete_sweep(uri, n_trials=4, epochs=3)
-    assert all(c.info.status == "FINISHED" for c in children)
-    assert all(c.data.tags["trial_status"] == "completed" for c in children)
+    client = MlflowClient(tracking_uri=uri)
+    everyone = client.search_runs([client.get_experiment_by_name("sslsearch").experiment_id])
+    runs = [r for r in everyone if r.data.tags.get("sslsearch.role") == "trial"]
+    confirm = [r for r in runs if r.data.tags["sslsearch.stage"] == "confirm"]
+    assert len(runs) - len(confirm) == 4
+    assert all(c.info.status == "FINISHED" and c.data.tags["trial_status"] == "completed"
+               for c in runs)
+    # Each candidate (the top 2, and the defaults unless one of them is) on each fresh seed, once.
+    pairs = [(r.data.tags["sslsearch.candidate"], r.data.tags["sslsearch.seed"]) for r in confirm]
+    candidates = {c for c, _ in pairs}
+    assert len(pairs) == len(set(pairs)) == 2 * len(candidates), pairs
+    assert {"1", "2"} <= candidates <= {"1", "2", "defaults"}
+    assert {seed for _, seed in pairs} == {"1", "2"}
+    # The answer: the winner's line in the summary is the trial the sweep's run names.
+    parent = next(r for r in everyone if r.data.tags.get("sslsearch.role") == "parent")
+    best = parent.data.tags["sslsearch.best_trial_id"]
+    summary = (tmp_path / "results" / "k" / "summary.md").read_text()
+    assert "- winner #" in summary and f"({best}" in summary.split("- winner #", 1)[1][:40]
+    doc = yaml.safe_load((tmp_path / "results" / "k" / "best_experiment.yaml").read_text())
+    assert "confirmed winner #" in doc["description"] and best in doc["description"]
+    assert doc["trial"]["seed"] in (1, 2)  # the seed of the run whose encoder is exported
 
 
 def _best(folder: Path) -> tuple[dict[str, Any], str]:
@@ -214,7 +245,8 @@ def test_chaos_five_sigkills_at_seeded_random_moments_resume_to_the_calm_result(
     from sslsearch.sweep import has_tune_state
 
     args = ["--space", "simclr", "--num-samples", "4", "--epochs", "3", "--max-concurrent", "1",
-            "--grace-period", "3", "--storage", "results", "--quiet", "--seed", "3"]
+            "--grace-period", "3", "--storage", "results", "--quiet", "--seed", "3",
+            "--no-confirm"]
     calm = sslsearch_run([*args, "--name", "calm", "--tracking-uri", "calm.db"], tmp_path,
                          timeout=600)
     assert calm.returncode == 0, calm.stdout[-3000:] + calm.stderr[-3000:]

@@ -121,16 +121,23 @@ def test_an_unlabeled_sweep_ranks_by_a_label_free_metric_end_to_end(tmp_path: Pa
     out = subprocess.run(
         [sys.executable, "-m", "sslsearch.run", "--space", "simclr", "--experiment",
          str(_experiment(tmp_path, "lidar")), "--name", "nolabels", "--storage", "results",
-         "--quiet"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+         "--quiet", "--confirm-top", "1", "--confirm-seeds", "2"], cwd=tmp_path,
+        capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     summary = (tmp_path / "results" / "nolabels" / "summary.md").read_text()
     assert "Trials ranked by `lidar` (maximised)" in summary and "no labels" in summary
+    # Confirmed on the label-free metric too: the best trial (and the defaults, unless it is
+    # them) on two fresh seeds, the winner chosen on its mean lidar.
+    assert "## Confirmed on fresh seeds 1, 2" in summary and "winner #1" in summary
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("sslsearch")
     assert exp is not None
     children = [r for r in client.search_runs([exp.experiment_id])
                 if r.data.tags.get(TAG_ROLE) == "trial"]
-    assert len(children) == 2
+    confirm = [c for c in children if c.data.tags["sslsearch.stage"] == "confirm"]
+    children = [c for c in children if c.data.tags["sslsearch.stage"] == "search"]
+    assert len(children) == 2 and len(confirm) in (2, 4)
+    assert {c.data.tags["sslsearch.seed"] for c in confirm} == {"1", "2"}
     for child in children:
         logged = set(child.data.metrics)
         assert {"lidar", "rankme", "alpha_req_score", "train_loss"} <= logged

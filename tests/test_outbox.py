@@ -225,7 +225,7 @@ def test_a_sweep_outlives_its_tracking_server_and_replays_everything(tmp_path: P
     out = subprocess.run(
         [sys.executable, str(script), str(marker), "--space", "simclr", "--num-samples", "2",
          "--epochs", "3", "--max-concurrent", "1", "--grace-period", "3", "--name", "out",
-         "--storage", "results", "--quiet"],
+         "--storage", "results", "--quiet", "--no-confirm"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300)
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-3000:]
@@ -278,7 +278,7 @@ def test_a_real_mlflow_server_stopped_mid_sweep_and_restarted(tmp_path: Path) ->
     sweep = subprocess.Popen(
         [sys.executable, "-m", "sslsearch.run", "--space", "simclr", "--num-samples", "3",
          "--epochs", "4", "--max-concurrent", "1", "--grace-period", "4", "--name", "real",
-         "--storage", "results", "--tracking-uri", uri, "--quiet"],
+         "--storage", "results", "--tracking-uri", uri, "--quiet", "--no-confirm"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         deadline = time.time() + 120

@@ -26,7 +26,8 @@ from sslsearch.summary import summarize
 from sslsearch.tracking import TAG_ROLE, TAG_TRIAL
 
 # Sweeps small enough for the default suite: digits, a tiny CNN, a few epochs.
-SMALL = ["--num-samples", "4", "--epochs", "3", "--max-concurrent", "2", "--quiet"]
+# --no-confirm: confirmation on fresh seeds has its own tests (tests/test_confirm.py).
+SMALL = ["--num-samples", "4", "--epochs", "3", "--max-concurrent", "2", "--quiet", "--no-confirm"]
 
 
 def sslsearch_run(args: list[str], cwd: Path, timeout: float = 300
@@ -176,8 +177,8 @@ def test_default_sqlite_sweep_asha_stops_some(tmp_path: Path) -> None:
     space = tmp_path / "simclr_asha.yaml"
     space.write_text((SPACES_DIR / "simclr.yaml").read_text() + ASHA_DESIGN)
     out = sslsearch_run(["--space", str(space), "--num-samples", "6", "--epochs", "4", "--quiet",
-                         "--grace-period", "1", "--max-concurrent", "2", "--name", "asha",
-                         "--storage", "results"],
+                         "--no-confirm", "--grace-period", "1", "--max-concurrent", "2",
+                         "--name", "asha", "--storage", "results"],
                         tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert (tmp_path / "mlflow.db").is_file()  # the default tracking store, in the cwd
@@ -251,8 +252,8 @@ def test_budget_counts_epochs_trained_planned_and_saved_by_asha() -> None:
     assert status == {"fin": "finished", "noprobe": "finished", "asha1": "stopped early",
                       "asha2": "stopped early", "nan": "nan_loss", "collapsed": "collapsed",
                       "err": "error"}
-    # Ranked: probe first, then the kNN monitor among trials without a probe.
-    assert [r["trial_id"] for r in rows][:4] == ["fin", "noprobe", "asha2", "asha1"]
+    # Ranked by the search's metric, finished trials first (a probe only breaks ties).
+    assert [r["trial_id"] for r in rows][:4] == ["noprobe", "fin", "asha2", "asha1"]
 
 
 def test_budget_with_searched_epochs_sums_each_trials_own() -> None:
@@ -349,22 +350,26 @@ def test_mlflow_child_runs_end_as_trial_status_says(tmp_path: Path) -> None:
             for r in deleted] == [("lost", "KILLED", "lost")]
 
 
-def test_best_experiment_without_probe_says_its_val_knn(tmp_path: Path) -> None:
+def test_best_experiment_says_how_it_was_chosen(tmp_path: Path) -> None:
     import yaml
 
     from sslsearch.config import load_experiment
+    from sslsearch.confirm import choose
+    from sslsearch.results import record
     from sslsearch.run import export_best
 
     exp = load_experiment("quick")
-    config = {"_base": {"epochs": 4, "probe": False}, "method": "simclr", "base_lr": 0.001}
     out = tmp_path / "sweep" / "best_experiment.yaml"
     out.parent.mkdir()
-    best = {"trial_id": "t1", "config": config, "probe_val_acc": None, "val_knn_acc": 0.8125}
-    text = yaml.safe_load(export_best(best, out, exp).read_text())["description"]
-    assert "None" not in text and "val kNN acc 0.8125" in text and "no linear probe" in text
-    best = {**best, "probe_val_acc": 0.9}
-    text = yaml.safe_load(export_best(best, out, exp).read_text())["description"]
-    assert "probe val acc 0.9" in text
+    records = [record(_result("t1", {"epoch": 4.0, "val_knn_acc": 0.8125}), "search"),
+               record(_result("t2", {"epoch": 4.0, "val_knn_acc": 0.75, **PROBE}), "search")]
+    choice = choose(records, "val_knn_acc", "max")
+    assert choice is not None
+    doc = yaml.safe_load(export_best(choice, out, exp).read_text())
+    text = doc["description"]
+    assert "None" not in text and "best trial t1 by val_knn_acc" in text and "0.8125" in text
+    assert "not confirmed on other seeds" in text
+    assert doc["trial"]["method"] == "simclr" and doc["trial"]["epochs"] == 4
 
 
 @pytest.mark.parametrize("name", ["../outside", "/tmp/abs", "a/b", "..", ".", "", " x", "a\\b"])

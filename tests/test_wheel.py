@@ -47,6 +47,6 @@ def test_a_non_editable_install_runs_a_sweep_from_anywhere(tmp_path: Path) -> No
                            cwd=work, env=env, capture_output=True, text=True, check=True)
     assert Path(where.stdout.strip()).is_relative_to(env_dir)  # the wheel's copy, not the tree's
     run = subprocess.run([python, "-m", "sslsearch.run", "--space", "vicreg.yaml",
-                          "--num-samples", "1", "--epochs", "1", "--quiet"],
+                          "--num-samples", "1", "--epochs", "1", "--quiet", "--no-confirm"],
                          cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]

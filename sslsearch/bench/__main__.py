@@ -1,4 +1,5 @@
-"""``python -m sslsearch.bench`` (throughput) and ``python -m sslsearch.bench search``."""
+"""``python -m sslsearch.bench`` (throughput), ``python -m sslsearch.bench search`` and
+``python -m sslsearch.bench selection``."""
 
 from __future__ import annotations
 
@@ -103,6 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sslsearch.bench.search import main as search_main
 
         return search_main(args[1:])
+    if args[:1] == ["selection"]:  # the selection simulation (no torch, no Ray)
+        from sslsearch.bench.selection import main as selection_main
+
+        return selection_main(args[1:])
     return exit_code(lambda: _run(args), failures=(TrialExited,))
 
 

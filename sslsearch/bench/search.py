@@ -11,7 +11,7 @@ actually trained, summed over trials; ``--budget``, or ``--budget-trials`` × th
 
 * ``default``: the method's default configuration (the experiment's trial settings, the space's
   constants, no searched parameter) trained ``budget // epochs`` times with different seeds
-  (``--seeds``), through :func:`sslsearch.sweep.build_seed_tuner` (no searcher, no ASHA);
+  (``--seeds``), through :func:`sslsearch.sweep.build_runs_tuner` (no searcher, no ASHA);
 * ``random``: the space's ``initial:`` points (as TPE evaluates them first), then configurations
   drawn up front by Optuna's seeded ``RandomSampler`` from the space, each run to its last epoch
   (ASHA's grace period set to the epochs, so it stops nothing) through
@@ -56,7 +56,6 @@ from typing import Any, NoReturn
 from sslsearch.bench.budget import best_so_far, runs_for_budget, tpe_trial_cap, within_one_trial
 from sslsearch.bench.search_report import (
     RESULTS_MD,
-    SELECTION,
     aggregate,
     drop_checkpoints,
     pct,
@@ -65,9 +64,9 @@ from sslsearch.bench.search_report import (
 from sslsearch.cli import positive_int
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
 from sslsearch.errors import ConfigError, exit_code
-from sslsearch.results import FINISHED
+from sslsearch.results import FINISHED, SELECTION
 from sslsearch.schema import resolve_file, results_folder
-from sslsearch.space import Dist, SearchSpace, random_points
+from sslsearch.space import SearchSpace, random_points
 
 STRATEGIES = ("default", "random", "tpe_asha")
 # ------------------------------------------------------------------------------------------------
@@ -163,7 +162,6 @@ class Plan:
 def plan(args: argparse.Namespace) -> Plan:
     """Validate the command line and the files; :class:`ConfigError` (one line) on bad input."""
     from sslsearch.cli import Overrides
-    from sslsearch.compare import only_method
     from sslsearch.space import load_space
 
     space_path = resolve_file(args.space, SPACES_DIR, "space")
@@ -209,7 +207,7 @@ def plan(args: argparse.Namespace) -> Plan:
     tracking_uri = tracking.normalize_uri(args.tracking_uri)
     tracking.check_reachable(tracking_uri)
     search = exp.search
-    return Plan(exp=exp, space=only_method(space, method), space_path=space_path, method=method,
+    return Plan(exp=exp, space=space.only(method), space_path=space_path, method=method,
                 budget=budget, epochs=epochs, runs=runs, default_seeds=default_seeds,
                 tpe_cap=tpe_trial_cap(budget, epochs, search.grace_period,
                                       search.max_concurrent),
@@ -221,18 +219,6 @@ def plan(args: argparse.Namespace) -> Plan:
 
 # ------------------------------------------------------------------------------------------------
 # Running the strategies (each through the sweep's own tuners)
-
-
-def default_config(space: SearchSpace) -> dict[str, Any]:
-    """The Ray config of the method's default: the experiment's trial settings (``_base``) and
-    the space's constants, no searched parameter (:func:`sslsearch.space.trial_from_config`
-    rebuilds the trial from it)."""
-    method = str(space.method)
-    config: dict[str, Any] = {"_base": dict(space.base), "method": method}
-    config.update({k: v for k, v in space.trial.items() if not isinstance(v, Dist)})
-    config.update({f"{method}.{k}": v for k, v in space.methods.get(method, {}).items()
-                   if not isinstance(v, Dist)})
-    return config
 
 
 def random_design(space: SearchSpace, runs: int, seed: int) -> tuple[dict[str, Any], ...]:
@@ -257,9 +243,9 @@ def run_strategy(p: Plan, strategy: str, seed: int) -> tuple[list[Any], float]:
     t0 = time.time()
     if strategy == "default":
         seeds = [seed * p.default_seeds + i for i in range(p.default_seeds)]
-        tuner = sweep.build_seed_tuner(default_config(space), seeds, exp, str(p.folder),
-                                       run_name, p.name, p.tracking_uri, p.mlflow_experiment,
-                                       p.quiet)
+        configs = [{**space.fixed(p.method), "seed": s} for s in seeds]
+        tuner = sweep.build_runs_tuner(configs, exp, str(p.folder), run_name, p.name,
+                                       p.tracking_uri, p.mlflow_experiment, p.quiet)
     else:
         settings = sweep.SweepSettings(name=p.name, storage=str(p.folder / run_name),
                                        tracking_uri=p.tracking_uri,
@@ -315,15 +301,13 @@ def summarize_run(p: Plan, strategy: str, seed: int, results: Sequence[Any],
     """One strategy × search seed: budget, best trial (on validation), curve, trials."""
     from sslsearch.compare import trial_keys
     from sslsearch.results import budget as budget_of
-    from sslsearch.results import record
+    from sslsearch.results import record, select_best
 
     keys = trial_keys(p.space) + (["seed"] if strategy == "default" else [])
     results = trained_trials(results)
     records = [record(r, strategy, keys) for r in results]
     b = budget_of(results)
-    finished = [t for t in records if t.status == FINISHED and t.val_knn_acc is not None]
-    best = max(finished, key=lambda t: (t.val_knn_acc or 0.0, t.probe_val_acc or 0.0),
-               default=None)
+    best = select_best(records, p.exp.search.metric, p.exp.search.mode)
     events = [e for r, t in zip(results, records, strict=True) for e in _events(r, t)]
     return {
         "strategy": strategy, "search_seed": seed, "wall_s": wall_s,
@@ -353,7 +337,6 @@ def run(p: Plan, argv: Sequence[str]) -> int:
     command = command_line(argv)
     _log_start(p, command)
     p.folder.mkdir(parents=True)
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     t0 = time.time()
     sweep.init_ray(None)
     sweep.check_resources(p.exp.search, None)

@@ -12,9 +12,6 @@ from typing import Any
 
 RESULTS_JSON = "bench_search.json"
 RESULTS_MD = "bench_search.md"
-SELECTION = ("the trial with the highest final val_knn_acc among those that trained all their "
-             "configured epochs (stopped-early and failed trials are never selected); its "
-             "linear-probe test accuracy is reported, never used")
 CURVE_PNG = "best_so_far.png"
 
 
