@@ -16,6 +16,7 @@ import pytest
 
 from sslsearch import stopping, sweep
 from sslsearch.bench import budget as bench_budget
+from sslsearch.bench import headroom, strategies
 from sslsearch.bench import search as bs
 from sslsearch.bench import search_report as rep
 from sslsearch.config import load_experiment
@@ -136,10 +137,10 @@ def test_random_starts_from_the_spaces_initial_points_then_draws() -> None:
 
     space = load_space("simclr.yaml", load_experiment("fashion_mnist").trial)
     assert len(space.initial) == 1  # `defaults`: the experiment's configuration
-    design = bs.random_design(space, 4, seed=0)
+    design = strategies.random_design(space, 4, seed=0)
     assert len(design) == 4 and design[0] == dict(space.initial[0])
     assert list(design[1:]) == random_points(space, 3, seed=0)
-    assert bs.random_design(space, 1, seed=0) == (dict(space.initial[0]),)
+    assert strategies.random_design(space, 1, seed=0) == (dict(space.initial[0]),)
 
 
 def test_a_budgeted_search_sizes_tpes_start_up_from_the_budget(tmp_path: Path) -> None:
@@ -196,19 +197,20 @@ def test_random_and_tpe_run_until_the_budget_and_random_stops_nothing(
         return SimpleNamespace(fit=Grid)
 
     monkeypatch.setattr(sweep, "build_tuner", fake_build_tuner)
-    p = SimpleNamespace(exp=exp, space=load_space("simclr.yaml", exp.trial), runs=3,
-                        epochs=exp.trial.epochs, budget=3 * exp.trial.epochs, tpe_cap=9,
-                        folder=tmp_path, name="b", tracking_uri="sqlite:///x.db",
-                        mlflow_experiment="sslsearch", quiet=True, keep_checkpoints=False)
+    p = SimpleNamespace(exp=exp, space=load_space("simclr.yaml", exp.trial), folder=tmp_path,
+                        name="b", tracking_uri="sqlite:///x.db", mlflow_experiment="sslsearch",
+                        quiet=True, keep_checkpoints=False)
+    b = bench_budget.Budget(3 * exp.trial.epochs, exp.trial.epochs, 3, 9)
     for strategy in ("random", "tpe_asha"):
-        bs.run_strategy(p, strategy, seed=0)
-        search, _, budget = calls[f"{strategy}-seed0"]
-        assert budget == p.budget and search.num_samples == p.tpe_cap
-        trial = tmp_path / f"{strategy}-seed0" / "b" / "trial"
+        strategies.run_strategy(p, strategy, 0, b)
+        name = strategies.run_name(strategy, b, 0)
+        search, _, budget = calls[name]
+        assert budget == b.trial_epochs and search.num_samples == b.tpe_cap
+        trial = tmp_path / name / "b" / "trial"
         assert trial.is_dir() and not any(trial.iterdir())  # its checkpoints deleted after fit
-    random_search, random_space, _ = calls["random-seed0"]
-    assert random_search.grace_period == p.epochs  # ASHA stops no random trial
-    assert len(random_space.initial) == p.tpe_cap  # drawn points, not TPE's proposals
+    random_search, random_space, _ = calls[strategies.run_name("random", b, 0)]
+    assert random_search.grace_period == b.epochs  # ASHA stops no random trial
+    assert len(random_space.initial) == b.tpe_cap  # drawn points, not TPE's proposals
 
 
 # ------------------------------------------------------------------------------------------------
@@ -230,9 +232,8 @@ def _result(trial_id: str, epochs: int, planned: int, vals: list[float], t0: flo
                            metrics_dataframe=frame)
 
 
-def _plan(tmp_path: Path, budget: int = 6, epochs: int = 2) -> Any:
-    return SimpleNamespace(space=load_space("simclr.yaml"), budget=budget, epochs=epochs,
-                           exp=load_experiment("quick"))
+def _plan(tmp_path: Path) -> Any:
+    return SimpleNamespace(space=load_space("simclr.yaml"), exp=load_experiment("quick"))
 
 
 def test_summarize_run_selects_on_validation_and_counts_the_trained_epochs(
@@ -243,7 +244,10 @@ def test_summarize_run_selects_on_validation_and_counts_the_trained_epochs(
         _result("c", 2, 2, [0.6, 0.75], t0=3, probe=0.7, base_lr=2e-3),
         _result("d", 0, 2, [], t0=5),  # the budget stop came before its first epoch
     ]
-    row = bs.summarize_run(_plan(tmp_path), "tpe_asha", 0, results, wall_s=12.0)
+    budget = bench_budget.Budget(6, 2, 3, 8)
+    row, records = strategies.summarize_run(_plan(tmp_path), "tpe_asha", 0, budget, results,
+                                            wall_s=12.0)
+    assert [t.trial_id for t in records] == ["a", "b", "c"]
     assert row["spent"] == 5 and row["within_budget"]
     assert row["budget"]["trials"] == 3 and row["budget"]["stopped_early"] == 1
     assert row["best"]["trial_id"] == "c" and row["best"]["probe_test_acc"] == pytest.approx(0.69)
@@ -263,28 +267,102 @@ def _runs() -> list[dict[str, Any]]:
                                     "failed": 0},
                          "spent": 6 if strategy != "tpe_asha" else 7, "within_budget": True,
                          "best": best, "curve": [None, base, base + 0.01 * seed],
-                         "trials": []})
+                         "budget_trials": 3, "budget_epochs": 6, "trials": [],
+                         "confirmed": {"winner": f"{strategy}{seed}", "regret": 0.08 - base + 0.7,
+                                       "optimism": 0.01, "stat": {"mean": base - 0.01}}})
     return runs
 
 
-def test_results_are_written_as_json_markdown_and_png(tmp_path: Path) -> None:
-    info = {"name": "b", "command": "python -m sslsearch.bench search", "space": "simclr.yaml",
+def _info() -> dict[str, Any]:
+    return {"name": "b", "command": "python -m sslsearch.bench search", "space": "simclr.yaml",
             "experiment": "quick.yaml", "method": "simclr", "dataset": "digits",
-            "backbone": "small_cnn", "epochs": 2, "budget": 6, "budget_trials": 3,
-            "default_seeds": 3, "tpe_cap": 8, "search_seeds": [0, 1],
-            "strategies": list(bs.STRATEGIES), "metric": "val_knn_acc",
-            "selection": bs.SELECTION, "wall_seconds": 60.0}
-    md, written = rep.write_results(tmp_path, info, _runs())
+            "backbone": "small_cnn", "epochs": 2,
+            "budgets": [bench_budget.Budget(6, 2, 3, 8).to_json()],
+            "search_seeds": [0, 1], "strategies": list(strategies.STRATEGIES),
+            "metric": "val_knn_acc", "selection": bs.SELECTION, "wall_seconds": 60.0,
+            "fresh_seeds": [7, 8, 9], "confirm_top": 2, "confirmation_runs": 12,
+            "defaults": {"stat": {"mean": 0.69, "sd": 0.01, "n": 3, "low": 0.66, "high": 0.71}}}
+
+
+def test_results_are_written_as_json_markdown_and_png(tmp_path: Path) -> None:
+    ref = {"trials": 64, "finished": 60, "best_single_seed": 0.81,
+           "candidates": [{"name": "#1 (r1)", "params": {"base_lr": 0.01},
+                           "stat": {"mean": 0.78, "sd": 0.01, "n": 3, "low": 0.76,
+                                    "high": 0.80}}],
+           "best": {"name": "#1 (r1)", "params": {}, "stat": {"mean": 0.78, "sd": 0.01}},
+           "defaults": {}, "headroom": {"mean": 0.09, "low": 0.05, "high": 0.13}}
+    md, written = rep.write_results(tmp_path, _info(), _runs(), ref)
     assert [p.name for p in written] == [rep.RESULTS_MD, rep.RESULTS_JSON, rep.CURVE_PNG]
     assert (tmp_path / rep.CURVE_PNG).read_bytes().startswith(b"\x89PNG")
     assert (tmp_path / rep.RESULTS_MD).read_text() == md
     doc = json.loads((tmp_path / rep.RESULTS_JSON).read_text())
-    assert doc["budget_trials"] == 3 and len(doc["runs"]) == 6  # the count is not overwritten
-    tpe = doc["summary"]["tpe_asha"]
+    assert doc["budgets"][0]["trials"] == 3 and len(doc["runs"]) == 6
+    assert doc["reference"]["headroom"]["mean"] == 0.09
+    tpe = next(s for s in doc["summary"] if s["strategy"] == "tpe_asha")
     assert tpe["best_val_knn_acc"]["mean"] == pytest.approx(0.755)
     assert tpe["best_val_knn_acc"]["n"] == 2 and tpe["spent"] == [7, 7]
-    rows = [line for line in md.splitlines() if line.startswith("| tpe_asha | 75.50 ± 0.71 |")]
-    assert rows and "| +5.00 |" in rows[0] and "| 80.00 ± 0.00 |" in rows[0]
+    assert tpe["confirmed"]["mean"] == pytest.approx(0.74)
+    assert tpe["regret"]["mean"] == pytest.approx(0.03)
+    rows = [line for line in md.splitlines() if line.startswith("| 3 | tpe_asha | 75.50 ± 0.71 |")]
+    assert rows and "| 74.00 ± 0.00 | +3.00 | 33% |" in rows[0], md
+    assert "**Headroom** over the default configuration: +9.00 points" in md
+    assert "Default configuration: 69.00 ± 1.00" in md
+
+
+def _record(tid: str, value: float, seed: int | None = None, **config: Any) -> Any:
+    from sslsearch.results import TrialRecord
+
+    return TrialRecord(method="simclr", trial_id=tid, stage="search", params={}, config=config,
+                       status=FINISHED, epochs=[1.0], val_knn=[value], seconds=1.0,
+                       metrics={"val_knn_acc": value}, seed=seed)
+
+
+def test_a_configuration_is_confirmed_once_however_many_runs_pick_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reference, the default strategy and a search that picked the defaults all read one
+    set of confirmation runs; the headroom is the reference's best minus the defaults, and the
+    regret the reference's best minus a run's confirmed winner."""
+    exp = load_experiment("quick")
+    space = load_space("simclr.yaml", exp.trial).only("simclr")
+    trained: list[list[dict[str, Any]]] = []
+    truth = {0.001: 0.70, 0.002: 0.80, 0.004: 0.76}  # base_lr → confirmed mean
+
+    def fake_runs_tuner(configs: list[dict[str, Any]], *args: Any, **kwargs: Any) -> Any:
+        trained.append(configs)
+        results = [SimpleNamespace(
+            metrics={"trial_id": f"r{len(trained)}-{i}", "epoch": 8.0,
+                     "val_knn_acc": truth[c.get("base_lr", exp.trial.base_lr)] + c["seed"] / 1e3},
+            config={**c, "_base": {**c["_base"], "epochs": 8}}, error=None, checkpoint=None,
+            path="") for i, c in enumerate(configs)]
+        return SimpleNamespace(fit=lambda: results)
+
+    monkeypatch.setattr(sweep, "build_runs_tuner", fake_runs_tuner)
+    monkeypatch.setattr(sweep, "fit_all", lambda tuner: tuner.fit())
+    p = SimpleNamespace(exp=exp, space=space, method="simclr", folder=tmp_path, name="b",
+                        tracking_uri="sqlite:///x", mlflow_experiment="e", quiet=True,
+                        keep_checkpoints=True, confirm_top=2)
+    confirmer = headroom.Confirmer(p, [1, 2, 3])
+    defaults = confirmer.defaults()  # base_lr 0.002: the experiment's
+    assert defaults.stat("val_knn_acc").mean == pytest.approx(0.802)  # type: ignore[union-attr]
+    fixed = space.fixed("simclr")
+    ref = headroom.reference(confirmer, [_record("r1", 0.9, **{**fixed, "base_lr": 0.004}),
+                                         _record("r2", 0.8, **fixed),
+                                         _record("r3", 0.7, **{**fixed, "base_lr": 0.001})],
+                             2, defaults)
+    assert len(trained) == 2 and len(trained[1]) == 3  # the defaults were not trained again
+    assert ref["best"]["stat"]["mean"] == pytest.approx(0.802)  # the defaults are the best
+    assert ref["headroom"]["mean"] == pytest.approx(0.0)
+    conf = headroom.confirm_run(confirmer, "tpe_asha",
+                                [_record("t1", 0.95, **{**fixed, "base_lr": 0.004}),
+                                 _record("t2", 0.85, **{**fixed, "base_lr": 0.001})], "t")
+    assert len(trained) == 3 and {c["base_lr"] for c in trained[2]} == {0.001}  # only t2's
+    row = headroom.confirmed_row(conf, ref["best"]["stat"]["mean"])
+    assert row["winner"] == "t1" and row["regret"] == pytest.approx(0.802 - 0.762)
+    assert row["optimism"] == pytest.approx(0.95 - 0.762)  # #1's search value − its mean
+    default = headroom.confirm_run(confirmer, "default", [_record("d0", 0.83, seed=0, **fixed)],
+                                   "d")
+    assert len(trained) == 3 and default.winner is not None  # the defaults: known
+    assert headroom.confirmed_row(default, 0.802)["regret"] == pytest.approx(0.0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -299,6 +377,9 @@ def test_results_are_written_as_json_markdown_and_png(tmp_path: Path) -> None:
     (["--space", "simclr", "--epochs", "4", "--budget", "3"], "--budget 3: less than one trial"),
     (["--space", "simclr", "--budget", "8", "--budget-trials", "2"], "not allowed with"),
     (["--space", "simclr", "--budget", "8", "--epochs", "2", "--seeds", "2"], "--seeds 2"),
+    (["--space", "simclr", "--budget-trials", "2,4", "--seeds", "2"], "--seeds 2: one budget"),
+    (["--space", "simclr", "--budget-trials", "2,x"], "argument --budget-trials"),
+    (["--space", "simclr", "--reference-trials", "-1"], "argument --reference-trials"),
     (["--space", "all_methods"], "--method: all_methods.yaml draws"),
     (["--space", "simclr", "--method", "byol"], "--method 'byol': not drawn by simclr.yaml"),
     (["--space", "simclr", "--strategies", "default,grid"], "--strategies 'default,grid'"),
@@ -347,7 +428,9 @@ def test_bench_search_end_to_end(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "sslsearch.bench", "search", "--space", "simclr",
          "--experiment", "quick", "--epochs", "2", "--budget", "4", "--grace-period", "1",
-         "--search-seeds", "1", "--name", "b", "--tracking-uri", uri, "--quiet"],
+         "--search-seeds", "1", "--name", "b", "--tracking-uri", uri, "--quiet",
+         "--confirm-top", "1", "--confirm-seeds", "1", "--reference-trials", "2",
+         "--reference-top", "1"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     folder = tmp_path / "sslsearch_results" / "b"
@@ -359,7 +442,10 @@ def test_bench_search_end_to_end(tmp_path: Path) -> None:
         assert r["best"] is not None and r["best"]["probe_test_acc"] is not None, r
         assert len(r["curve"]) == r["spent"]
     assert (folder / rep.CURVE_PNG).read_bytes().startswith(b"\x89PNG")
-    assert "| tpe_asha | " in (folder / rep.RESULTS_MD).read_text()
+    md = (folder / rep.RESULTS_MD).read_text()
+    assert "| 2 | tpe_asha | " in md and "**Headroom** over the default configuration" in md
+    assert doc["reference"]["trials"] == 2 and doc["fresh_seeds"] == [3]
+    assert all(r["confirmed"]["stat"]["n"] == 1 for r in doc["runs"])
 
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("sslsearch")
@@ -370,10 +456,11 @@ def test_bench_search_end_to_end(tmp_path: Path) -> None:
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert all(c.info.status == "FINISHED" for c in children)
     stages = {c.data.tags.get("sslsearch.stage") for c in children}
-    assert stages == {f"{s} search-seed 0" for s in bs.STRATEGIES}
+    assert stages == {f"{s} budget 2 search-seed 0" for s in strategies.STRATEGIES} | {"confirm"}
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert {rep.RESULTS_MD, rep.RESULTS_JSON, rep.CURVE_PNG} <= artifacts
-    assert "tpe_asha.best_val_knn_acc.mean" in parents[0].data.metrics
+    assert "tpe_asha.2t.best_val_knn_acc.mean" in parents[0].data.metrics
+    assert "tpe_asha.2t.confirmed.mean" in parents[0].data.metrics
 
 
 

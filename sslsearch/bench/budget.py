@@ -5,8 +5,27 @@ A budget is counted in trial-epochs (pretraining epochs actually trained, summed
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """One budget of the benchmark: ``trial_epochs`` per strategy and search seed."""
+
+    trial_epochs: int
+    epochs: int  # one trial's
+    default_seeds: int  # runs of the default configuration per search seed
+    tpe_cap: int  # num_samples of random and tpe_asha: a cap the budget reaches first
+
+    @property
+    def trials(self) -> int:
+        """The budget in whole trials."""
+        return runs_for_budget(self.trial_epochs, self.epochs)
+
+    def to_json(self) -> dict[str, int]:
+        return {**dataclasses.asdict(self), "trials": self.trials}
 
 
 def runs_for_budget(budget: int, epochs: int) -> int:

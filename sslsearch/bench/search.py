@@ -24,18 +24,27 @@ actually trained, summed over trials; ``--budget``, or ``--budget-trials`` × th
 
 Each strategy is repeated for every search seed (``--search-seeds N``: seeds 0 … N−1; the seed of
 the random draws, of TPE and of the searched trials; the default config's seeds are
-``seed × runs + i``). Per strategy the report gives, mean ± sample std over the search seeds:
-the best validation kNN accuracy among the trials that trained all their epochs (selection on
-validation only) and that trial's linear-probe **test** accuracy; and the trial-epochs actually
-spent, the trials by outcome and the wall time. All strategies spend the budget ± one trial's
-epochs (``default``: ``budget // epochs`` whole trials; ``random`` and ``tpe_asha`` stop at the
-first result that reaches the budget, so they can overshoot by the epochs other trials report at
-the same time).
+``seed × runs + i``) and every budget (``--budget-trials 8,16,32``). All strategies spend the
+budget ± one trial's epochs (``default``: ``budget // epochs`` whole trials; ``random`` and
+``tpe_asha`` stop at the first result that reaches the budget, so they can overshoot by the epochs
+other trials report at the same time).
+
+Each run's answer is **confirmed on fresh seeds** as a sweep confirms its own (its top
+``--confirm-top`` on ``--confirm-seeds`` seeds no run used, the same for every run, so answers are
+paired; :mod:`sslsearch.bench.headroom`), and with ``--reference-trials R`` a large random search
+(its top ``--reference-top`` confirmed) says how much there was to find: the **headroom** (its
+best confirmed mean − the default configuration's) and each strategy's **regret** (that best −
+the strategy's confirmed winner), also as a fraction of the headroom.
+
+Per strategy and budget the report gives, mean ± sample std over the search seeds: the best
+validation kNN accuracy at the search's seed (the one selection rule), the confirmed winner's
+mean, the regret, the search's optimism, the trial-epochs actually spent, the trials by outcome
+and the wall time.
 
 Writes ``bench_search.json``, ``bench_search.md`` and ``best_so_far.png`` (the best finished
 trial's val kNN against cumulative trial-epochs, per strategy) into ``--storage/--name``, with
-each strategy's Ray experiments beside them, and logs them to the benchmark's parent MLflow run,
-whose children are every trial (tagged ``sslsearch.stage``: strategy and search seed).
+each run's Ray experiments beside them, and logs them to the benchmark's parent MLflow run, whose
+children are every trial and confirmation run (tagged ``sslsearch.stage``).
 """
 
 from __future__ import annotations
@@ -43,7 +52,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import math
 import os
 import shlex
 import sys
@@ -53,24 +61,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from sslsearch.bench.budget import best_so_far, runs_for_budget, tpe_trial_cap, within_one_trial
-from sslsearch.bench.search_report import (
-    RESULTS_MD,
-    aggregate,
-    drop_checkpoints,
-    pct,
-    write_results,
-)
+from sslsearch.bench.budget import Budget, runs_for_budget, tpe_trial_cap, within_one_trial
+from sslsearch.bench.headroom import Confirmer, confirm_run, confirmed_row, reference
+from sslsearch.bench.search_report import RESULTS_MD, aggregate, pct, write_results
+from sslsearch.bench.strategies import STRATEGIES, run_name, run_strategy, summarize_run
 from sslsearch.cli import positive_int
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
+from sslsearch.confirm import Candidate, fresh_seeds
 from sslsearch.errors import ConfigError, exit_code
-from sslsearch.results import FINISHED, SELECTION
+from sslsearch.results import SELECTION
 from sslsearch.schema import resolve_file, results_folder
-from sslsearch.space import SearchSpace, random_points
-
-STRATEGIES = ("default", "random", "tpe_asha")
-# ------------------------------------------------------------------------------------------------
-# The command line
+from sslsearch.space import SearchSpace
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,20 +91,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", help="the method, for a space that draws several "
                                     "(all_methods.yaml)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--budget", type=positive_int,
-                        help="trial-epochs per strategy and search seed (default: "
-                             "--budget-trials × epochs)")
-    budget.add_argument("--budget-trials", type=positive_int,
-                        help="the budget in whole trials: budget = this × epochs (default: the "
-                             "experiment's search.num_samples)")
+    budget.add_argument("--budget", type=positive_ints,
+                        help="trial-epochs per strategy and search seed; several, comma-"
+                             "separated, for several budgets (default: --budget-trials × epochs)")
+    budget.add_argument("--budget-trials", type=positive_ints,
+                        help="the budget in whole trials (budget = this × epochs), e.g. 8,16,32 "
+                             "(default: the experiment's search.num_samples)")
     p.add_argument("--epochs", type=positive_int,
                    help="pretraining epochs per trial (default: the experiment's)")
     p.add_argument("--search-seeds", type=positive_int, default=3,
                    help="repetitions of each strategy (seeds 0 … N−1; default: %(default)s); "
                         "a claim wants ≥ 3")
     p.add_argument("--seeds", type=positive_int,
-                   help="runs of the default config per search seed (default: budget // epochs; "
-                        "must spend the budget ± one trial)")
+                   help="runs of the default config per search seed, one budget only (default: "
+                        "budget // epochs; must spend the budget ± one trial)")
+    p.add_argument("--reference-trials", type=nonneg_int, default=0,
+                   help="the reference: a random search of this many trials, its top "
+                        "--reference-top confirmed on the fresh seeds, against which headroom "
+                        "and regret are measured (default: 0, none)")
+    p.add_argument("--reference-top", type=positive_int, default=5,
+                   help="configurations of the reference confirmed (default: %(default)s)")
+    p.add_argument("--confirm-top", type=positive_int, default=2,
+                   help="each run's top K confirmed on the fresh seeds, as a sweep confirms "
+                        "its own (default: %(default)s)")
+    p.add_argument("--confirm-seeds", type=positive_int, default=3,
+                   help="fresh seeds of every confirmation (default: %(default)s)")
     p.add_argument("--strategies", default=",".join(STRATEGIES),
                    help="comma-separated subset of: " + ", ".join(STRATEGIES) + " (default: all)")
     p.add_argument("--max-concurrent", type=positive_int,
@@ -128,6 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def positive_ints(text: str) -> tuple[int, ...]:
+    """``8,16,32``: whole numbers ≥ 1, distinct, ascending in the result."""
+    values = tuple(positive_int(t) for t in text.split(","))
+    return tuple(sorted(set(values)))
+
+
+def nonneg_int(text: str) -> int:
+    return 0 if text.strip() == "0" else positive_int(text)
+
+
 def validate_name(name: str, storage: Path) -> Path:
     """``storage / name`` (:func:`sslsearch.schema.results_folder`), and a new one."""
     folder = results_folder(name, storage)
@@ -144,11 +166,8 @@ class Plan:
     space: SearchSpace  # the method fixed
     space_path: Path
     method: str
-    budget: int  # trial-epochs per strategy and search seed
+    budgets: tuple[Budget, ...]  # ascending
     epochs: int
-    runs: int  # budget // epochs: whole trials in the budget (the default's seeds)
-    default_seeds: int
-    tpe_cap: int
     search_seeds: tuple[int, ...]
     strategies: tuple[str, ...]
     folder: Path
@@ -157,10 +176,52 @@ class Plan:
     mlflow_experiment: str
     quiet: bool
     keep_checkpoints: bool = False
+    reference_trials: int = 0
+    reference_top: int = 5
+    confirm_top: int = 2
+    confirm_seeds: int = 3
+
+    @property
+    def reference_seed(self) -> int:
+        """The reference search's seed: one no strategy run searches with."""
+        return len(self.search_seeds)
+
+    @property
+    def fresh_seeds(self) -> list[int]:
+        """The confirmations' seeds: after every seed a search trial or a default run used."""
+        used = {*self.search_seeds, self.reference_seed}
+        used |= {s * b.default_seeds + i for b in self.budgets for s in self.search_seeds
+                 for i in range(b.default_seeds)}
+        return fresh_seeds(used, self.confirm_seeds)
+
+
+def _budgets(args: argparse.Namespace, exp: Experiment) -> tuple[Budget, ...]:
+    """The budgets of the command line, each checked against one trial's epochs."""
+    epochs, search = exp.trial.epochs, exp.search
+    given = args.budget if args.budget is not None else tuple(
+        t * epochs for t in (args.budget_trials or (search.num_samples,)))
+    if args.seeds is not None and len(given) > 1:
+        raise ConfigError(f"--seeds {args.seeds}: one budget only (given {len(given)})")
+    out = []
+    for budget in given:
+        if budget < epochs:
+            raise ConfigError(f"--budget {budget}: less than one trial ({epochs} epochs); give "
+                              f"at least {epochs} trial-epochs")
+        runs = runs_for_budget(budget, epochs)
+        default_seeds = args.seeds if args.seeds is not None else runs
+        if not within_one_trial(default_seeds * epochs, budget, epochs):
+            raise ConfigError(f"--seeds {default_seeds}: {default_seeds} × {epochs} epochs = "
+                              f"{default_seeds * epochs} trial-epochs, not the budget {budget} "
+                              f"± one trial; leave it out (default {runs})")
+        out.append(Budget(budget, epochs, default_seeds,
+                          tpe_trial_cap(budget, epochs, search.grace_period,
+                                        search.max_concurrent)))
+    return tuple(out)
 
 
 def plan(args: argparse.Namespace) -> Plan:
     """Validate the command line and the files; :class:`ConfigError` (one line) on bad input."""
+    from sslsearch import sweep, tracking
     from sslsearch.cli import Overrides
     from sslsearch.space import load_space
 
@@ -182,144 +243,22 @@ def plan(args: argparse.Namespace) -> Plan:
     if unknown or not strategies or len(set(strategies)) != len(strategies):
         raise ConfigError(f"--strategies {args.strategies!r}: expected distinct names from "
                           f"{', '.join(STRATEGIES)}")
-    epochs = exp.trial.epochs
-    budget = args.budget if args.budget is not None else (
-        (args.budget_trials or exp.search.num_samples) * epochs)
-    if budget < epochs:
-        raise ConfigError(f"--budget {budget}: less than one trial ({epochs} epochs); give at "
-                          f"least {epochs} trial-epochs")
-    runs = runs_for_budget(budget, epochs)
-    default_seeds = args.seeds if args.seeds is not None else runs
-    if not within_one_trial(default_seeds * epochs, budget, epochs):
-        raise ConfigError(f"--seeds {default_seeds}: {default_seeds} × {epochs} epochs = "
-                          f"{default_seeds * epochs} trial-epochs, not the budget {budget} ± one "
-                          f"trial; leave it out (default {runs})")
-    storage = Path(args.storage).expanduser()
+    budgets = _budgets(args, exp)
     if "://" in str(args.storage):
         raise ConfigError(f"--storage {args.storage}: the benchmark writes to a local folder")
-    from sslsearch import sweep
-
     name = args.name if args.name is not None else sweep.new_sweep_id(
         f"bench-search-{space_path.stem}")
-    folder = validate_name(name, storage.resolve())
-    from sslsearch import tracking
-
+    folder = validate_name(name, Path(args.storage).expanduser().resolve())
     tracking_uri = tracking.normalize_uri(args.tracking_uri)
     tracking.check_reachable(tracking_uri)
-    search = exp.search
     return Plan(exp=exp, space=space.only(method), space_path=space_path, method=method,
-                budget=budget, epochs=epochs, runs=runs, default_seeds=default_seeds,
-                tpe_cap=tpe_trial_cap(budget, epochs, search.grace_period,
-                                      search.max_concurrent),
+                budgets=budgets, epochs=exp.trial.epochs,
                 search_seeds=tuple(range(args.search_seeds)), strategies=strategies,
                 folder=folder, name=name, tracking_uri=tracking_uri,
                 mlflow_experiment=args.mlflow_experiment, quiet=bool(args.quiet),
-                keep_checkpoints=bool(args.keep_checkpoints))
-
-
-# ------------------------------------------------------------------------------------------------
-# Running the strategies (each through the sweep's own tuners)
-
-
-def random_design(space: SearchSpace, runs: int, seed: int) -> tuple[dict[str, Any], ...]:
-    """``random``'s ``runs`` points: the space's own ``initial:`` points first (TPE evaluates them
-    first too), then draws of Optuna's ``RandomSampler(seed)``; the two strategies then differ
-    only in what proposes the rest."""
-    start = tuple(dict(p) for p in space.initial[:runs])
-    return start + tuple(random_points(space, runs - len(start), seed))
-
-
-def _for_seed(p: Plan, seed: int) -> tuple[Experiment, SearchSpace]:
-    exp = dataclasses.replace(p.exp, trial=dataclasses.replace(p.exp.trial, seed=seed))
-    return exp, dataclasses.replace(p.space, base={**p.space.base, "seed": seed})
-
-
-def run_strategy(p: Plan, strategy: str, seed: int) -> tuple[list[Any], float]:
-    """One strategy for one search seed: its Ray results and its wall time."""
-    from sslsearch import sweep
-
-    exp, space = _for_seed(p, seed)
-    run_name = f"{strategy}-seed{seed}"
-    t0 = time.time()
-    if strategy == "default":
-        seeds = [seed * p.default_seeds + i for i in range(p.default_seeds)]
-        configs = [{**space.fixed(p.method), "seed": s} for s in seeds]
-        tuner = sweep.build_runs_tuner(configs, exp, str(p.folder), run_name, p.name,
-                                       p.tracking_uri, p.mlflow_experiment, p.quiet)
-    else:
-        settings = sweep.SweepSettings(name=p.name, storage=str(p.folder / run_name),
-                                       tracking_uri=p.tracking_uri,
-                                       mlflow_experiment=p.mlflow_experiment, seed=seed)
-        # Both run until their trials have trained the budget, so the epochs a collapsed trial
-        # did not train go to the next one (random once spent 38 of 48 on VICReg).
-        search = dataclasses.replace(exp.search, num_samples=p.tpe_cap)
-        if strategy == "random":
-            space = dataclasses.replace(space, initial=random_design(space, p.tpe_cap, seed))
-            # ASHA's grace period = the epochs: it stops nothing; every trial is a drawn point.
-            search = dataclasses.replace(search, grace_period=p.epochs)
-        tuner = sweep.build_tuner(dataclasses.replace(exp, search=search), space, settings,
-                                  quiet=p.quiet, budget_epochs=p.budget)
-    grid = tuner.fit()
-    if grid.num_terminated + grid.num_errors < len(grid):  # Ray returns on Ctrl+C
-        raise KeyboardInterrupt
-    if not p.keep_checkpoints:  # the results are in hand; nothing here reads a checkpoint
-        drop_checkpoints(p.folder / run_name)
-    return [grid[i] for i in range(len(grid))], time.time() - t0
-
-
-def trained_trials(results: Sequence[Any]) -> list[Any]:
-    """The results that count: a trial the budget stop ended before its first epoch trained
-    nothing and is left out (an errored one is kept: it failed)."""
-    from sslsearch.results import epochs_trained
-
-    return [r for r in results
-            if epochs_trained(r) > 0 or getattr(r, "error", None) is not None]
-
-
-def _events(result: Any, record: Any) -> list[tuple[float, str, int, float | None, bool]]:
-    """One event per epoch the trial trained: ``(time, trial, epoch, val_knn, finishes it)``;
-    the time is the epoch's result timestamp (whole seconds; ties go by trial and epoch)."""
-    times: dict[int, float] = {}
-    try:
-        df = result.metrics_dataframe
-    except Exception:  # no progress file
-        df = None
-    if df is not None and "epoch" in df and "timestamp" in df:
-        rows = df[["epoch", "timestamp"]].dropna()
-        times = {int(e): float(ts) for e, ts in zip(rows["epoch"], rows["timestamp"],
-                                                     strict=True)}
-    events = []
-    for e, v in zip(record.epochs, record.val_knn, strict=True):
-        final = record.status == FINISHED and e == record.epochs[-1]
-        events.append((times.get(int(e), math.inf), record.trial_id, int(e),
-                       record.val_knn_acc if final else v, final))
-    return events
-
-
-def summarize_run(p: Plan, strategy: str, seed: int, results: Sequence[Any],
-                  wall_s: float) -> dict[str, Any]:
-    """One strategy × search seed: budget, best trial (on validation), curve, trials."""
-    from sslsearch.compare import trial_keys
-    from sslsearch.results import budget as budget_of
-    from sslsearch.results import record, select_best
-
-    keys = trial_keys(p.space) + (["seed"] if strategy == "default" else [])
-    results = trained_trials(results)
-    records = [record(r, strategy, keys) for r in results]
-    b = budget_of(results)
-    best = select_best(records, p.exp.search.metric, p.exp.search.mode)
-    events = [e for r, t in zip(results, records, strict=True) for e in _events(r, t)]
-    return {
-        "strategy": strategy, "search_seed": seed, "wall_s": wall_s,
-        "budget": dataclasses.asdict(b), "spent": b.trained,
-        "within_budget": within_one_trial(b.trained, p.budget, p.epochs),
-        "best": None if best is None else {
-            "trial_id": best.trial_id, "val_knn_acc": best.val_knn_acc,
-            "probe_val_acc": best.probe_val_acc,
-            "probe_test_acc": best.metrics.get("probe_test_acc"), "params": best.params},
-        "curve": best_so_far(events),
-        "trials": [{**t.to_json(), "config_seed": t.seed} for t in records],
-    }
+                keep_checkpoints=bool(args.keep_checkpoints),
+                reference_trials=args.reference_trials, reference_top=args.reference_top,
+                confirm_top=args.confirm_top, confirm_seeds=args.confirm_seeds)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -331,6 +270,37 @@ def command_line(argv: Sequence[str]) -> str:
                      *(shlex.quote(a) for a in argv)])
 
 
+@dataclasses.dataclass
+class Progress:
+    """What the benchmark has run so far: its rows, and what MLflow is told at the end."""
+
+    rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    last_results: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    stages: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def add(self, results: Sequence[Any], stage: str) -> None:
+        for r in results:
+            if r.metrics and "trial_id" in r.metrics:
+                self.last_results[str(r.metrics["trial_id"])] = r.metrics
+                self.stages[str(r.metrics["trial_id"])] = stage
+
+
+def _reference(p: Plan, confirmer: Confirmer, defaults: Candidate, done: Progress
+               ) -> dict[str, Any] | None:
+    """The reference random search and its confirmation (None without one)."""
+    if not p.reference_trials:
+        return None
+    b = Budget(p.reference_trials * p.epochs, p.epochs, p.reference_trials, p.reference_trials)
+    print(f"\n== reference: random search of {p.reference_trials} trials (seed "
+          f"{p.reference_seed}), its top {p.reference_top} confirmed", flush=True)
+    results, wall = run_strategy(p, "random", p.reference_seed, b)
+    done.add(results, f"reference seed {p.reference_seed}")
+    _, records = summarize_run(p, "random", p.reference_seed, b, results, wall)
+    ref = reference(confirmer, records, p.reference_top, defaults)
+    ref["wall_s"] = wall
+    return ref
+
+
 def run(p: Plan, argv: Sequence[str]) -> int:
     from sslsearch import sweep
 
@@ -340,82 +310,99 @@ def run(p: Plan, argv: Sequence[str]) -> int:
     t0 = time.time()
     sweep.init_ray(None)
     sweep.check_resources(p.exp.search, None)
-    runs: list[dict[str, Any]] = []
-    last_results: dict[str, dict[str, Any]] = {}
-    stages: dict[str, str] = {}
-    for seed in p.search_seeds:
-        for strategy in p.strategies:
-            print(f"\n== {strategy}, search seed {seed}", flush=True)
-            results, wall = run_strategy(p, strategy, seed)
-            row = summarize_run(p, strategy, seed, results, wall)
-            runs.append(row)
-            for r in results:
-                if r.metrics and "trial_id" in r.metrics:
-                    last_results[str(r.metrics["trial_id"])] = r.metrics
-                    stages[str(r.metrics["trial_id"])] = f"{strategy} search-seed {seed}"
-            best = row["best"]
-            print(f"== {strategy}, search seed {seed}: {row['spent']} trial-epochs, "
-                  f"{wall:.0f} s, best val kNN {pct(best and best['val_knn_acc'])}", flush=True)
-    elapsed = time.time() - t0
-    info = {"name": p.name, "command": command, "space": p.space_path.name,
-            "experiment": Path(p.exp.source).name, "method": p.method,
-            "dataset": p.exp.trial.dataset, "backbone": p.exp.trial.backbone,
-            "epochs": p.epochs, "budget": p.budget, "budget_trials": p.runs,
-            "default_seeds": p.default_seeds, "tpe_cap": p.tpe_cap,
-            "search_seeds": list(p.search_seeds), "strategies": list(p.strategies),
-            "metric": p.exp.search.metric, "selection": SELECTION, "wall_seconds": elapsed}
-    md, written = write_results(p.folder, info, runs)
-    summary = aggregate(runs, p.strategies)
-    link = _log_end(p, summary, written, stages, last_results)
+    done = Progress()
+    confirmer = Confirmer(p, p.fresh_seeds)
+    defaults = confirmer.defaults()
+    ref = _reference(p, confirmer, defaults, done)
+    best = ref["best"]["stat"]["mean"] if ref and ref["best"]["stat"] else None
+    for b in p.budgets:
+        for seed in p.search_seeds:
+            for strategy in p.strategies:
+                print(f"\n== {strategy}, {b.trials} trials, search seed {seed}", flush=True)
+                results, wall = run_strategy(p, strategy, seed, b)
+                row, records = summarize_run(p, strategy, seed, b, results, wall)
+                conf = confirm_run(confirmer, strategy, records, run_name(strategy, b, seed))
+                row["confirmed"] = confirmed_row(conf, best)
+                done.rows.append(row)
+                done.add(results, f"{strategy} budget {b.trials} search-seed {seed}")
+                print(f"== {strategy}, {b.trials} trials, search seed {seed}: {row['spent']} "
+                      f"trial-epochs, {wall:.0f} s, best val kNN "
+                      f"{pct(row['best'] and row['best']['val_knn_acc'])}, confirmed "
+                      f"{pct((row['confirmed']['stat'] or {}).get('mean'))}", flush=True)
+    info = _info(p, command, time.time() - t0, confirmer, defaults)
+    md, written = write_results(p.folder, info, done.rows, ref)
+    summary = aggregate(done.rows, p.strategies)
+    link = _log_end(p, summary, written, done)
     print(f"\n{md}")
     print(f"report: {p.folder / RESULTS_MD}\nMLflow runs: mlflow ui --backend-store-uri "
           f"{p.tracking_uri} --host 127.0.0.1 --port 5000, then open {link}")
-    off = [s for s, v in summary.items() if not v["within_budget"]]
+    off = [f"{s['strategy']} ({s['budget_trials']} trials)" for s in summary
+           if not s["within_budget"]]
     if off:
         print(f"warning: {', '.join(off)} spent more or less than the budget ± one trial "
               "(failed trials?); see the per-seed table", file=sys.stderr)
     return 0
 
 
+def _info(p: Plan, command: str, elapsed: float, confirmer: Confirmer, defaults: Candidate
+          ) -> dict[str, Any]:
+    metric = p.exp.search.metric
+    return {"name": p.name, "command": command, "space": p.space_path.name,
+            "experiment": Path(p.exp.source).name, "method": p.method,
+            "dataset": p.exp.trial.dataset, "backbone": p.exp.trial.backbone,
+            "epochs": p.epochs, "budgets": [b.to_json() for b in p.budgets],
+            "search_seeds": list(p.search_seeds), "strategies": list(p.strategies),
+            "metric": metric, "selection": SELECTION, "wall_seconds": elapsed,
+            "fresh_seeds": confirmer.seeds, "confirm_top": p.confirm_top,
+            "confirmation_runs": confirmer.trained,
+            "defaults": {"values": defaults.values(metric),
+                         "stat": (dataclasses.asdict(s) if (s := defaults.stat(metric))
+                                  else None)}}
+
+
 def _log_start(p: Plan, command: str) -> None:
     from sslsearch import tracking
 
     tracker = tracking.Tracker(p.tracking_uri, p.mlflow_experiment, p.name)
+    budgets = ",".join(str(b.trials) for b in p.budgets)
     tracker.log_sweep(
         params={"space": p.space_path.name, "experiment": Path(p.exp.source).name,
-                "method": p.method, "epochs": p.epochs, "budget_trial_epochs": p.budget,
-                "runs_per_strategy": p.runs, "default_seeds": p.default_seeds,
-                "tpe_trial_cap": p.tpe_cap, "search_seeds": ",".join(map(str, p.search_seeds)),
-                "strategies": ",".join(p.strategies), "metric": p.exp.search.metric},
+                "method": p.method, "epochs": p.epochs, "budgets_trials": budgets,
+                "search_seeds": ",".join(map(str, p.search_seeds)),
+                "strategies": ",".join(p.strategies), "metric": p.exp.search.metric,
+                "reference_trials": p.reference_trials, "reference_top": p.reference_top,
+                "confirm_top": p.confirm_top, "confirm_seeds": p.confirm_seeds},
         tags={**tracking.sweep_tags(), "command": command, "sslsearch.kind": "bench_search"},
         texts={"space.yaml": p.space_path.read_text(),
                "experiment.yaml": Path(p.exp.source).read_text(), "command.txt": command + "\n"})
     print(f"bench search {p.name}: {p.method} ({p.space_path.name}), experiment "
-          f"{Path(p.exp.source).name}; {p.budget} trial-epochs per strategy "
-          f"({', '.join(p.strategies)}) × {len(p.search_seeds)} search seeds\n"
+          f"{Path(p.exp.source).name}; budgets of {budgets} trials per strategy "
+          f"({', '.join(p.strategies)}) × {len(p.search_seeds)} search seeds; answers confirmed "
+          f"on seeds {', '.join(map(str, p.fresh_seeds))}\n"
           f"  results: {p.folder}\n  MLflow:  {p.tracking_uri}", flush=True)
 
 
-def _log_end(p: Plan, summary: dict[str, Any], written: Sequence[Path], stages: dict[str, str],
-             last_results: dict[str, dict[str, Any]]) -> str:
+def _log_end(p: Plan, summary: Sequence[dict[str, Any]], written: Sequence[Path],
+             done: Progress) -> str:
     """Stages, baselines, the strategies' means and the report files on the parent run; returns
     the MLflow link to the runs."""
     from sslsearch import tracking
 
     tracker = tracking.Tracker(p.tracking_uri, p.mlflow_experiment, p.name)  # fresh after fits
-    for trial_id, stage in stages.items():
+    for trial_id, stage in done.stages.items():
         tracker.client.set_tag(tracker.child(trial_id, "", {}), "sslsearch.stage", stage)
-    for metrics in last_results.values():
+    for metrics in done.last_results.values():
         tracker.log_parent_baselines(metrics)
-    for strategy, s in summary.items():
-        for key, stat in itertools.product(("best_val_knn_acc", "best_probe_test_acc"),
+    for s in summary:
+        for key, stat in itertools.product(("best_val_knn_acc", "confirmed", "regret"),
                                            ("mean", "std")):
             if s[key][stat] is not None:
-                tracker.client.log_metric(tracker.parent_id, f"{strategy}.{key}.{stat}",
-                                          s[key][stat])
+                tracker.client.log_metric(
+                    tracker.parent_id, f"{s['strategy']}.{s['budget_trials']}t.{key}.{stat}",
+                    s[key][stat])
     for path in written:
         tracker.log_parent_file(path)
-    tracker.end_sweep(last_results, p.epochs, "FINISHED")
+    tracker.end_sweep(done.last_results, p.epochs, "FINISHED")
     return str(tracker.runs_link())
 
 
