@@ -39,6 +39,7 @@ from typing import Any
 from sslsearch.cli import Overrides, storage_location
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
 from sslsearch.confirm import Choice, Confirmation, choose, fresh_seeds
+from sslsearch.confirm import markdown as confirm_markdown
 from sslsearch.errors import ConfigError
 from sslsearch.outbox import OUTBOX_FILE
 from sslsearch.results import (
@@ -377,11 +378,14 @@ def _write_outputs(c: Comparison, outcome: Outcome, elapsed: float
             "backbone": exp.trial.backbone, "epochs": exp.trial.epochs,
             "num_samples": exp.search.num_samples, "search_seed": exp.trial.seed,
             "metric": exp.search.metric, "seeds": c.seeds, "n_seeds": len(c.seeds),
-            "confirm_top": exp.search.top,
+            "confirm_top": exp.search.top_k,
             "methods": c.methods, "selection": SELECTION, "wall_seconds": elapsed}
     correlations = correlation_markdown([(t.method, t.metrics) for t in outcome.all_trials()
                                          if t.stage == "search"])
-    md = comparison_markdown(info, rows) + (f"\n{correlations}" if correlations else "")
+    confirmed = "".join(f"\n# {method}\n\n{confirm_markdown(conf, exp.trial.seed)}"
+                        for method, conf in outcome.confirmations.items() if conf is not None)
+    md = (comparison_markdown(info, rows) + (f"\n{correlations}" if correlations else "")
+          + confirmed)
     doc = {**info, "rows": rows, "trials": [t.to_json() for t in outcome.all_trials()]}
     (c.folder / "comparison.md").write_text(md)
     (c.folder / "comparison.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")

@@ -166,7 +166,7 @@ class SearchConfig:
 
 
     @property
-    def top(self) -> int:
+    def top_k(self) -> int:
         """The K of the confirmation: ``confirm_top``, by default 2 (fewer when the search has
         fewer trials)."""
         return self.confirm_top if self.confirm_top is not None else min(2, self.num_samples)

@@ -336,8 +336,9 @@ def markdown(conf: Confirmation, search_seed: int | None = None) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for rank, c in enumerate(conf.ranked(), start=1):
         searched = number(c.source.metrics.get(metric)) if c.source is not None else None
+        name = f"**{c.name}, winner**" if c is conf.winner else c.name
         lines.append(
-            f"| {rank} | {c.name} | {'n/a' if searched is None else f'{searched * k:.2f}'} | "
+            f"| {rank} | {name} | {'n/a' if searched is None else f'{searched * k:.2f}'} | "
             f"{fmt_stat(c.stat(metric), metric)} | {fmt_interval(c.stat(metric), metric)} | "
             f"{len(c.values(metric))}/{len(c.runs)} | {_mean_of(c, 'init_knn_acc')} | "
             f"{_mean_of(c, 'probe_val_acc')} | {_params(c)} |")

@@ -48,7 +48,7 @@ def confirm_search(search: Sequence[TrialRecord], space: SearchSpace, exp: Exper
         print("confirmation: no trial is eligible (none finished or was stopped early with a "
               "value): nothing to confirm", flush=True)
         return None, []
-    candidates = confirm.plan(search, s.metric, s.mode, s.top, space.fixed(best.method))
+    candidates = confirm.plan(search, s.metric, s.mode, s.top_k, space.fixed(best.method))
     used = {t.seed for t in search if t.seed is not None} | {exp.trial.seed}
     seeds = confirm.fresh_seeds(used, s.confirm_seeds)
     configs = confirm.run_configs(candidates, seeds)
@@ -64,4 +64,4 @@ def confirm_search(search: Sequence[TrialRecord], space: SearchSpace, exp: Exper
                                        target.mlflow_experiment, target.quiet, target.outbox)
     results = sweep.fit_all(tuner)
     confirm.attach(candidates, [record(r, confirm.STAGE, keys) for r in results])
-    return confirm.Confirmation(s.metric, s.mode, seeds, s.top, candidates), results
+    return confirm.Confirmation(s.metric, s.mode, seeds, s.top_k, candidates), results

@@ -106,7 +106,7 @@ def _resumed_plan(args: argparse.Namespace) -> Plan:
                               "it as it was")
     saved = Overrides.saved(info["overrides"], str(folder / sweep.SWEEP_FILE))
     exp = saved.apply(load_experiment(info["experiment_path"]))
-    for flag, key, started in (("--confirm-top", "confirm_top", exp.search.top),
+    for flag, key, started in (("--confirm-top", "confirm_top", exp.search.top_k),
                                ("--confirm-seeds", "confirm_seeds", exp.search.confirm_seeds),
                                ("--no-confirm", "confirm", exp.search.confirm)):
         given = getattr(args, key)

@@ -82,8 +82,9 @@ RESULTS = [_ray("probe", 0.78, 0.90), _ray("knn", 0.82, 0.80), _ray("asha", 0.95
 def test_every_consumer_names_the_same_winner(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from sslsearch import compare, run, summary
-    from sslsearch.bench import search as bench
+    from sslsearch import run, summary
+    from sslsearch.bench import strategies
+    from sslsearch.bench.budget import Budget
     from sslsearch.space import load_space
 
     exp = load_experiment("quick")
@@ -94,13 +95,13 @@ def test_every_consumer_names_the_same_winner(tmp_path: Path) -> None:
     assert rows[0]["trial_id"] == "knn"
     best_table = text.split("## Best trial per method", 1)[1].split("## All trials")[0]
     assert "| simclr | knn |" in best_table
-    # --compare's selected trial (and its row).
-    chosen = select_best(records, METRIC, "max")
-    cmp_rows = compare.summarize({"simclr": records}, {"simclr": []}, {"simclr": chosen})
-    assert cmp_rows[0]["selected"]["trial_id"] == "knn"
+    # --compare's answer per method, and the sweep's without confirmation: choose().
+    chosen = choose(records, METRIC, "max")
+    assert chosen is not None and chosen.trial_id == "knn" and chosen.run.trial_id == "knn"
     # The search benchmark's best trial of a strategy run.
-    plan = SimpleNamespace(space=load_space("simclr.yaml"), budget=9, epochs=3, exp=exp)
-    assert bench.summarize_run(plan, "tpe_asha", 0, RESULTS, 1.0)["best"]["trial_id"] == "knn"
+    plan = SimpleNamespace(space=load_space("simclr.yaml"), exp=exp)
+    row, _ = strategies.summarize_run(plan, "tpe_asha", 0, Budget(9, 3, 3, 5), RESULTS, 1.0)
+    assert row["best"]["trial_id"] == "knn"
     # The sweep's report: best_experiment.yaml and the sweep's MLflow run.
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     (tmp_path / "s").mkdir()  # Tune's experiment folder
@@ -185,7 +186,8 @@ def test_the_winner_is_the_best_confirmed_mean_not_the_best_search_value() -> No
     assert metrics["confirm.vs_defaults"] == pytest.approx(0.03)
     text = confirm.markdown(conf, search_seed=0)
     lines = [line for line in text.splitlines() if line.startswith("| ") and "rank" not in line]
-    assert [line.split("|")[2].strip() for line in lines] == ["#2 (b)", "#1 (a)", "defaults"]
+    assert [line.split("|")[2].strip() for line in lines] == ["**#2 (b), winner**", "#1 (a)",
+                                                              "defaults"]
     assert "optimism of the search" in text and "+5.00 points" in text
     assert "winner − the experiment's own configuration: +3.00 points" in text
     assert "distinguishable from zero" in text
@@ -317,4 +319,4 @@ def test_resume_with_other_confirmation_flags_is_refused(
     plan = _resumed_plan(build_parser().parse_args([
         "--resume", "old", "--storage", str(tmp_path / "results"), "--confirm-top", "2",
         "--confirm-seeds", "3"]))
-    assert (plan.exp.search.top, plan.exp.search.confirm_seeds) == (2, 3)
+    assert (plan.exp.search.top_k, plan.exp.search.confirm_seeds) == (2, 3)
