@@ -325,10 +325,9 @@ def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
     cfg = trial_from_config(config)
     flat = {k: v for k, v in vars(cfg).items() if k != "method_params"}
     flat.update({f"method_params.{k}": v for k, v in cfg.method_params.items()})
-    from sslsearch import methods
+    from sslsearch.methods import uses_labels
 
-    flat["supervised"] = bool(getattr(methods.get(cfg.method).Method, "supervised", False)
-                              or cfg.method_params.get("use_labels", False))
+    flat["supervised"] = uses_labels(config)
     return flat
 
 

@@ -16,7 +16,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 import sslsearch
-from sslsearch.compare import summarize, table_markdown
+from sslsearch.compare_table import method_rows, ranking, ranking_markdown, table_markdown
 from sslsearch.results import TrialRecord, mean_std, select_best
 
 ROW = re.compile(r"^\| (\w+) \| (\d+\.\d+) ± (\d+\.\d+) \|")
@@ -59,7 +59,7 @@ def test_table_has_one_row_per_method_with_mean_std() -> None:
                     test=0.8 - 0.1 * k + 0.01 * i, seed=i)
                  for i in range(3)] for k, m in enumerate(search)}
     best = {m: select_best(ts, "val_knn_acc", "max") for m, ts in search.items()}
-    rows = summarize(search, seeds, best)
+    rows = method_rows(search, seeds, best)
     assert [r["method"] for r in rows] == ["vicreg", "byol", "simclr"]  # by confirmed val kNN
     assert rows[0]["search"] == {"trials": 2, "finished": 1, "stopped_early": 1, "failed": 0,
                                  "epochs": 4, "trial_seconds": 4.0}
@@ -148,7 +148,7 @@ def test_table_carries_the_baselines_and_the_differences() -> None:
     for i, t in enumerate([*seeds["a"], *search["a"], *search["b"]]):
         t.metrics.update(BASE, init_knn_acc=0.29 + 0.02 * i)  # per trial: each seed its own
     best = {m: select_best(ts, "val_knn_acc", "max") for m, ts in search.items()}
-    rows = {r["method"]: r for r in summarize(search, seeds, best)}
+    rows = {r["method"]: r for r in method_rows(search, seeds, best)}
     a = rows["a"]
     assert a["raw_probe_test_acc"]["mean"] == pytest.approx(0.50)
     assert a["init_knn_acc"]["mean"] == pytest.approx(0.30)
@@ -227,7 +227,29 @@ def test_record_status_is_trial_status_and_probe_false_trials_can_be_selected() 
     assert chosen is not None and chosen.trial_id == "probed-tie"
 
     best = select_best(trials, "val_knn_acc", "max")
-    rows = summarize({"simclr": trials}, {"simclr": []}, {"simclr": best})
+    rows = method_rows({"simclr": trials}, {"simclr": []}, {"simclr": best})
     assert rows[0]["search"]["finished"] == 2 and rows[0]["search"]["stopped_early"] == 1
     assert rows[0]["search"]["failed"] == 2
     assert "| full (search val_knn_acc 0.7) |" in table_markdown(rows, 2)
+
+
+def test_the_ranking_marks_methods_it_cannot_tell_apart() -> None:
+    """Paired over the shared fresh seeds: simclr beats byol on every seed by about a point (told
+    apart); byol and vicreg swap places seed by seed (≈); SupCon is marked supervised."""
+    knn = {"simclr": (0.82, 0.83, 0.84), "byol": (0.81, 0.82, 0.83),
+           "vicreg": (0.83, 0.80, 0.82), "supcon": (0.70, 0.71, 0.72)}
+    search = {m: [_t(m, f"{m}0")] for m in knn}
+    seeds = {m: [_t(m, f"{m}s{i}", stage="confirm", knn=v, seed=i + 1)
+                 for i, v in enumerate(vals)] for m, vals in knn.items()}
+    for run in seeds["supcon"]:
+        run.config = {"method": "supcon"}
+    rows = method_rows(search, seeds, {m: s[0] for m, s in search.items()})
+    assert [r["method"] for r in rows] == ["simclr", "byol", "vicreg", "supcon"]
+    ranked = ranking(rows)
+    assert [r["indistinguishable"] for r in ranked] == [False, True, False, False]
+    assert ranked[0]["vs_next"].mean == pytest.approx(0.01)
+    text = ranking_markdown(rows, "val_knn_acc")
+    assert "1. **simclr** 83.00 ± 1.00 [80.52, 85.48]; vs byol: +1.00 [+1.00, +1.00]" in text
+    assert "2. **byol** 82.00 ± 1.00" in text
+    assert [line[:1] for line in text.splitlines() if line.endswith(" ≈")] == ["2"]
+    assert "| supcon (supervised) |" in table_markdown(rows, 3)

@@ -52,3 +52,16 @@ def method_config(name: str, params: Mapping[str, Any] | None = None, *,
         except ValueError as exc:
             raise ConfigError(f"{source}: method_params[{name}]: {exc}") from None
     return cfg
+
+
+def uses_labels(config: Mapping[str, Any]) -> bool:
+    """Whether a trial's Ray config trains with the class labels (SupCon; Triplet with
+    ``use_labels``): a supervised baseline, not a self-supervised method."""
+    method = config.get("method")
+    if not isinstance(method, str) or method not in available():
+        return False
+    prefix = f"{method}."
+    own = {k.removeprefix(prefix): v for k, v in config.items() if k.startswith(prefix)}
+    base = config.get("_base") or {}
+    params = {**(base.get("method_params") or {} if base.get("method") == method else {}), **own}
+    return bool(getattr(get(method).Method, "supervised", False) or params.get("use_labels"))
