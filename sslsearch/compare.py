@@ -137,9 +137,6 @@ def _plan(args: argparse.Namespace, argv: list[str]) -> Comparison:
     if not exp.search.confirm:
         raise ConfigError("--compare confirms each method's top configurations on fresh seeds "
                           "and compares those: drop --no-confirm (search.confirm: false)")
-    if not exp.trial.labels:
-        raise ConfigError(f"{exp.source}: --compare selects and reports on labels (probe, kNN), "
-                          "and this experiment has none; run a sweep per method instead")
     space = load_space(space_path, exp.trial)
     methods = list(space.method_names)
     if args.methods:
@@ -231,8 +228,8 @@ def _write_outputs(c: Comparison, outcome: Outcome, elapsed: float
             "experiment": Path(exp.source).name, "dataset": exp.trial.dataset,
             "backbone": exp.trial.backbone, "epochs": exp.trial.epochs,
             "num_samples": exp.search.num_samples, "search_seed": exp.trial.seed,
-            "metric": exp.search.metric, "seeds": c.seeds, "n_seeds": len(c.seeds),
-            "confirm_top": exp.search.top_k,
+            "metric": exp.search.metric, "labels": exp.trial.labels, "seeds": c.seeds,
+            "n_seeds": len(c.seeds), "confirm_top": exp.search.top_k,
             "methods": c.methods, "selection": SELECTION, "wall_seconds": elapsed}
     correlations = correlation_markdown([(t.method, t.metrics) for t in outcome.all_trials()
                                          if t.stage == "search"])

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sslsearch.confirm import fmt_interval, fmt_stat, paired, stat
+from sslsearch.confirm import fmt_interval, fmt_stat, paired, scale, stat
 from sslsearch.methods import uses_labels
 from sslsearch.results import (
     BASELINE_KEYS,
@@ -139,7 +139,7 @@ def table_markdown(rows: Sequence[dict[str, Any]], n_seeds: int) -> str:
 
 def comparison_markdown(info: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
     n = info["n_seeds"]
-    return (
+    head = (
         f"# Method comparison {info['name']}\n\n"
         f"Command: `{info['command']}`\n\n"
         f"Space `{info['space']}`, experiment `{info['experiment']}` "
@@ -149,8 +149,13 @@ def comparison_markdown(info: dict[str, Any], rows: Sequence[dict[str, Any]]) ->
         f"top {info['confirm_top']} configurations and its defaults re-trained with the fresh "
         f"seeds {info['seeds']}, the same for every method.\n\n"
         f"Selection: {SELECTION}\n\n"
-        f"{ranking_markdown(rows, info['metric'])}\n"
-        f"{table_markdown(rows, n)}\n"
+        f"{ranking_markdown(rows, info['metric'])}\n")
+    if not info.get("labels", True):
+        return (head + agreement_note(info["metric"]) + "\nNo labels: no kNN, probe or "
+                f"baseline accuracy; the ranking is by {info['metric']} alone.\n"
+                f"\nTotal wall time {info['wall_seconds']:.0f} s.\n")
+    return (
+        head + f"{table_markdown(rows, n)}\n"
         "Accuracies in %, mean ± sample std (ddof 1) over the winner's fresh-seed runs; rows "
         f"ordered by the mean {info['metric']} of those runs (validation, the value each winner "
         "was chosen on). Differences within about one std are not meaningful. "
@@ -161,6 +166,25 @@ def comparison_markdown(info: dict[str, Any], rows: Sequence[dict[str, Any]]) ->
         "Compute: trial-seconds = sum of the trials' wall time (Ray's time_total_s: training, "
         "kNN monitoring and probe), epochs = pretraining epochs actually run.\n"
         f"\nTotal wall time {info['wall_seconds']:.0f} s.\n")
+
+
+# How far a label-free metric's ranking of methods followed the labels' where labels were there:
+# Spearman's ρ between the methods' order by the metric and by validation kNN, with what it was
+# measured on. The figures and their commands are in docs/comparison.md; printed beside a
+# ranking of unlabeled data as evidence, not as a promise.
+LABEL_FREE_AGREEMENT: dict[str, tuple[float, str]] = {}
+
+
+def agreement_note(metric: str) -> str:
+    """What is known of how ``metric`` agreed with the labels, in one paragraph."""
+    known = LABEL_FREE_AGREEMENT.get(metric)
+    if known is None:
+        return (f"How far to trust a ranking by `{metric}`: not measured against labels on any "
+                "data set yet; run the same comparison on labelled data to see.\n")
+    rho, where = known
+    return (f"How far to trust a ranking by `{metric}`: where labels were available ({where}), "
+            f"it ranked the methods as the validation kNN did at Spearman ρ = {rho:+.2f}: "
+            "evidence from other data, not a promise for this one (docs/comparison.md).\n")
 
 
 def ranking(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -187,7 +211,8 @@ def ranking_markdown(rows: Sequence[dict[str, Any]], metric: str) -> str:
         s, d = r["stat"], r["vs_next"]
         vs = "" if r["next"] is None else (
             f"; vs {r['next']}: n/a (no shared seed)" if d is None else
-            f"; vs {r['next']}: {fmt_delta(d.mean * 100, 2)} {fmt_interval(d, metric, True)}"
+            f"; vs {r['next']}: {fmt_delta(d.mean * scale(metric)[0], 2)} "
+            f"{fmt_interval(d, metric, True)}"
             f"{' ≈' if r['indistinguishable'] else ''}")
         lines.append(f"{i}. **{r['method']}** {fmt_stat(s, metric)} "
                      f"{fmt_interval(s, metric)}{vs}")

@@ -242,7 +242,7 @@ class Confirmation:
 # The report: a Markdown section (summary.md, the terminal, MLflow) and its plain sentences
 
 
-def _scale(metric: str) -> tuple[float, str]:
+def scale(metric: str) -> tuple[float, str]:
     """Accuracies are shown in % and their differences in points; other metrics as they are."""
     return (100.0, " points") if metric.endswith("_acc") else (1.0, "")
 
@@ -250,14 +250,14 @@ def _scale(metric: str) -> tuple[float, str]:
 def fmt_stat(s: Stat | None, metric: str) -> str:
     if s is None:
         return "n/a"
-    k, _ = _scale(metric)
+    k, _ = scale(metric)
     return f"{s.mean * k:.2f} ± {s.sd * k:.2f}"
 
 
 def fmt_interval(s: Stat | None, metric: str, signed: bool = False) -> str:
     if s is None or s.low is None or s.high is None:
         return "n/a (one run)" if s is not None else "n/a"
-    k, _ = _scale(metric)
+    k, _ = scale(metric)
     if signed:
         return f"[{fmt_delta(s.low * k, 2)}, {fmt_delta(s.high * k, 2)}]"
     return f"[{s.low * k:.2f}, {s.high * k:.2f}]"
@@ -268,7 +268,7 @@ def difference_sentence(what: str, s: Stat | None, metric: str) -> str:
     distinguishable from zero``."""
     if s is None:
         return f"{what}: n/a (no seed on which both finished)"
-    k, unit = _scale(metric)
+    k, unit = scale(metric)
     verdict = ("distinguishable from zero" if s.excludes_zero else
                "not distinguishable from zero" if s.n > 1 else "one pair: no interval")
     return (f"{what}: {fmt_delta(s.mean * k, 2)}{unit} 95 % interval "
@@ -291,7 +291,7 @@ def _params(c: Candidate) -> str:
 def sentences(conf: Confirmation) -> list[str]:
     """What the confirmation found, in words (printed at the end of a sweep)."""
     metric, win = conf.metric, conf.winner
-    k, unit = _scale(metric)
+    k, unit = scale(metric)
     out = []
     if len(conf.searched) < conf.top:
         out.append(f"only {len(conf.searched)} trial(s) were eligible (finished): confirmed "
@@ -324,7 +324,7 @@ def sentences(conf: Confirmation) -> list[str]:
 def markdown(conf: Confirmation, search_seed: int | None = None) -> str:
     """The summary's first section: the candidates ranked by their confirmed mean."""
     metric = conf.metric
-    k, _ = _scale(metric)
+    k, _ = scale(metric)
     at = f" (seed {search_seed})" if search_seed is not None else ""
     lines = [f"## Confirmed on fresh seeds {', '.join(map(str, conf.seeds))}", "",
              f"The search's top {conf.top} by `{metric}` (the selection rule) re-run on seeds "

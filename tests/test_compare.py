@@ -253,3 +253,44 @@ def test_the_ranking_marks_methods_it_cannot_tell_apart() -> None:
     assert "2. **byol** 82.00 ± 1.00" in text
     assert [line[:1] for line in text.splitlines() if line.endswith(" ≈")] == ["2"]
     assert "| supcon (supervised) |" in table_markdown(rows, 3)
+
+
+def test_a_comparison_without_labels_ranks_by_a_label_free_metric_and_says_how_far_to_trust_it(
+        ) -> None:
+    from sslsearch import compare_table
+
+    rankme = {"simclr": (41.0, 42.0, 43.0), "vicreg": (30.0, 29.0, 31.0)}
+    search = {m: [_t(m, f"{m}0")] for m in rankme}
+    seeds = {m: [TrialRecord(method=m, trial_id=f"{m}{i}", stage="confirm", params={},
+                             config={"method": m}, status="finished", epochs=[1.0],
+                             val_knn=[0.0], seconds=1.0, metrics={"rankme": v}, seed=i + 1)
+                 for i, v in enumerate(vals)] for m, vals in rankme.items()}
+    rows = method_rows(search, seeds, {m: s[0] for m, s in search.items()}, "rankme", "max")
+    info = {"name": "c", "command": "x", "space": "all_methods.yaml", "experiment": "e.yaml",
+            "dataset": "imagefolder", "backbone": "small_cnn", "epochs": 2, "num_samples": 1,
+            "search_seed": 0, "metric": "rankme", "confirm_top": 1, "seeds": [1, 2, 3],
+            "n_seeds": 3, "labels": False, "wall_seconds": 1.0}
+    md = compare_table.comparison_markdown(info, rows)
+    assert "1. **simclr** 42.00 ± 1.00" in md and "vs vicreg: +12.00 [" in md  # not × 100
+    assert "not measured against labels" in md and "| method |" not in md  # no accuracy table
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(compare_table.LABEL_FREE_AGREEMENT, "rankme", (0.74, "Fashion-MNIST"))
+        md = compare_table.comparison_markdown(info, rows)
+    assert "at Spearman ρ = +0.74" in md and "not a promise" in md
+
+
+def test_compare_accepts_an_unlabeled_experiment_with_a_label_free_metric(tmp_path: Path) -> None:
+    """Refused before: --compare needed labels. Now only a labeled metric without labels is."""
+    from sslsearch.cli import build_parser
+    from sslsearch.compare import _plan
+    from sslsearch.errors import ConfigError
+    from tests.test_label_free_search import _experiment, write_unlabeled_folder
+
+    write_unlabeled_folder(tmp_path / "photos")
+    argv = ["--space", "all_methods", "--compare", "--methods", "simclr,vicreg",
+            "--experiment", str(_experiment(tmp_path, "rankme")), "--storage", str(tmp_path)]
+    c = _plan(build_parser().parse_args(argv), argv)
+    assert c.methods == ["simclr", "vicreg"] and not c.exp.trial.labels
+    argv[argv.index("--experiment") + 1] = str(_experiment(tmp_path, "val_knn_acc"))
+    with pytest.raises(ConfigError, match="needs labels"):
+        _plan(build_parser().parse_args(argv), argv)
