@@ -59,6 +59,8 @@ class Listing:
     def without(self, bad: Iterable[Path]) -> Listing:
         """The listing less the files ``bad`` (labels kept aligned)."""
         drop = set(bad)
+        if not drop:
+            return self
         kept = [(f, y) for f, y in zip(self.files, self.labels, strict=True) if f not in drop]
         return Listing(tuple(f for f, _ in kept), tuple(y for _, y in kept), self.classes,
                        self.skipped_links)
@@ -74,11 +76,12 @@ class _Walk:
         self.files: set[str] = set()
         self.skipped: list[Path] = []
 
-    def claim(self, path: Path, is_dir: bool) -> bool:
+    def claim(self, path: Path, is_dir: bool, real: str | None = None) -> bool:
         """Whether to list ``path`` (a folder when ``is_dir``): inside the split folder and not
         reached before (a link back up the tree, or to another class, is a revisit); a path
-        refused is counted as a skipped link (only links can lead out or back)."""
-        real = os.path.realpath(path)
+        refused is counted as a skipped link (only links can lead out or back). ``real``: its
+        real path when known (a plain entry of a folder whose real path is known)."""
+        real = os.path.realpath(path) if real is None else real
         seen = self.dirs if is_dir else self.files
         inside = real == self.top or real.startswith(self.top + os.sep)
         if not inside or real in seen:
@@ -89,21 +92,24 @@ class _Walk:
 
     def images(self, folder: Path, recursive: bool) -> list[Path]:
         """The image files under ``folder`` in torchvision's order: folders sorted by path,
-        then files by name."""
+        then files by name. Only links are resolved (``realpath`` costs a system call per path
+        component): a plain entry's real path is its folder's plus its name."""
         per_dir: list[tuple[str, list[Path]]] = []
-        pending = [folder]
+        pending = [(folder, os.path.realpath(folder))]
         while pending:
-            current = pending.pop()
+            current, current_real = pending.pop()
             names: list[Path] = []
             for entry in _scan(current):
+                link = entry.is_symlink()
+                real = None if link else os.path.join(current_real, entry.name)
                 path = Path(entry.path)
                 if entry.is_dir():  # follows a link: where it leads is judged by claim()
-                    if recursive and self.claim(path, is_dir=True):
-                        pending.append(path)
-                elif path.suffix.lower() in IMG_EXTENSIONS:
-                    if entry.is_symlink() and not path.exists():
+                    if recursive and self.claim(path, is_dir=True, real=real):
+                        pending.append((path, real or os.path.realpath(path)))
+                elif entry.name.lower().endswith(IMG_EXTENSIONS):
+                    if link and not path.exists():
                         continue  # a dangling link: nothing to read
-                    if self.claim(path, is_dir=False):
+                    if self.claim(path, is_dir=False, real=real):
                         names.append(path)
             per_dir.append((str(current), sorted(names, key=lambda p: p.name)))
         per_dir.sort(key=lambda item: item[0])
@@ -159,18 +165,16 @@ def examine(path: Path) -> tuple[str | None, int]:
     """Why ``path`` cannot be used as an image (a few words; None when it can), and the pixels
     its header declares (0 when it has none)."""
     try:
-        st = path.stat()
-    except OSError as err:
-        return f"cannot be read ({err.strerror or err})", 0
-    if not stat.S_ISREG(st.st_mode):
-        return "not a regular file", 0
-    if st.st_size == 0:
-        return "empty file (0 bytes)", 0
-    try:
-        with path.open("rb") as f:
-            head = f.read(32)
-            f.seek(max(0, st.st_size - 12))
-            tail = f.read(12)
+        st = os.stat(path)  # before opening: opening a FIFO would block
+        if not stat.S_ISREG(st.st_mode):
+            return "not a regular file", 0
+        if st.st_size == 0:
+            return "empty file (0 bytes)", 0
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            head, tail = os.pread(fd, 32, 0), os.pread(fd, 12, max(0, st.st_size - 12))
+        finally:
+            os.close(fd)
     except OSError as err:
         return f"cannot be read ({err.strerror or err})", 0
     if head.startswith(_PNG_SIGNATURE) and head[12:16] == b"IHDR" and len(head) >= 24:

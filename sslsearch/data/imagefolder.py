@@ -36,11 +36,13 @@ __all__ = ["load_imagefolder", "unlabeled_folder"]
 
 _STATS_SAMPLES = 10_000  # streaming splits estimate mean/std from at most this many train images
 _DECODE_BATCH = 256  # images per DataLoader batch when decoding an ImageFolder into memory
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L")  # 16-bit greyscale (PNG): scaled to 8 bits
 
 
 class _Files(torch.utils.data.Dataset[tuple[Tensor, int]]):
     """The files of a listing, each decoded as torchvision's ImageFolder decodes it (PIL,
-    converted to RGB), with its label; a file that fails to decode is named."""
+    converted to RGB; 16-bit greyscale scaled to 8 bits first, where PIL would clip), with its
+    label; a file that fails to decode is named."""
 
     def __init__(self, listing: Listing, transform: Any) -> None:
         self.files = [str(f) for f in listing.files]
@@ -52,12 +54,16 @@ class _Files(torch.utils.data.Dataset[tuple[Tensor, int]]):
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        import numpy as np
         from PIL import Image
 
         path = self.files[i]
         try:
             with open(path, "rb") as f:
-                image = Image.open(f).convert("RGB")
+                image: Image.Image = Image.open(f)
+                if image.mode in _SIXTEEN_BIT:  # PIL's RGB conversion clips these at 255: white
+                    image = Image.fromarray((np.asarray(image, np.uint16) >> 8).astype(np.uint8))
+                image = image.convert("RGB")
         except OSError as err:  # PIL.UnidentifiedImageError and truncated files
             raise OSError(f"{path} cannot be decoded: {' '.join(str(err).split())}") from None
         return self.transform(image), self.labels[i]
