@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPUs per trial; fractions pack trials on one GPU, e.g. 0.25 "
                         "(default: the experiment's)")
     p.add_argument("--data-dir", help="dataset folder, overriding the experiment's")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave out images no trial could decode (empty, truncated, bombs) instead "
+                        "of refusing the sweep; they are listed in bad_images.txt and in MLflow")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
     p.add_argument("--compare", action="store_true",
                    help="compare the space's methods fairly: --num-samples trials per method, "
@@ -119,6 +122,7 @@ class Overrides:
     epochs: int | None = None
     seed: int = 0
     data_dir: str | None = None
+    skip_bad_images: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Overrides:
@@ -140,6 +144,8 @@ class Overrides:
         search_cfg = build_dataclass(SearchConfig, search, source="command line", where="search")
         trial = exp.trial
         changes: dict[str, Any] = {"seed": self.seed}
+        if self.skip_bad_images:
+            changes["skip_bad_images"] = True
         if self.epochs is not None:
             changes["epochs"] = self.epochs
             changes["warmup_epochs"] = min(trial.warmup_epochs, float(self.epochs))
@@ -147,7 +153,8 @@ class Overrides:
         if data_dir is not None:
             path = Path(data_dir).expanduser().resolve()
             if not path.is_dir():
-                raise ConfigError(f"data_dir {data_dir!r}: no such folder")
+                raise ConfigError(f"data_dir {data_dir!r}: " + (
+                    "not a folder (a file or a device)" if path.exists() else "no such folder"))
             changes["data_dir"] = str(path)
         exp = dataclasses.replace(exp, trial=dataclasses.replace(trial, **changes),
                                   search=search_cfg)

@@ -294,7 +294,7 @@ def run_compare(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _plan(args: argparse.Namespace, argv: list[str]) -> Comparison:
     """Every input checked (and the folder made) before any trial starts."""
-    from sslsearch import sweep, tracking
+    from sslsearch import preflight, sweep, tracking
     from sslsearch.space import load_space
 
     if args.resume is not None:
@@ -323,7 +323,7 @@ def _plan(args: argparse.Namespace, argv: list[str]) -> Comparison:
     folder = results_folder(name, storage)  # a user-given name stays in the results folder
     tracking_uri = tracking.normalize_uri(args.tracking_uri)
     tracking.check_reachable(tracking_uri)
-    folder.mkdir(parents=True, exist_ok=True)
+    preflight.check_sweep(exp, space, storage, name, tracking_uri, make_folder=True)
     return Comparison(
         name=name, folder=folder, space_path=space_path, space=space, exp=exp, methods=methods,
         seeds=[exp.trial.seed + 1 + i for i in range(args.seeds)], tracking_uri=tracking_uri,
@@ -334,16 +334,16 @@ def _plan(args: argparse.Namespace, argv: list[str]) -> Comparison:
 
 
 def _log_start(c: Comparison) -> None:
-    from sslsearch import tracking
+    from sslsearch import preflight, tracking
 
-    exp = c.exp
+    exp, checked = c.exp, preflight.recorded(c.folder)  # the images it left out, if any
     tracking.Tracker(c.tracking_uri, c.mlflow_experiment, c.name).log_sweep(
-        params={"space": c.space_path.name, "experiment": Path(exp.source).name,
+        params={**checked.params, "space": c.space_path.name, "experiment": Path(exp.source).name,
                 "num_samples_per_method": exp.search.num_samples, "epochs": exp.trial.epochs,
                 "metric": exp.search.metric, "seed": exp.trial.seed, "compare": True,
                 "methods": ",".join(c.methods), "seeds": ",".join(map(str, c.seeds))},
         tags={**tracking.sweep_tags(), "command": c.command, "sslsearch.kind": "compare"},
-        texts={"space.yaml": c.space_path.read_text(),
+        texts={**checked.texts, "space.yaml": c.space_path.read_text(),
                "experiment.yaml": Path(exp.source).read_text(), "command.txt": c.command + "\n"})
     print(f"comparison {c.name}: {', '.join(c.methods)}; {exp.search.num_samples} search trials "
           f"× ≤ {exp.trial.epochs} epochs per method, then {len(c.seeds)} seeds each\n"

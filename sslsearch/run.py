@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from sslsearch import preflight
 from sslsearch.cli import Overrides, build_parser, find_resume_folder, storage_location
 from sslsearch.compare import run_compare
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
@@ -67,11 +68,12 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     plan = _resumed_plan(args) if args.resume is not None else _new_plan(args)
     space = load_space(plan.space_path, plan.exp.trial)  # every file checked before Ray starts
     tracking.check_reachable(plan.tracking_uri)
+    checked = preflight.check_sweep(plan.exp, space, plan.storage, plan.name, plan.tracking_uri)
     address = args.address or os.environ.get("RAY_ADDRESS") or None
     sweep.init_ray(args.address or None)  # checks the address (and $RAY_ADDRESS) first
     sweep.check_resources(plan.exp.search, address)  # before the sweep's MLflow run exists
     if not plan.resumed:
-        _log_new_sweep(plan, args, argv)
+        _log_new_sweep(plan, args, argv, checked)
     exp = plan.exp
     print(f"sweep {plan.name}: space {plan.space_path.name} ({', '.join(space.method_names)}), "
           f"experiment {Path(exp.source).name}, {exp.search.num_samples} trials × "
@@ -148,8 +150,10 @@ def _sweep_record(plan: Plan, args: argparse.Namespace, argv: list[str]) -> dict
             "gpus_per_trial": exp.search.gpus_per_trial, "command": argv}
 
 
-def _log_new_sweep(plan: Plan, args: argparse.Namespace, argv: list[str]) -> None:
-    """The sweep's parent run in MLflow: its parameters, tags and input files."""
+def _log_new_sweep(plan: Plan, args: argparse.Namespace, argv: list[str],
+                   checked: preflight.Checked) -> None:
+    """The sweep's parent run in MLflow: its parameters, tags and input files (and the bad
+    images the pre-flight left out)."""
     from sslsearch import sweep, tracking
 
     exp = plan.exp
@@ -157,11 +161,12 @@ def _log_new_sweep(plan: Plan, args: argparse.Namespace, argv: list[str]) -> Non
     tracker.log_sweep(
         params={"space": plan.space_path.name, "experiment": Path(exp.source).name,
                 "num_samples": exp.search.num_samples, "epochs": exp.trial.epochs,
-                "metric": exp.search.metric, "seed": exp.trial.seed},
+                "metric": exp.search.metric, "seed": exp.trial.seed, **checked.params},
         tags={**tracking.sweep_tags(), "command": sweep.python_command(argv)},
         texts={"space.yaml": plan.space_path.read_text(),
                "experiment.yaml": Path(exp.source).read_text(),
-               "command.txt": sweep.python_command([shlex.quote(a) for a in argv]) + "\n"})
+               "command.txt": sweep.python_command([shlex.quote(a) for a in argv]) + "\n",
+               **checked.texts})
 
 
 def _report(plan: Plan, results: list[Any], elapsed: float) -> int:

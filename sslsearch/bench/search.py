@@ -65,6 +65,7 @@ from sslsearch.bench.search_report import (
 from sslsearch.cli import positive_int
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
 from sslsearch.errors import ConfigError, exit_code
+from sslsearch.preflight import check_sweep
 from sslsearch.results import FINISHED
 from sslsearch.schema import resolve_file, results_folder
 from sslsearch.space import Dist, SearchSpace, random_points
@@ -208,6 +209,7 @@ def plan(args: argparse.Namespace) -> Plan:
 
     tracking_uri = tracking.normalize_uri(args.tracking_uri)
     tracking.check_reachable(tracking_uri)
+    check_sweep(exp, space, str(storage.resolve()), name, tracking_uri)  # before Ray and MLflow
     search = exp.search
     return Plan(exp=exp, space=only_method(space, method), space_path=space_path, method=method,
                 budget=budget, epochs=epochs, runs=runs, default_seeds=default_seeds,
