@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from sslsearch import preflight
+from sslsearch import preflight, sweepdir
 from sslsearch.cli import Overrides, build_parser, find_resume_folder, storage_location
 from sslsearch.compare import run_compare
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
@@ -53,7 +53,10 @@ class Plan:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    return exit_code(lambda: _main(args, argv), interrupted="interrupted: resume with --resume")
+    try:
+        return exit_code(lambda: _main(args, argv), interrupted="interrupted: resume with --resume")
+    finally:
+        sweepdir.release_all()
 
 
 def _main(args: argparse.Namespace, argv: list[str]) -> int:
@@ -69,6 +72,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     space = load_space(plan.space_path, plan.exp.trial)  # every file checked before Ray starts
     tracking.check_reachable(plan.tracking_uri)
     checked = preflight.check_sweep(plan.exp, space, plan.storage, plan.name, plan.tracking_uri)
+    sweepdir.lock(plan.folder, plan.name)  # a second driver on this sweep exits 2
     address = args.address or os.environ.get("RAY_ADDRESS") or None
     sweep.init_ray(args.address or None)  # checks the address (and $RAY_ADDRESS) first
     sweep.check_resources(plan.exp.search, address)  # before the sweep's MLflow run exists
@@ -83,6 +87,9 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     if plan.resumed and plan.folder is not None and sweep.has_tune_state(plan.folder):
         tuner = sweep.restore_tuner(plan.folder)
     else:  # new, or killed before Tune first saved its state: nothing to restore, start over
+        if plan.resumed and plan.folder is not None:  # its first start's trials are orphans
+            sweepdir.start_over(plan.folder, plan.name, lambda: tracking.Tracker(
+                plan.tracking_uri, plan.mlflow_experiment, plan.name).forget_trials())
         tuner = sweep.build_tuner(exp, space, _settings(plan, address), quiet=args.quiet)
         if plan.folder is not None and not plan.resumed:  # a restart keeps the first record
             sweep.write_sweep_file(plan.folder, _sweep_record(plan, args, argv))

@@ -23,7 +23,7 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from sslsearch.errors import ConfigError
-from sslsearch.outbox import Outbox, RetryingClient, is_outage
+from sslsearch.outbox import Outbox, RetryingClient, is_outage, store_setup_lock
 from sslsearch.results import RAW_KEYS, outcome
 
 PARENT = "parent"
@@ -96,11 +96,12 @@ class Tracker:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         self.uri = uri
-        self.client: Any = RetryingClient(MlflowClient(tracking_uri=uri))
         self.sweep_id = sweep_id
-        exp = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = (exp.experiment_id if exp is not None
-                              else self.client.create_experiment(experiment))
+        with store_setup_lock(uri):  # a new SQLite store's tables and experiment: made once
+            self.client: Any = RetryingClient(MlflowClient(tracking_uri=uri))
+            exp = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = (exp.experiment_id if exp is not None
+                                  else self.client.create_experiment(experiment))
         self._children: dict[str, str] = {}
         self._last_step: dict[str, int] = {}
         self._nodes: dict[str, list[str]] = {}
@@ -178,11 +179,26 @@ class Tracker:
                 run_status, tags = outcome(last_results[trial_id], max_epochs)
                 self.finish_child(run.info.run_id, run_status, tags)
             else:
-                self.finish_child(run.info.run_id, "KILLED", {
-                    "trial_status": "lost", "failure_reason": "lost", "failure_message":
-                    "not in Tune's saved state at the kill; the resumed sweep re-ran its slot"})
-                self.client.delete_run(run.info.run_id)
+                self._lose(run)
         self.client.set_terminated(self.parent_id, status=status)
+
+    def forget_trials(self) -> int:
+        """Close (KILLED, ``lost``) and soft-delete every child run of the sweep: for a sweep
+        resumed from nothing (its driver killed before Tune's first save), whose trials all run
+        again under new ids. Returns how many there were."""
+        runs = self._search(f"tags.`{TAG_SWEEP}` = '{self.sweep_id}' and "
+                            f"tags.`{TAG_ROLE}` = '{CHILD}'")
+        for run in runs:
+            self._lose(run)
+        return len(runs)
+
+    def _lose(self, run: Any) -> None:
+        self.finish_child(run.info.run_id, "KILLED" if run.info.status == "RUNNING"
+                          else run.info.status, {
+                              "trial_status": "lost", "failure_reason": "lost", "failure_message":
+                              "not in Tune's saved state at the kill; the resumed sweep re-ran "
+                              "its slot"})
+        self.client.delete_run(run.info.run_id)
 
     # --- children -------------------------------------------------------------------------
     def child(self, trial_id: str, name: str, params: Mapping[str, Any]) -> str:

@@ -23,13 +23,14 @@ import torch
 import yaml
 from PIL import Image
 
-from sslsearch import preflight
+from sslsearch import preflight, sweepdir
 from sslsearch.config import load_experiment
 from sslsearch.data import load_dataset
 from sslsearch.data.assemble import Options, split_sizes, train_val_indices
 from sslsearch.data.imagefiles import list_labeled
 from sslsearch.errors import ConfigError
 from sslsearch.run import main
+from sslsearch.space import load_space
 
 # ----------------------------------------------------------------------------- fixtures
 
@@ -309,8 +310,78 @@ def test_not_a_data_set_a_file_as_storage_and_no_resources_exit_2(
         names = ["cpus_per_trial = 0 with gpus_per_trial = 0"]
     refused(args, capsys, *names)
 
+# ----------------------------------------------------------------------------- one driver
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from sslsearch import sweepdir
+sweepdir.lock(Path(sys.argv[1]), "k")
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_second_driver_on_a_running_sweep_exits_2_naming_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A driver (here a stand-in holding the sweep's lock) runs sweep k: a second sweep named k,
+    and a --resume of k, are refused naming its pid; once it is gone its lock is taken over."""
+    from sslsearch.sweep import space_digest, write_sweep_file
+
+    folder = tmp_path / "results" / "k"
+    space = load_space("simclr").source
+    write_sweep_file(folder, {
+        "space_path": space, "space_digest": space_digest(Path(space).read_text()),
+        "experiment_path": str(load_experiment().source),
+        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "mlflow_experiment": "sslsearch",
+        "overrides": {}})
+    (folder / "tuner.pkl").write_bytes(b"")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        for args in (["--name", "k", *SWEEP], ["--resume", "k", "--storage", "results"]):
+            refused(args, capsys, "sweep k is already running", f"pid {holder.pid} on")
+    finally:
+        holder.kill()
+        holder.wait()
+    sweepdir.lock(folder, "k")  # the dead driver's lock, taken over
+    try:
+        assert f"took over the lock left by pid {holder.pid}" in capsys.readouterr().err
+    finally:
+        sweepdir.release_all()
+    assert (folder / sweepdir.LOCK_FILE).read_text() == ""
+
+
+def test_the_orphans_of_a_kill_before_tunes_first_save_are_ended_on_resume(
+        tmp_path: Path) -> None:
+    """What the first start left (a RUNNING child, a finished one, their trial folders) is
+    ended when the resumed sweep starts over: closed KILLED and lost, soft-deleted, removed."""
+    from mlflow.tracking import MlflowClient
+
+    from sslsearch.tracking import Tracker
+
+    uri, folder = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "results" / "k"
+    tracker = Tracker(uri, "sslsearch", "k")
+    running = tracker.child("t1", "simclr-t1", {"base_lr": 0.1})
+    finished = tracker.child("t2", "simclr-t2", {"base_lr": 0.2})
+    tracker.finish_child(finished, "FINISHED", {"trial_status": "completed"})
+    for name in ("simclr_t1", "simclr_t2"):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "params.json").write_text("{}")
+    (folder / "best_encoder").mkdir()  # not a trial's: kept
+    sweepdir.start_over(folder, "k", lambda: Tracker(uri, "sslsearch", "k").forget_trials())
+    assert sorted(p.name for p in folder.iterdir()) == ["best_encoder"]
+    client = MlflowClient(tracking_uri=uri)
+    for run_id, status in ((running, "KILLED"), (finished, "FINISHED")):
+        run = client.get_run(run_id)
+        assert run.info.status == status and run.info.lifecycle_stage == "deleted"
+        assert run.data.tags["trial_status"] == "lost"
+
+
 def test_the_preflight_imports_no_ray_optuna_or_mlflow() -> None:
-    code = ("import sys, sslsearch.preflight\n"
+    code = ("import sys, sslsearch.preflight, sslsearch.sweepdir\n"
             "print(','.join(m for m in ('ray', 'optuna', 'mlflow') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
@@ -326,3 +397,122 @@ def test_a_storage_folder_that_cannot_be_made_or_written_is_refused(tmp_path: Pa
         (tmp_path / "ro").mkdir(mode=0o500)
         with pytest.raises(ConfigError, match="not writable"):
             preflight.check_storage(str(tmp_path / "ro" / "results"), "s")
+
+# ----------------------------------------------------------------------------- slow: two drivers
+
+
+def _sweep(cwd: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "sslsearch.run", "--space", "simclr",
+                             "--num-samples", "2", "--epochs", "2", "--grace-period", "2",
+                             "--max-concurrent", "1", "--storage", "results", "--quiet", *args],
+                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _runs_by_sweep(uri: str) -> dict[str, list[Any]]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    found: dict[str, list[Any]] = {}
+    experiment_id = client.get_experiment_by_name("sslsearch").experiment_id
+    for run in client.search_runs([experiment_id], max_results=1000):
+        found.setdefault(run.data.tags["sslsearch.sweep_id"], []).append(run)
+    return found
+
+
+@pytest.mark.slow
+def test_two_sweeps_on_one_new_sqlite_store_both_finish_with_every_run(tmp_path: Path) -> None:
+    """Started together on a store that does not exist yet (before, one died creating its
+    tables: "table _alembic_tmp_experiments already exists"): both finish, one run per trial
+    and one parent each, none left RUNNING."""
+    procs = [_sweep(tmp_path, "--name", name, "--tracking-uri", "shared.db") for name in "AB"]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    runs = _runs_by_sweep(f"sqlite:///{tmp_path / 'shared.db'}")
+    assert sorted(runs) == ["A", "B"]
+    for sweep_runs in runs.values():
+        roles = sorted(r.data.tags["sslsearch.role"] for r in sweep_runs)
+        assert roles == ["parent", "trial", "trial"], roles
+        assert all(r.info.status == "FINISHED" for r in sweep_runs)
+
+
+@pytest.mark.slow
+def test_a_second_resume_while_the_first_driver_runs_is_refused(tmp_path: Path) -> None:
+    first = _sweep(tmp_path, "--name", "k")
+    lock, folder = tmp_path / "results" / "k" / sweepdir.LOCK_FILE, tmp_path / "results" / "k"
+    deadline = time.time() + 300
+    while not ((folder / "tuner.pkl").is_file() and lock.is_file() and lock.read_text()):
+        assert first.poll() is None and time.time() < deadline, first.communicate()
+        time.sleep(0.2)
+    for args in (["--resume", "k"], ["--space", "simclr", "--name", "k"]):
+        second = subprocess.run([sys.executable, "-m", "sslsearch.run", *args, "--storage",
+                                 "results"], cwd=tmp_path, capture_output=True, text=True,
+                                timeout=120)
+        assert second.returncode == 2, second.stderr
+        assert second.stderr.count("\n") == 1 and f"pid {first.pid} on" in second.stderr
+    _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-3000:]
+    (runs,) = _runs_by_sweep(f"sqlite:///{tmp_path / 'mlflow.db'}").values()
+    assert sorted(r.data.tags["sslsearch.role"] for r in runs) == ["parent", "trial", "trial"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+# Kills the driver when its first trial starts, after deleting Tune's saved state: the folder
+# then is what a kill just before Tune's first save leaves (a trial folder, a RUNNING MLflow
+# child, no experiment state). A marker keeps the restored (pickled) callback from killing again.
+EARLY_KILLER = """
+import os, signal, sys
+from pathlib import Path
+import sslsearch.sweep as sweep
+from sslsearch.run import main
+
+class KillAtStart(sweep.Progress):
+    def on_trial_start(self, iteration, trials, trial, **info):
+        marker = Path("killed.marker")
+        if not marker.exists():
+            marker.write_text(trial.trial_id)
+            for state in Path("results/k").glob("experiment_state-*.json"):
+                state.unlink()
+            os.kill(os.getpid(), signal.SIGKILL)
+        super().on_trial_start(iteration, trials, trial, **info)
+
+sweep.Progress = KillAtStart
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_driver_killed_before_tunes_first_save_resumes_with_its_orphans_ended(
+        tmp_path: Path) -> None:
+    import contextlib
+    import signal
+
+    from sslsearch.sweep import has_tune_state
+
+    script = tmp_path / "killer.py"
+    script.write_text(EARLY_KILLER)
+    args = ["--space", "simclr", "--num-samples", "2", "--epochs", "2", "--grace-period", "2",
+            "--max-concurrent", "1", "--name", "k", "--storage", "results", "--quiet"]
+    first = subprocess.Popen([sys.executable, str(script), *args], cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
+    try:
+        first.communicate(timeout=600)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGKILL)  # its Ray processes, as a lost machine's
+    folder = tmp_path / "results" / "k"
+    orphan = next(folder.glob("simclr_*"))  # empty: the trial had not written yet
+    assert first.returncode == -9 and not has_tune_state(folder)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (before,) = _runs_by_sweep(uri).values()
+    assert [r.info.status for r in before if r.data.tags["sslsearch.role"] == "trial"] == [
+        "RUNNING"]
+    again = subprocess.run([sys.executable, str(script), "--resume", "k", "--storage", "results",
+                            "--quiet"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "ended 1 MLflow trial run and removed 1 trial folder" in again.stdout
+    assert not orphan.exists()
+    (runs,) = _runs_by_sweep(uri).values()  # deleted runs are not listed
+    assert sorted(r.data.tags["sslsearch.role"] for r in runs) == ["parent", "trial", "trial"]
+    assert all(r.info.status == "FINISHED" for r in runs)
