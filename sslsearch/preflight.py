@@ -73,10 +73,11 @@ class Checked:
 
 def check_sweep(exp: Experiment, space: SearchSpace | None, storage: str, name: str,
                 tracking_uri: str | None = None, say: Callable[[str], None] | None = None,
-                make_folder: bool = False) -> Checked:
+                make_folder: bool = False, skip_hint: str = SKIP_FLAG) -> Checked:
     """Check everything a sweep named ``name`` under ``storage`` will read and write; see the
     module docstring. ``say`` prints the warning lines (default: stderr); ``make_folder``: the
-    sweep's folder is made once everything passed."""
+    sweep's folder is made once everything passed; ``skip_hint``: how the command skips bad
+    images, for the refusal's message."""
     t0 = time.perf_counter()
     warn = say or (lambda line: print(line, file=sys.stderr, flush=True))
     check_storage(storage, name)
@@ -97,12 +98,13 @@ def check_sweep(exp: Experiment, space: SearchSpace | None, storage: str, name: 
             continue
         if shape.bad and not cfg["skip_bad_images"]:
             raise refuse_bad(list(shape.bad), _write_list(results / list_name, shape.bad),
-                             SKIP_FLAG)
+                             skip_hint)
         skipped.update(shape.bad)
         check_splits(shape, cfg["labels"], cfg["val_fraction"], cfg["max_train_samples"],
                      LABEL_FREE_NEEDS if cfg["label_free"] else (1, ""))
         check_memory(shape, cfg, exp, space)
-    probe = _probe_shape(exp.trial.probe_data_dir, exp.trial.skip_bad_images, results / list_name)
+    probe = _probe_shape(exp.trial.probe_data_dir, exp.trial.skip_bad_images, results / list_name,
+                         skip_hint)
     if probe is not None:
         skipped.update(probe.bad)
         check_splits(probe, True, exp.trial.val_fraction, None)
@@ -154,12 +156,12 @@ def _data_dir(value: Any, space: SearchSpace | None) -> str | None:
     return str(path)
 
 
-def _probe_shape(probe_dir: str | None, skip: bool, list_file: Path) -> Shape | None:
+def _probe_shape(probe_dir: str | None, skip: bool, list_file: Path, hint: str) -> Shape | None:
     if probe_dir is None:
         return None
     shape = dataset_shape("imagefolder", probe_dir, False)
     if shape is not None and shape.bad and not skip:
-        raise refuse_bad(list(shape.bad), _write_list(list_file, shape.bad), SKIP_FLAG)
+        raise refuse_bad(list(shape.bad), _write_list(list_file, shape.bad), hint)
     return shape
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from sslsearch import preflight, sweepdir
+from sslsearch import sweepdir
 from sslsearch.cli import Overrides, build_parser, find_resume_folder, storage_location
 from sslsearch.compare import run_compare
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
@@ -66,7 +66,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
         return sync_tracking(args.sync_tracking, storage_location(args.storage))
     if args.compare:
         return run_compare(args, argv)
-    from sslsearch import sweep, tracking
+    from sslsearch import preflight, sweep, tracking  # torch and Ray: once the flags are read
 
     plan = _resumed_plan(args) if args.resume is not None else _new_plan(args)
     space = load_space(plan.space_path, plan.exp.trial)  # every file checked before Ray starts
@@ -158,7 +158,7 @@ def _sweep_record(plan: Plan, args: argparse.Namespace, argv: list[str]) -> dict
 
 
 def _log_new_sweep(plan: Plan, args: argparse.Namespace, argv: list[str],
-                   checked: preflight.Checked) -> None:
+                   checked: Any) -> None:
     """The sweep's parent run in MLflow: its parameters, tags and input files (and the bad
     images the pre-flight left out)."""
     from sslsearch import sweep, tracking

@@ -144,6 +144,24 @@ def test_the_refusal_is_one_line_from_the_command_itself(tmp_path: Path) -> None
     assert not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.parametrize("command", ["compare", "bench search"])
+def test_compare_and_bench_search_run_the_preflight_too(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str) -> None:
+    from sslsearch.bench.search import main as bench_search
+
+    write_folder(tmp_path / "photos")
+    damage(tmp_path / "photos" / "train" / "b" / "004.png", "empty")
+    args = ["--space", "simclr", "--experiment", str(experiment(tmp_path)), "--data-dir",
+            "photos", "--storage", "results", "--name", "c"]
+    code = main([*args, "--compare"]) if command == "compare" else bench_search(args)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "train/b/004.png: empty file (0 bytes)" in err
+    hint = "--skip-bad-images" if command == "compare" else "trial.skip_bad_images: true"
+    assert hint in err
+    assert not (tmp_path / "mlflow.db").exists() and not list(tmp_path.rglob("params.json"))
+
+
 def test_skip_bad_images_runs_a_messy_folder_without_them_and_records_them(
         tmp_path: Path) -> None:
     """Greyscale, RGB, RGBA, palette and 16-bit PNGs of several sizes (image_size set) train;

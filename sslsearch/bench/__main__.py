@@ -103,6 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sslsearch.bench.search import main as search_main
 
         return search_main(args[1:])
+    if args[:1] == ["preflight"]:  # the pre-flight's cost on a large folder
+        from sslsearch.bench.preflight import main as preflight_main
+
+        return preflight_main(args[1:])
     return exit_code(lambda: _run(args), failures=(TrialExited,))
 
 

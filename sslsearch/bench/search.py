@@ -65,7 +65,6 @@ from sslsearch.bench.search_report import (
 from sslsearch.cli import positive_int
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
 from sslsearch.errors import ConfigError, exit_code
-from sslsearch.preflight import check_sweep
 from sslsearch.results import FINISHED
 from sslsearch.schema import resolve_file, results_folder
 from sslsearch.space import Dist, SearchSpace, random_points
@@ -205,11 +204,12 @@ def plan(args: argparse.Namespace) -> Plan:
     name = args.name if args.name is not None else sweep.new_sweep_id(
         f"bench-search-{space_path.stem}")
     folder = validate_name(name, storage.resolve())
-    from sslsearch import tracking
+    from sslsearch import preflight, tracking
 
     tracking_uri = tracking.normalize_uri(args.tracking_uri)
     tracking.check_reachable(tracking_uri)
-    check_sweep(exp, space, str(storage.resolve()), name, tracking_uri)  # before Ray and MLflow
+    preflight.check_sweep(exp, space, str(storage.resolve()), name, tracking_uri,  # before Ray
+                          skip_hint="trial.skip_bad_images: true in the experiment")
     search = exp.search
     return Plan(exp=exp, space=only_method(space, method), space_path=space_path, method=method,
                 budget=budget, epochs=epochs, runs=runs, default_seeds=default_seeds,

@@ -265,5 +265,5 @@ def refuse_bad(bad: list[tuple[Path, str]], listed_in: Path | None, flag: str) -
     others = (f" and {len(bad) - 1} other bad image{'s' if len(bad) > 2 else ''}"
               if len(bad) > 1 else "")
     where = f" (all listed in {listed_in})" if listed_in is not None else ""
-    return ConfigError(f"{path}: {why}{others}{where}; fix or remove them, or pass {flag} to "
-                       "train without them")
+    return ConfigError(f"{path}: {why}{others}{where}; fix or remove them, or leave them out "
+                       f"with {flag}")
