@@ -193,7 +193,8 @@ def check_splits(shape: Shape, labels: bool, val_fraction: float,
         check_unlabeled(where, sum(shape.train_counts), val_fraction, max_train_samples)
     n_val = sum(split_sizes(shape.train_counts, val_fraction, max_train_samples)[1])
     if n_val < min_val[0]:
-        raise ConfigError(f"{where}: {n_val} validation images at val_fraction {val_fraction} "
+        raise ConfigError(f"{where}: {n_val} validation image{'s' if n_val != 1 else ''} at "
+                          f"val_fraction {val_fraction} "
                           f"(of {sum(shape.train_counts)} in train/); {min_val[1]} needs at "
                           f"least {min_val[0]}: add images, raise val_fraction or turn it off")
 
