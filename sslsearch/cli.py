@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPUs per trial; fractions pack trials on one GPU, e.g. 0.25 "
                         "(default: the experiment's)")
     p.add_argument("--data-dir", help="dataset folder, overriding the experiment's")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave out images no trial could decode (empty, truncated, bombs) instead "
+                        "of refusing the sweep; they are listed in bad_images.txt and in MLflow")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
     _selection_flags(p)
     return p
@@ -133,6 +136,7 @@ class Overrides:
     confirm: bool | None = None
     confirm_top: int | None = None
     confirm_seeds: int | None = None
+    skip_bad_images: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Overrides:
@@ -154,6 +158,8 @@ class Overrides:
         search_cfg = build_dataclass(SearchConfig, search, source="command line", where="search")
         trial = exp.trial
         changes: dict[str, Any] = {"seed": self.seed}
+        if self.skip_bad_images:
+            changes["skip_bad_images"] = True
         if self.epochs is not None:
             changes["epochs"] = self.epochs
             changes["warmup_epochs"] = min(trial.warmup_epochs, float(self.epochs))
@@ -161,7 +167,8 @@ class Overrides:
         if data_dir is not None:
             path = Path(data_dir).expanduser().resolve()
             if not path.is_dir():
-                raise ConfigError(f"data_dir {data_dir!r}: no such folder")
+                raise ConfigError(f"data_dir {data_dir!r}: " + (
+                    "not a folder (a file or a device)" if path.exists() else "no such folder"))
             changes["data_dir"] = str(path)
         exp = dataclasses.replace(exp, trial=dataclasses.replace(trial, **changes),
                                   search=search_cfg)

@@ -45,6 +45,7 @@ from sslsearch.outbox import OUTBOX_FILE
 from sslsearch.results import RAW_KEYS, SELECTION, TrialRecord, record
 from sslsearch.schema import resolve_file, results_folder
 from sslsearch.summary import correlation_markdown
+from sslsearch.tracking_uri import check_reachable, normalize_uri
 
 # ------------------------------------------------------------------------------------------------
 # The command
@@ -124,7 +125,7 @@ def run_compare(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _plan(args: argparse.Namespace, argv: list[str]) -> Comparison:
     """Every input checked (and the folder made) before any trial starts."""
-    from sslsearch import sweep, tracking
+    from sslsearch import preflight, sweep
     from sslsearch.space import load_space
 
     if args.resume is not None:
@@ -151,9 +152,9 @@ def _plan(args: argparse.Namespace, argv: list[str]) -> Comparison:
         raise ConfigError("--compare writes its report to a local folder: give a local --storage")
     name = args.name or sweep.new_sweep_id(f"compare-{space_path.stem}")
     folder = results_folder(name, storage)  # a user-given name stays in the results folder
-    tracking_uri = tracking.normalize_uri(args.tracking_uri)
-    tracking.check_reachable(tracking_uri)
-    folder.mkdir(parents=True, exist_ok=True)
+    tracking_uri = normalize_uri(args.tracking_uri)
+    check_reachable(tracking_uri)
+    preflight.check_sweep(exp, space, storage, name, tracking_uri, make_folder=True)
     return Comparison(
         name=name, folder=folder, space_path=space_path, space=space, exp=exp, methods=methods,
         seeds=fresh_seeds({exp.trial.seed}, exp.search.confirm_seeds), tracking_uri=tracking_uri,
@@ -164,16 +165,16 @@ def _plan(args: argparse.Namespace, argv: list[str]) -> Comparison:
 
 
 def _log_start(c: Comparison) -> None:
-    from sslsearch import tracking
+    from sslsearch import preflight, tracking
 
-    exp = c.exp
+    exp, checked = c.exp, preflight.recorded(c.folder)  # the images it left out, if any
     tracking.Tracker(c.tracking_uri, c.mlflow_experiment, c.name).log_sweep(
-        params={"space": c.space_path.name, "experiment": Path(exp.source).name,
+        params={**checked.params, "space": c.space_path.name, "experiment": Path(exp.source).name,
                 "num_samples_per_method": exp.search.num_samples, "epochs": exp.trial.epochs,
                 "metric": exp.search.metric, "seed": exp.trial.seed, "compare": True,
                 "methods": ",".join(c.methods), "seeds": ",".join(map(str, c.seeds))},
         tags={**tracking.sweep_tags(), "command": c.command, "sslsearch.kind": "compare"},
-        texts={"space.yaml": c.space_path.read_text(),
+        texts={**checked.texts, "space.yaml": c.space_path.read_text(),
                "experiment.yaml": Path(exp.source).read_text(), "command.txt": c.command + "\n"})
     print(f"comparison {c.name}: {', '.join(c.methods)}; {exp.search.num_samples} search trials "
           f"× ≤ {exp.trial.epochs} epochs per method, then {len(c.seeds)} seeds each\n"

@@ -45,6 +45,9 @@ class TrialConfig:
     split_seed: int = 0  # fixed across a sweep, so every trial is judged on the same validation set
     max_train_samples: int | None = None  # a seeded stratified subset, for quick runs
     image_size: int | None = None  # ImageFolder resize; None keeps the dataset's size
+    # ImageFolder files that fail the header checks (empty, truncated, unidentifiable, over PIL's
+    # decompression-bomb limit) are left out instead of refused (--skip-bad-images).
+    skip_bad_images: bool = False
     # --- encoder ---
     backbone: str = "small_cnn"
     backbone_width: int = 0  # 0: the architecture's default width
@@ -163,6 +166,9 @@ class SearchConfig:
                     "collapse_rank_ratio"):
             if not getattr(self, key) >= 0:  # NaN fails too
                 raise ValueError(f"{key} = {getattr(self, key)!r} is out of range; allowed: ≥ 0")
+        if self.cpus_per_trial + self.gpus_per_trial <= 0:  # Tune refuses an empty bundle
+            raise ValueError("cpus_per_trial = 0 with gpus_per_trial = 0: a trial needs a CPU or "
+                             "a GPU; allowed: cpus_per_trial > 0 or gpus_per_trial > 0")
 
 
     @property
@@ -201,6 +207,10 @@ def _check_trial(cfg: TrialConfig, source: str) -> None:
         raise bad("weight_decay", "a number ≥ 0")
     if not 0 < cfg.val_fraction <= 0.5:
         raise bad("val_fraction", "0 < val_fraction ≤ 0.5")
+    if cfg.max_train_samples is not None and cfg.max_train_samples < 1:
+        raise bad("max_train_samples", "an integer ≥ 1, or null for the whole training split")
+    if cfg.image_size is not None and cfg.image_size < 1:
+        raise bad("image_size", "an integer ≥ 1, or null for the dataset's own size")
     if cfg.warmup_epochs < 0 or cfg.warmup_epochs > cfg.epochs:
         raise bad("warmup_epochs", f"0 ≤ warmup_epochs ≤ epochs ({cfg.epochs})")
     if cfg.crop_min_scale is not None and not 0 < cfg.crop_min_scale <= 1:

@@ -37,6 +37,8 @@ import torch
 from torch import Tensor
 
 EPS = 1e-7
+# The fewest validation images the metrics take (α-ReQ fits a slope through ≥ 2 eigenvalues).
+MIN_SAMPLES = 3
 """The ε of ``p_k = λ_k/‖λ‖₁ + ε`` (RankMe's value, which LiDAR reuses)."""
 
 LIDAR_DELTA = 1e-4
@@ -244,7 +246,7 @@ def alpha_req(features: Tensor, k_min: int = 1, k_max: int | None = None) -> Ten
     """
     _check(features, "features", 2, "n samples × d features")
     n, d = features.shape
-    if n < 3 or d < 2:
+    if n < MIN_SAMPLES or d < 2:
         raise ValueError("alpha_req needs n ≥ 3 samples and d ≥ 2 features (two covariance "
                          f"eigenvalues to fit a slope), got shape {(n, d)}")
     if k_min < 1 or (k_max is not None and k_max < k_min + 1):

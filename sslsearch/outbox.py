@@ -16,16 +16,18 @@ already has are skipped, tags and artifacts overwrite. So a replay cut short by 
 run again without duplicating anything.
 
 No mlflow import here: the outbox only knows the tracker's method names (:data:`OPS`). A
-locked SQLite store is the other fault it waits out (:class:`RetryingClient`).
+locked SQLite store is the other fault it waits out (:class:`RetryingClient`), and a new one is
+set up by one process at a time (:func:`store_setup_lock`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -254,3 +256,29 @@ class RetryingClient:
             raise AssertionError("unreachable")
 
         return call
+
+
+@contextlib.contextmanager
+def store_setup_lock(uri: str) -> Iterator[None]:
+    """For a SQLite tracking URI, hold an exclusive lock on a file beside the database while
+    the block runs (blocking); for any other URI, nothing.
+
+    MLflow creates a SQLite store's tables (and runs its migrations) when the first client opens
+    it, and nothing stops two processes doing that at once: two sweeps started together on a new
+    ``mlflow.db`` failed with "table _alembic_tmp_experiments already exists", and both would find
+    no experiment and create it twice. A client is made, and the experiment found or created,
+    under this lock. It is a file of its own: a POSIX lock taken and dropped on the database file
+    itself would drop SQLite's own locks on it in this process.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl  # POSIX only, like Ray's multi-node support
+
+    path = Path(uri.removeprefix("sqlite:///"))
+    with open(f"{path}.sslsearch-lock", "a+b") as handle:
+        fcntl.lockf(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(handle, fcntl.LOCK_UN)

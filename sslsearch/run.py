@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from sslsearch import sweepdir
 from sslsearch.cli import Overrides, build_parser, find_resume_folder, storage_location
 from sslsearch.compare import run_compare, trial_keys
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
@@ -30,6 +31,7 @@ from sslsearch.results import budget, budget_line, record
 from sslsearch.schema import check_owned, resolve_file, results_folder
 from sslsearch.space import load_space, trial_from_config
 from sslsearch.summary import summarize
+from sslsearch.tracking_uri import check_reachable, normalize_uri
 
 
 @dataclasses.dataclass
@@ -53,7 +55,10 @@ class Plan:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    return exit_code(lambda: _main(args, argv), interrupted="interrupted: resume with --resume")
+    try:
+        return exit_code(lambda: _main(args, argv), interrupted="interrupted: resume with --resume")
+    finally:
+        sweepdir.release_all()
 
 
 def _main(args: argparse.Namespace, argv: list[str]) -> int:
@@ -63,16 +68,18 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
         return sync_tracking(args.sync_tracking, storage_location(args.storage))
     if args.compare:
         return run_compare(args, argv)
-    from sslsearch import sweep, tracking
+    from sslsearch import preflight, sweep, tracking  # torch and Ray: once the flags are read
 
     plan = _resumed_plan(args) if args.resume is not None else _new_plan(args)
     space = load_space(plan.space_path, plan.exp.trial)  # every file checked before Ray starts
-    tracking.check_reachable(plan.tracking_uri)
+    check_reachable(plan.tracking_uri)
+    checked = preflight.check_sweep(plan.exp, space, plan.storage, plan.name, plan.tracking_uri)
+    sweepdir.lock(plan.folder, plan.name)  # a second driver on this sweep exits 2
     address = args.address or os.environ.get("RAY_ADDRESS") or None
     sweep.init_ray(args.address or None)  # checks the address (and $RAY_ADDRESS) first
     sweep.check_resources(plan.exp.search, address)  # before the sweep's MLflow run exists
     if not plan.resumed:
-        _log_new_sweep(plan, args, argv)
+        _log_new_sweep(plan, args, argv, checked)
     exp = plan.exp
     print(f"sweep {plan.name}: space {plan.space_path.name} ({', '.join(space.method_names)}), "
           f"experiment {Path(exp.source).name}, {exp.search.num_samples} trials × "
@@ -82,6 +89,9 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     if plan.resumed and plan.folder is not None and sweep.has_tune_state(plan.folder):
         tuner = sweep.restore_tuner(plan.folder)
     else:  # new, or killed before Tune first saved its state: nothing to restore, start over
+        if plan.resumed and plan.folder is not None:  # its first start's trials are orphans
+            sweepdir.start_over(plan.folder, plan.name, lambda: tracking.Tracker(
+                plan.tracking_uri, plan.mlflow_experiment, plan.name).forget_trials())
         tuner = sweep.build_tuner(exp, space, _settings(plan, address), quiet=args.quiet)
         if plan.folder is not None and not plan.resumed:  # a restart keeps the first record
             sweep.write_sweep_file(plan.folder, _sweep_record(plan, args, argv))
@@ -120,7 +130,7 @@ def _resumed_plan(args: argparse.Namespace) -> Plan:
 
 
 def _new_plan(args: argparse.Namespace) -> Plan:
-    from sslsearch import sweep, tracking
+    from sslsearch import sweep
 
     if not args.space:
         raise ConfigError("--space is required (a file under search_spaces/, e.g. "
@@ -132,7 +142,7 @@ def _new_plan(args: argparse.Namespace) -> Plan:
         results_folder(args.name, storage)  # a user-given name stays in the results folder
     return Plan(name=args.name or sweep.new_sweep_id(space_path.stem), storage=storage,
                 space_path=space_path, exp=exp,
-                tracking_uri=tracking.normalize_uri(args.tracking_uri),
+                tracking_uri=normalize_uri(args.tracking_uri),
                 mlflow_experiment=args.mlflow_experiment, resumed=False)
 
 
@@ -160,8 +170,10 @@ def _sweep_record(plan: Plan, args: argparse.Namespace, argv: list[str]) -> dict
             "gpus_per_trial": exp.search.gpus_per_trial, "command": argv}
 
 
-def _log_new_sweep(plan: Plan, args: argparse.Namespace, argv: list[str]) -> None:
-    """The sweep's parent run in MLflow: its parameters, tags and input files."""
+def _log_new_sweep(plan: Plan, args: argparse.Namespace, argv: list[str],
+                   checked: Any) -> None:
+    """The sweep's parent run in MLflow: its parameters, tags and input files (and the bad
+    images the pre-flight left out)."""
     from sslsearch import sweep, tracking
 
     exp = plan.exp
@@ -169,11 +181,12 @@ def _log_new_sweep(plan: Plan, args: argparse.Namespace, argv: list[str]) -> Non
     tracker.log_sweep(
         params={"space": plan.space_path.name, "experiment": Path(exp.source).name,
                 "num_samples": exp.search.num_samples, "epochs": exp.trial.epochs,
-                "metric": exp.search.metric, "seed": exp.trial.seed},
+                "metric": exp.search.metric, "seed": exp.trial.seed, **checked.params},
         tags={**tracking.sweep_tags(), "command": sweep.python_command(argv)},
         texts={"space.yaml": plan.space_path.read_text(),
                "experiment.yaml": Path(exp.source).read_text(),
-               "command.txt": sweep.python_command([shlex.quote(a) for a in argv]) + "\n"})
+               "command.txt": sweep.python_command([shlex.quote(a) for a in argv]) + "\n",
+               **checked.texts})
 
 
 def _confirm(plan: Plan, space: Any, results: list[Any], quiet: bool) -> tuple[Any, list[Any]]:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,9 +21,9 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from sslsearch.confirm import CANDIDATE_KEY, STAGE_KEY
-from sslsearch.errors import ConfigError
-from sslsearch.outbox import Outbox, RetryingClient, is_outage
+from sslsearch.outbox import Outbox, RetryingClient, is_outage, store_setup_lock
 from sslsearch.results import RAW_KEYS, outcome
+from sslsearch.tracking_uri import runs_link
 
 PARENT = "parent"
 CHILD = "trial"
@@ -40,44 +38,6 @@ TAG_SEED = "sslsearch.seed"
 # Ray's bookkeeping keys are not metrics of the trial.
 _SKIP = {"training_iteration", "timestamp", "time_since_restore", "iterations_since_restore",
          "done", "pid", "time_total_s", "time_this_iter_s", "epoch"}
-
-
-def default_tracking_uri(cwd: Path | None = None) -> str:
-    """An absolute sqlite URI in the working directory (each Ray trial chdirs elsewhere)."""
-    return f"sqlite:///{(cwd or Path.cwd()).resolve() / 'mlflow.db'}"
-
-
-def normalize_uri(uri: str | None) -> str:
-    """Make a user's tracking URI absolute; refuse schemes MLflow 3 will not take as a backend."""
-    if not uri:
-        return default_tracking_uri()
-    if uri.startswith("sqlite:///"):
-        path = Path(uri.removeprefix("sqlite:///"))
-        return f"sqlite:///{path.expanduser().resolve()}"
-    if uri.startswith(("http://", "https://", "databricks")):
-        return uri.rstrip("/")
-    if "://" not in uri:  # a bare path: a sqlite file there
-        return f"sqlite:///{Path(uri).expanduser().resolve()}"
-    if uri.startswith(("postgresql", "mysql", "mssql")):
-        return uri
-    raise ConfigError(f"--tracking-uri {uri!r}: unsupported scheme; use sqlite:///PATH, "
-                      "http(s)://HOST:PORT, or a database URI (postgresql://...)")
-
-
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, before any trial starts, when an HTTP tracking server does not answer."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(f"{uri}/health", timeout=timeout) as response:
-            if response.status != 200:
-                raise ConfigError(f"--tracking-uri {uri}: the server answered HTTP "
-                                  f"{response.status} at /health; is it an MLflow server?")
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise ConfigError(f"--tracking-uri {uri}: MLflow server unreachable ({reason}); start it "
-                          "with `mlflow server --host 127.0.0.1 --port 5000` or omit the flag "
-                          "for a local sqlite file") from None
 
 
 def _params(values: Mapping[str, Any], prefix: str = "") -> list[Param]:
@@ -100,11 +60,12 @@ class Tracker:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         self.uri = uri
-        self.client: Any = RetryingClient(MlflowClient(tracking_uri=uri))
         self.sweep_id = sweep_id
-        exp = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = (exp.experiment_id if exp is not None
-                              else self.client.create_experiment(experiment))
+        with store_setup_lock(uri):  # a new SQLite store's tables and experiment: made once
+            self.client: Any = RetryingClient(MlflowClient(tracking_uri=uri))
+            exp = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = (exp.experiment_id if exp is not None
+                                  else self.client.create_experiment(experiment))
         self._children: dict[str, str] = {}
         self._last_step: dict[str, int] = {}
         self._nodes: dict[str, list[str]] = {}
@@ -191,11 +152,26 @@ class Tracker:
                 run_status, tags = outcome(last_results[trial_id], max_epochs)
                 self.finish_child(run.info.run_id, run_status, tags)
             else:
-                self.finish_child(run.info.run_id, "KILLED", {
-                    "trial_status": "lost", "failure_reason": "lost", "failure_message":
-                    "not in Tune's saved state at the kill; the resumed sweep re-ran its slot"})
-                self.client.delete_run(run.info.run_id)
+                self._lose(run)
         self.client.set_terminated(self.parent_id, status=status)
+
+    def forget_trials(self) -> int:
+        """Close (KILLED, ``lost``) and soft-delete every child run of the sweep: for a sweep
+        resumed from nothing (its driver killed before Tune's first save), whose trials all run
+        again under new ids. Returns how many there were."""
+        runs = self._search(f"tags.`{TAG_SWEEP}` = '{self.sweep_id}' and "
+                            f"tags.`{TAG_ROLE}` = '{CHILD}'")
+        for run in runs:
+            self._lose(run)
+        return len(runs)
+
+    def _lose(self, run: Any) -> None:
+        self.finish_child(run.info.run_id, "KILLED" if run.info.status == "RUNNING"
+                          else run.info.status, {
+                              "trial_status": "lost", "failure_reason": "lost", "failure_message":
+                              "not in Tune's saved state at the kill; the resumed sweep re-ran "
+                              "its slot"})
+        self.client.delete_run(run.info.run_id)
 
     # --- children -------------------------------------------------------------------------
     def child(self, trial_id: str, name: str, params: Mapping[str, Any]) -> str:
@@ -290,15 +266,6 @@ class Tracker:
 
     def runs_link(self) -> str:
         return runs_link(self.uri, self.experiment_id)
-
-
-def runs_link(uri: str, experiment_id: str | None = None) -> str:
-    """The runs table in MLflow 3's "Model training" view (the GenAI view hides it); the
-    experiments list when the experiment's id is not known (the server unreachable)."""
-    base = uri if uri.startswith("http") else "http://127.0.0.1:5000"
-    if experiment_id is None:
-        return f"{base}/#/experiments"
-    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def sweep_outbox(path: Path, uri: str, experiment: str, sweep_id: str) -> Outbox:

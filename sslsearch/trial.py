@@ -39,7 +39,7 @@ def load_data(cfg: TrialConfig, device: torch.device) -> DataBundle:
     return load_dataset_cached(
         cfg.dataset, data_dir=cfg.data_dir, download=cfg.download, val_fraction=cfg.val_fraction,
         seed=cfg.split_seed, device=device, max_train_samples=cfg.max_train_samples,
-        image_size=cfg.image_size)
+        image_size=cfg.image_size, skip_bad_images=cfg.skip_bad_images)
 
 
 def build_method(cfg: TrialConfig, data: DataBundle) -> Method:
@@ -272,7 +272,7 @@ def probe_on_labeled_folder(trial: LiveTrial, folder: str) -> dict[str, float]:
     cfg = trial.cfg
     data = load_dataset_cached("imagefolder", data_dir=folder, image_size=trial.data.image_size,
                                val_fraction=cfg.val_fraction, seed=cfg.split_seed,
-                               device=trial.device)
+                               device=trial.device, skip_bad_images=cfg.skip_bad_images)
     with frozen_backbone(trial) as backbone:
         train, val, test = (trial.features(s) for s in (data.train, data.val, data.test))
         result = linear_probe(train, val, test, data.num_classes, backbone=backbone,

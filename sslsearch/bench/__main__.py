@@ -108,6 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sslsearch.bench.selection import main as selection_main
 
         return selection_main(args[1:])
+    if args[:1] == ["preflight"]:  # the pre-flight's cost on a large folder
+        from sslsearch.bench.preflight import main as preflight_main
+
+        return preflight_main(args[1:])
     return exit_code(lambda: _run(args), failures=(TrialExited,))
 
 

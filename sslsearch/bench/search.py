@@ -72,6 +72,7 @@ from sslsearch.errors import ConfigError, exit_code
 from sslsearch.results import SELECTION
 from sslsearch.schema import resolve_file, results_folder
 from sslsearch.space import SearchSpace
+from sslsearch.tracking_uri import check_reachable, normalize_uri
 
 
 class _Parser(argparse.ArgumentParser):
@@ -221,7 +222,7 @@ def _budgets(args: argparse.Namespace, exp: Experiment) -> tuple[Budget, ...]:
 
 def plan(args: argparse.Namespace) -> Plan:
     """Validate the command line and the files; :class:`ConfigError` (one line) on bad input."""
-    from sslsearch import sweep, tracking
+    from sslsearch import preflight, sweep
     from sslsearch.cli import Overrides
     from sslsearch.space import load_space
 
@@ -248,9 +249,12 @@ def plan(args: argparse.Namespace) -> Plan:
         raise ConfigError(f"--storage {args.storage}: the benchmark writes to a local folder")
     name = args.name if args.name is not None else sweep.new_sweep_id(
         f"bench-search-{space_path.stem}")
-    folder = validate_name(name, Path(args.storage).expanduser().resolve())
-    tracking_uri = tracking.normalize_uri(args.tracking_uri)
-    tracking.check_reachable(tracking_uri)
+    storage = str(Path(args.storage).expanduser().resolve())
+    folder = validate_name(name, Path(storage))
+    tracking_uri = normalize_uri(args.tracking_uri)
+    check_reachable(tracking_uri)
+    preflight.check_sweep(exp, space, storage, name, tracking_uri,  # before Ray
+                          skip_hint="trial.skip_bad_images: true in the experiment")
     return Plan(exp=exp, space=space.only(method), space_path=space_path, method=method,
                 budgets=budgets, epochs=exp.trial.epochs,
                 search_seeds=tuple(range(args.search_seeds)), strategies=strategies,

@@ -50,6 +50,7 @@ __all__ = [
     "DATASETS",
     "DEFAULT_DATA_DIRS",
     "DOWNLOAD_LOCK",
+    "MAX_RESIDENT_BYTES",
     "DataBundle",
     "Kind",
     "Split",
@@ -72,7 +73,8 @@ DATASETS: tuple[str, ...] = (
 
 # Used when data_dir is None. Debian's dataset-fashion-mnist installs the four idx .gz files here.
 DEFAULT_DATA_DIRS: dict[str, str] = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
-
+# An ImageFolder whose decoded images would take more than this streams from CPU workers.
+MAX_RESIDENT_BYTES = 4 * 2**30
 
 
 def load_dataset(
@@ -85,13 +87,16 @@ def load_dataset(
     device: str | torch.device = "cpu",
     max_train_samples: int | None = None,
     image_size: int | None = None,
-    max_resident_bytes: int = 4 * 2**30,
+    max_resident_bytes: int = MAX_RESIDENT_BYTES,
+    skip_bad_images: bool = False,
 ) -> DataBundle:
     """Load dataset ``name`` (one of :data:`DATASETS`) onto ``device``.
 
     ``seed`` draws the validation split (``val_fraction`` of the training set, stratified) and the
     ``max_train_samples`` subset; the test split never depends on it. ``image_size`` resizes
-    images (ImageFolder default 64). An ImageFolder larger than ``max_resident_bytes`` streams.
+    images (ImageFolder default 64). An ImageFolder larger than ``max_resident_bytes`` streams;
+    its files that fail the header checks (:mod:`sslsearch.data.imagefiles`) are refused, or left
+    out with ``skip_bad_images``.
     """
     if name not in DATASETS:
         raise ConfigError(f"dataset {name!r} is unknown; choose one of: {', '.join(DATASETS)}")
@@ -103,7 +108,8 @@ def load_dataset(
     opts = Options(val_fraction, seed, max_train_samples, image_size, dev)
 
     if name == "imagefolder":
-        return load_imagefolder(need_root(name, root), download, opts, max_resident_bytes)
+        return load_imagefolder(need_root(name, root), download, opts, max_resident_bytes,
+                                skip_bad_images)
     if name in ("digits", "digits_tabular"):
         images, features, labels = read_digits()
         rest, test = split_off(labels, TEST_FRACTION, torch.Generator().manual_seed(TEST_SEED))

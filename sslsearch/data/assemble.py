@@ -93,9 +93,14 @@ def stratified_pick(y: Tensor, n: int, *, keep_one: bool, rng: torch.Generator) 
     return torch.sort(torch.cat(picked)).values
 
 
+def held_count(n: int, fraction: float) -> int:
+    """How many of ``n`` rows a hold-out of ``fraction`` asks for (at least one)."""
+    return max(1, round(fraction * n))
+
+
 def split_off(y: Tensor, fraction: float, rng: torch.Generator) -> tuple[Tensor, Tensor]:
     """Stratified ``(rest, held)`` index tensors, ``held`` being ``fraction`` of the rows."""
-    held = stratified_pick(y, max(1, round(fraction * y.numel())), keep_one=True, rng=rng)
+    held = stratified_pick(y, held_count(y.numel(), fraction), keep_one=True, rng=rng)
     mask = torch.ones(y.numel(), dtype=torch.bool)
     mask[held] = False
     return torch.nonzero(mask).flatten(), held
@@ -113,6 +118,19 @@ def train_val_indices(name: str, y: Tensor, opts: Options) -> tuple[Tensor, Tens
     if opts.max_train_samples is not None and opts.max_train_samples < train.numel():
         keep = stratified_pick(y[train], opts.max_train_samples, keep_one=False, rng=rng)
         train = train[keep]
+    return train, val
+
+
+def split_sizes(counts: Sequence[int], val_fraction: float, max_train_samples: int | None
+                ) -> tuple[list[int], list[int]]:
+    """Per class, how many training and validation rows :func:`train_val_indices` gives a
+    training set with ``counts`` rows per class: the same allocation, without the rows (the
+    draw decides which rows, never how many), so a folder can be judged from its counts."""
+    caps = [max(c - 1, 0) for c in counts]
+    val = allocate(counts, held_count(sum(counts), val_fraction), caps) if sum(counts) else caps
+    train = [c - v for c, v in zip(counts, val, strict=True)]
+    if max_train_samples is not None and max_train_samples < sum(train):
+        train = allocate(train, max_train_samples, train)
     return train, val
 
 

@@ -5,6 +5,7 @@ Each returns the official splits as a :class:`~sslsearch.data.assemble.Raw`."""
 import contextlib
 import gzip
 import importlib
+import math
 import pickle
 import zlib
 from collections.abc import Sequence
@@ -101,6 +102,27 @@ def _fashion_folder(root: Path) -> Path | None:
     return None
 
 
+def _idx_dims(head: bytes, n_bytes: int, path: Path, magic: int, ndim: int,
+              modulo: int | None = None) -> list[int]:
+    """The dimensions an idx file's header ``head`` declares, checked against its magic number
+    and against ``n_bytes``, the file's uncompressed length (``modulo`` that number: a gzip
+    trailer records the length modulo 2**32)."""
+    header = 4 + 4 * ndim
+    if len(head) < header:
+        raise ConfigError(f"{path} holds {len(head)} bytes: it is truncated inside its idx header")
+    found = int.from_bytes(head[:4], "big")
+    if found != magic:
+        raise ConfigError(f"{path} has idx magic number {found}; expected {magic}")
+    dims = [int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    expected = header + math.prod(dims)
+    if n_bytes != (expected if modulo is None else expected % modulo):
+        raise ConfigError(
+            f"{path} holds {n_bytes} bytes but its header {dims} declares {expected}; the file "
+            "is truncated or corrupt"
+        )
+    return dims
+
+
 def _read_idx(path: Path, magic: int, ndim: int) -> Tensor:
     """A uint8 idx file (optionally gzipped), checking its magic number and declared size."""
     try:
@@ -111,23 +133,31 @@ def _read_idx(path: Path, magic: int, ndim: int) -> Tensor:
             raw = path.read_bytes()
     except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
         raise ConfigError(f"{path} is not a readable idx file: {one_line(err)}") from err
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ConfigError(f"{path} holds {len(raw)} bytes: it is truncated inside its idx header")
-    found = int.from_bytes(raw[:4], "big")
-    if found != magic:
-        raise ConfigError(f"{path} has idx magic number {found}; expected {magic}")
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    expected = header + int(torch.tensor(dims).prod())
-    if len(raw) != expected:
-        raise ConfigError(
-            f"{path} holds {len(raw)} bytes but its header {dims} declares {expected}; the file "
-            "is truncated or corrupt"
-        )
-    return torch.frombuffer(bytearray(raw), dtype=torch.uint8, offset=header).reshape(dims)
+    dims = _idx_dims(raw, len(raw), path, magic, ndim)
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def read_fashion_mnist(root: Path, download: bool) -> Raw:
+def idx_header(path: Path, magic: int, ndim: int) -> list[int]:
+    """:func:`_read_idx`'s checks from the header alone, the data never decompressed: the
+    declared size is compared with the file's (a gzip file's length from its trailer)."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                head = f.read(4 + 4 * ndim)
+            with path.open("rb") as raw:
+                raw.seek(-4, 2)
+                return _idx_dims(head, int.from_bytes(raw.read(4), "little"), path, magic, ndim,
+                                 modulo=2**32)
+        with path.open("rb") as f:
+            head = f.read(4 + 4 * ndim)
+        return _idx_dims(head, path.stat().st_size, path, magic, ndim)
+    except (OSError, EOFError, zlib.error) as err:
+        raise ConfigError(f"{path} is not a readable idx file: {one_line(err)}") from err
+
+
+def _fashion_paths(root: Path, download: bool) -> list[Path]:
+    """The four idx files (train images, train labels, test images, test labels), fetched when
+    ``download`` and absent; a ConfigError names what lacks."""
     files = ", ".join(f"{stem}.gz" for stem in _FASHION_FILES)
     hint = "install Debian's dataset-fashion-mnist or pass download: true"
     prepare_dir("fashion_mnist", root, download, files, hint)
@@ -141,8 +171,11 @@ def read_fashion_mnist(root: Path, download: bool) -> Raw:
     if folder is None:
         absent = next(s for s in _FASHION_FILES if _idx_file(root, s) is None)
         raise missing("fashion_mnist", root, f"{absent}.gz", files, hint)
-    paths = [_idx_file(folder, stem) for stem in _FASHION_FILES]
-    train_xp, train_yp, test_xp, test_yp = (p for p in paths if p is not None)
+    return [p for p in (_idx_file(folder, stem) for stem in _FASHION_FILES) if p is not None]
+
+
+def read_fashion_mnist(root: Path, download: bool) -> Raw:
+    train_xp, train_yp, test_xp, test_yp = _fashion_paths(root, download)
     train_x = _read_idx(train_xp, _IDX_IMAGES_MAGIC, 3).unsqueeze(1)  # N x 1 x 28 x 28
     test_x = _read_idx(test_xp, _IDX_IMAGES_MAGIC, 3).unsqueeze(1)
     train_y = _read_idx(train_yp, _IDX_LABELS_MAGIC, 1).to(torch.int64)
@@ -150,6 +183,21 @@ def read_fashion_mnist(root: Path, download: bool) -> Raw:
     check_labels(train_yp, train_y, 10, train_x.shape[0])
     check_labels(test_yp, test_y, 10, test_x.shape[0])
     return Raw(train_x, train_y, test_x, test_y, num_classes=10)
+
+
+def fashion_mnist_shape(root: Path, download: bool) -> tuple[list[int], int, int] | None:
+    """Without reading the images: the training labels' count per class, the number of test
+    images and the image side, every header checked as :func:`read_fashion_mnist` checks it;
+    None when the files are absent and ``download`` would fetch them (in the trial)."""
+    if download and (not root.exists() or (root.is_dir() and _fashion_folder(root) is None)):
+        return None  # fetched by the first trial, under the download lock
+    train_xp, train_yp, test_xp, test_yp = _fashion_paths(root, False)
+    n_train, side, _ = idx_header(train_xp, _IDX_IMAGES_MAGIC, 3)
+    n_test = idx_header(test_xp, _IDX_IMAGES_MAGIC, 3)[0]
+    idx_header(test_yp, _IDX_LABELS_MAGIC, 1)
+    train_y = check_labels(train_yp, _read_idx(train_yp, _IDX_LABELS_MAGIC, 1).to(torch.int64),
+                           10, n_train)  # 60 kB: read, for the per-class counts
+    return torch.bincount(train_y, minlength=10).tolist(), n_test, side
 
 
 # ----------------------------------------------------------------------------- CIFAR-10/100

@@ -1,7 +1,11 @@
 """ImageFolders (``train/<class>/*`` and ``test/<class>/*``), decoded once into memory, or streamed
 by CPU workers when larger than ``max_resident_bytes``; or, without class folders (images right
 in ``data_dir`` or in ``data_dir/train``), unlabeled: a random validation hold-out, no test split,
-for label-free searches (README, "Data without labels")."""
+for label-free searches (README, "Data without labels").
+
+The files come from :mod:`sslsearch.data.imagefiles`' listing (links followed only inside the
+split folder) and pass its header checks before anything is decoded: a bad file is named (or,
+with ``skip_bad_images``, left out), as the driver's pre-flight named it before the sweep."""
 
 import importlib
 from pathlib import Path
@@ -17,27 +21,55 @@ from sslsearch.data.assemble import (
     histograms,
     train_val_indices,
 )
-from sslsearch.data.files import missing, one_line, prepare_dir
+from sslsearch.data.files import prepare_dir
+from sslsearch.data.imagefiles import Listing, refuse_bad, survey
 from sslsearch.data.splits import DataBundle, Split, StreamingSplit, num_workers
+from sslsearch.data.survey import (
+    IMAGEFOLDER_LAYOUT,
+    IMAGEFOLDER_SIDE,
+    imagefolder_listings,
+    unlabeled_folder,
+)
 from sslsearch.errors import ConfigError
 
-_IMAGEFOLDER_SIZE = 64  # default side length for ImageFolder images (resize + centre crop)
+__all__ = ["load_imagefolder", "unlabeled_folder"]
+
 _STATS_SAMPLES = 10_000  # streaming splits estimate mean/std from at most this many train images
 _DECODE_BATCH = 256  # images per DataLoader batch when decoding an ImageFolder into memory
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L")  # 16-bit greyscale (PNG): scaled to 8 bits
 
 
-def _image_folder(folder: Path, transform: Any) -> Any:
-    datasets = importlib.import_module("torchvision.datasets")
-    try:
-        return datasets.ImageFolder(str(folder), transform=transform)
-    except (FileNotFoundError, OSError) as err:
-        raise ConfigError(
-            f"'{folder}' is not an image folder ({one_line(err)}); expected "
-            f"{folder}/<class>/*.png|jpg"
-        ) from err
+class _Files(torch.utils.data.Dataset[tuple[Tensor, int]]):
+    """The files of a listing, each decoded as torchvision's ImageFolder decodes it (PIL,
+    converted to RGB; 16-bit greyscale scaled to 8 bits first, where PIL would clip), with its
+    label; a file that fails to decode is named."""
+
+    def __init__(self, listing: Listing, transform: Any) -> None:
+        self.files = [str(f) for f in listing.files]
+        self.labels = list(listing.labels)
+        self.classes = list(listing.classes)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        import numpy as np
+        from PIL import Image
+
+        path = self.files[i]
+        try:
+            with open(path, "rb") as f:
+                image: Image.Image = Image.open(f)
+                if image.mode in _SIXTEEN_BIT:  # PIL's RGB conversion clips these at 255: white
+                    image = Image.fromarray((np.asarray(image, np.uint16) >> 8).astype(np.uint8))
+                image = image.convert("RGB")
+        except OSError as err:  # PIL.UnidentifiedImageError and truncated files
+            raise OSError(f"{path} cannot be decoded: {' '.join(str(err).split())}") from None
+        return self.transform(image), self.labels[i]
 
 
-def _decode_all(dataset: Any, size: int, folder: Path) -> Tensor:
+def _decode_all(dataset: Any, size: int) -> Tensor:
     """Decode every image of ``dataset`` once (CPU workers) into one uint8 N x 3 x S x S tensor."""
     from torch.utils.data import DataLoader
 
@@ -53,8 +85,10 @@ def _decode_all(dataset: Any, size: int, folder: Path) -> Tensor:
         for batch, _ in loader:
             x[pos : pos + batch.shape[0]] = batch
             pos += batch.shape[0]
-    except OSError as err:  # PIL.UnidentifiedImageError and truncated files
-        raise ConfigError(f"an image under '{folder}' cannot be decoded: {one_line(err)}") from err
+    except OSError as err:
+        # From a worker, the message ends with the worker's traceback: its last line is ours.
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        raise ConfigError(lines[-1].removeprefix("OSError: ") if lines else repr(err)) from None
     return x
 
 
@@ -72,42 +106,19 @@ def _streaming_stats(
     return hist_stats(hist)
 
 
-def _images_in(folder: Path) -> list[Path]:
-    extensions = importlib.import_module("torchvision.datasets.folder").IMG_EXTENSIONS
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in extensions)
+def _usable(listings: list[Listing], skip_bad_images: bool) -> list[Listing]:
+    """The listings with their bad files (header checks) refused, or left out when skipping."""
+    bad, _ = survey(f for listing in listings for f in listing.files)
+    if bad and not skip_bad_images:
+        raise refuse_bad(bad, None, "skip_bad_images: true (--skip-bad-images)")
+    return [listing.without(p for p, _ in bad) for listing in listings]
 
 
-def unlabeled_folder(root: Path) -> Path | None:
-    """The folder of an unlabeled ImageFolder: images right in ``root`` (no ``train/``), or in
-    ``root/train`` with no class folders; None for a labeled layout (or no folder at all)."""
-    for folder in (root / "train", root):
-        if (folder.is_dir() and _images_in(folder)
-                and not any(p.is_dir() for p in folder.iterdir())):
-            return folder
-    return None
-
-
-class _UnlabeledImages(torch.utils.data.Dataset[tuple[Tensor, int]]):
-    """The image files of one folder, sorted by name, each with label 0."""
-
-    def __init__(self, folder: Path, transform: Any) -> None:
-        self.files = _images_in(folder)
-        self.transform = transform
-        self.loader = importlib.import_module("torchvision.datasets.folder").default_loader
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        return self.transform(self.loader(str(self.files[i]))), 0
-
-
-def _load_unlabeled(folder: Path, transform: Any, size: int, opts: Options) -> DataBundle:
-    """Every image of ``folder``: a seeded random validation hold-out, the rest to train."""
-    dataset = _UnlabeledImages(folder, transform)
-    zeros = torch.zeros(len(dataset), dtype=torch.int64)
+def _load_unlabeled(files: _Files, size: int, opts: Options) -> DataBundle:
+    """Every image of the folder: a seeded random validation hold-out, the rest to train."""
+    zeros = torch.zeros(len(files), dtype=torch.int64)
     train_idx, val_idx = train_val_indices("imagefolder", zeros, opts)
-    decoded = _decode_all(dataset, size, folder)
+    decoded = _decode_all(files, size)
     mean, std = channel_stats(decoded[train_idx])
     x = decoded.to(opts.device)
     y = zeros.to(opts.device)
@@ -118,37 +129,29 @@ def _load_unlabeled(folder: Path, transform: Any, size: int, opts: Options) -> D
 
 
 def load_imagefolder(
-    root: Path, download: bool, opts: Options, max_resident_bytes: int
+    root: Path, download: bool, opts: Options, max_resident_bytes: int,
+    skip_bad_images: bool = False,
 ) -> DataBundle:
-    layout = ("train/<class>/*.png|jpg and test/<class>/*.png|jpg (labeled), or the images "
-              "themselves, with no class folders (unlabeled)")
     if download:
         raise ConfigError(
             f"dataset 'imagefolder' in '{root}' cannot be downloaded; set download: false and "
-            f"provide {layout}"
+            f"provide {IMAGEFOLDER_LAYOUT}"
         )
-    prepare_dir("imagefolder", root, download, layout, "it cannot be downloaded")
+    prepare_dir("imagefolder", root, download, IMAGEFOLDER_LAYOUT, "it cannot be downloaded")
     transforms = importlib.import_module("torchvision.transforms.v2")
-    size = opts.image_size or _IMAGEFOLDER_SIZE
+    size = opts.image_size or IMAGEFOLDER_SIDE
     # Resize the short side, then centre-crop to a square; PILToTensor keeps uint8 0..255.
     transform = transforms.Compose(
         [transforms.Resize(size), transforms.CenterCrop(size), transforms.PILToTensor()]
     )
-    unlabeled = unlabeled_folder(root)
-    if unlabeled is not None:
-        return _load_unlabeled(unlabeled, transform, size, opts)
-    for part in ("train", "test"):
-        if not (root / part).is_dir():
-            raise missing("imagefolder", root, f"{part}/", layout, "it cannot be downloaded")
-    train_ds = _image_folder(root / "train", transform)
-    test_ds = _image_folder(root / "test", transform)
-    if list(test_ds.classes) != list(train_ds.classes):
-        raise ConfigError(
-            f"'{root / 'test'}' has classes {test_ds.classes}; expected the classes of "
-            f"'{root / 'train'}': {train_ds.classes}"
-        )
-    targets = torch.as_tensor(train_ds.targets, dtype=torch.int64)
-    test_y = torch.as_tensor(test_ds.targets, dtype=torch.int64)
+    train_list, test_list = imagefolder_listings(root)
+    if test_list is None:
+        (train_list,) = _usable([train_list], skip_bad_images)
+        return _load_unlabeled(_Files(train_list, transform), size, opts)
+    train_list, test_list = _usable([train_list, test_list], skip_bad_images)
+    train_ds, test_ds = _Files(train_list, transform), _Files(test_list, transform)
+    targets = torch.as_tensor(train_ds.labels, dtype=torch.int64)
+    test_y = torch.as_tensor(test_ds.labels, dtype=torch.int64)
     train_idx, val_idx = train_val_indices("imagefolder", targets, opts)
     n_images = train_idx.numel() + val_idx.numel() + test_y.numel()
 
@@ -165,9 +168,9 @@ def load_imagefolder(
     from torch.utils.data import Subset
 
     keep = torch.cat([train_idx, val_idx])
-    decoded = _decode_all(Subset(train_ds, keep.tolist()), size, root / "train")
+    decoded = _decode_all(Subset(train_ds, keep.tolist()), size)
     train_x, val_x = decoded[: train_idx.numel()], decoded[train_idx.numel() :]
-    test_x = _decode_all(test_ds, size, root / "test")
+    test_x = _decode_all(test_ds, size)
     mean, std = channel_stats(train_x)
     return DataBundle(
         name="imagefolder", kind="image",
