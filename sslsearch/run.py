@@ -62,13 +62,15 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
         return sync_tracking(args.sync_tracking, storage_location(args.storage))
     if args.compare:
         return run_compare(args, argv)
-    from sslsearch import sweep, tracking
+    from sslsearch import sweep, tracking, trainable_workers
 
     plan = _resumed_plan(args) if args.resume is not None else _new_plan(args)
     space = load_space(plan.space_path, plan.exp.trial)  # every file checked before Ray starts
     tracking.check_reachable(plan.tracking_uri)
     address = args.address or os.environ.get("RAY_ADDRESS") or None
-    sweep.init_ray(args.address or None)  # checks the address (and $RAY_ADDRESS) first
+    sweep.init_ray(args.address or None,  # checks the address (and $RAY_ADDRESS) first
+                   num_cpus=trainable_workers.local_cpus(plan.exp.search),
+                   runtime_env=trainable_workers.runtime_env(plan.exp.search))
     sweep.check_resources(plan.exp.search, address)  # before the sweep's MLflow run exists
     if not plan.resumed:
         _log_new_sweep(plan, args, argv)
@@ -145,7 +147,8 @@ def _sweep_record(plan: Plan, args: argparse.Namespace, argv: list[str]) -> dict
             "overrides": dataclasses.asdict(Overrides.from_args(args)),
             "metric": exp.search.metric, "mode": exp.search.mode,
             "cpus_per_trial": exp.search.cpus_per_trial,
-            "gpus_per_trial": exp.search.gpus_per_trial, "command": argv}
+            "gpus_per_trial": exp.search.gpus_per_trial,
+            "workers_per_trial": exp.search.workers_per_trial, "command": argv}
 
 
 def _log_new_sweep(plan: Plan, args: argparse.Namespace, argv: list[str]) -> None:

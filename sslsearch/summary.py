@@ -22,6 +22,7 @@ from sslsearch.results import (
     fmt,
     fmt_delta,
     number,
+    result_checkpoint,
     result_status,
 )
 
@@ -47,7 +48,7 @@ def summarize(results: Any, metric: str, mode: str) -> tuple[str, list[dict[str,
                      "probe_test_acc": m.get("probe_test_acc"),
                      "baselines": baselines_of(m),
                      "status": result_status(r), "metrics": m,
-                     "config": cfg, "path": r.path, "checkpoint": r.checkpoint})
+                     "config": cfg, "path": r.path, "checkpoint": result_checkpoint(r)})
     sign = -1 if mode == "max" else 1
 
     def key(row: dict[str, Any]) -> tuple[bool, int, float, float]:

@@ -25,6 +25,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from sslsearch import trainable_workers
 from sslsearch.cluster import check_address
 from sslsearch.config import Experiment, SearchConfig
 from sslsearch.errors import CONFIG_FAULTS, ConfigError
@@ -206,14 +207,15 @@ def new_sweep_id(space_name: str) -> str:
     return f"{space_name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
-def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None, num_cpus: int | None = None,
+             runtime_env: dict[str, Any] | None = None) -> None:
     """Start (or join) Ray with its dashboard off; a local head stays on 127.0.0.1."""
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # Trials print nothing themselves; Ray's own INFO chatter would drown the progress lines.
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
-                              "log_to_driver": True}
+                              "log_to_driver": True, "runtime_env": runtime_env}
     given = "--address" if address else "$RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address and address != "local":
@@ -236,16 +238,16 @@ def check_resources(search: SearchConfig, address: str | None) -> None:
     it now (exit 2), for a local Ray. A cluster given by address may grow (an autoscaler adds
     nodes on demand), so there it is only said."""
     total = ray.cluster_resources()  # type: ignore[no-untyped-call]
-    for kind, need in (("CPU", search.cpus_per_trial), ("GPU", search.gpus_per_trial)):
-        have = float(total.get(kind, 0.0))
-        if need > have:
-            flag = f"--{kind.lower()}s-per-trial"
-            line = (f"{flag} {need:g}: the Ray cluster has {have:g} {kind}s; a trial could "
-                    "never start")
-            if address or os.environ.get("RAY_ADDRESS"):
-                print(f"warning: {line} unless the cluster grows", file=sys.stderr, flush=True)
-            else:
-                raise ConfigError(line)
+    # A trial on several workers needs them all at once, each on one node (trainable_workers).
+    lines = [f"{asked}: the Ray cluster has {have:g} {kind}s; a trial could never start"
+             for kind, need, asked in trainable_workers.requests(search)
+             if need > (have := float(total.get(kind, 0.0)))]
+    lines += [line] if (line := trainable_workers.per_worker_refusal(search)) else []
+    for line in lines[:1]:
+        if address or os.environ.get("RAY_ADDRESS"):
+            print(f"warning: {line} unless the cluster grows", file=sys.stderr, flush=True)
+        else:
+            raise ConfigError(line)
 
 
 class BudgetStopper(tune.Stopper):
@@ -304,7 +306,8 @@ def build_tuner(exp: Experiment, space: SearchSpace, settings: SweepSettings,
     """The sweep's Tuner; ``budget_epochs`` ends the whole search once its trials have trained
     that many epochs in all (``python -m sslsearch.bench search``'s equal budgets)."""
     search: SearchConfig = exp.search
-    fn = _trainable(search.metric, search.mode, search.cpus_per_trial, search.gpus_per_trial)
+    fn = _trainable(search.metric, search.mode, search.cpus_per_trial, search.gpus_per_trial,
+                    search.workers_per_trial, f"{settings.storage}/{settings.name}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # multivariate TPE is marked experimental by Optuna
         # With a budget, num_samples is only a cap the budget reaches first: the start-up is
@@ -315,7 +318,9 @@ def build_tuner(exp: Experiment, space: SearchSpace, settings: SweepSettings,
         searcher = SSLOptunaSearch(space, metric=search.metric, mode=search.mode, sampler=sampler,
                                    points_to_evaluate=[dict(p) for p in space.initial] or None)
     epochs = exp.trial.epochs
-    scheduler = ASHAScheduler(time_attr="training_iteration", metric=search.metric,
+    # "epoch", reported by every trial: a multi-worker trial's results come through Ray Train,
+    # whose restarts do not carry Tune's training_iteration (trainable_workers).
+    scheduler = ASHAScheduler(time_attr="epoch", metric=search.metric,
                               mode=search.mode, max_t=epochs,
                               grace_period=min(search.grace_period, epochs),
                               reduction_factor=search.reduction_factor)
@@ -329,15 +334,19 @@ def build_tuner(exp: Experiment, space: SearchSpace, settings: SweepSettings,
         MLflowTrialCallback(settings.tracking_uri, settings.mlflow_experiment, settings.name,
                             epochs, settings.outbox_file),
         Progress(search.metric, search.num_samples, per_epoch=not quiet),
+        *([trainable_workers.PlacementGroupReaper()] if search.workers_per_trial > 1 else []),
     ]
     return tune.Tuner(
         fn,
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=search.num_samples,
-            max_concurrent_trials=search.max_concurrent,
+            # Trials on several workers: as many at once as the cluster holds the workers of.
+            max_concurrent_trials=trainable_workers.max_concurrent(search),
             # One actor runs trial after trial: no 2–4 s actor start-up per trial, and the
             # per-process dataset cache (data.load_dataset_cached) is hit after the first trial.
-            reuse_actors=search.reuse_actors,
+            # Not for trials on several workers: their data lives in the Train workers, and a
+            # stopped trial's actor must end so that its Train run ends with it.
+            reuse_actors=search.reuse_actors and search.workers_per_trial == 1,
             trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=settings.name, storage_path=settings.storage, stop=stop, callbacks=callbacks,
@@ -393,14 +402,19 @@ def restore_tuner(folder: Path) -> tune.Tuner:
                               restart_errored=False)
 
 
-def _trainable(metric: str, mode: str, cpus: float, gpus: float) -> Any:
+def _trainable(metric: str, mode: str, cpus: float, gpus: float, workers: int = 1,
+               sweep_folder: str = "") -> Any:
+    if workers > 1:  # Ray Train inside the trial (trainable_workers)
+        return trainable_workers.tune_trainable(metric, mode, workers, cpus, gpus,
+                                                trainable_workers.train_storage(sweep_folder))
     return tune.with_resources(tune.with_parameters(trainable, metric=metric, mode=mode),
                                {"cpu": cpus, "gpu": gpus})
 
 
 def _restorable_trainable(folder: Path) -> Any:
     info = json.loads((folder / SWEEP_FILE).read_text())
-    return _trainable(info["metric"], info["mode"], info["cpus_per_trial"], info["gpus_per_trial"])
+    return _trainable(info["metric"], info["mode"], info["cpus_per_trial"], info["gpus_per_trial"],
+                      info.get("workers_per_trial", 1), str(folder))
 
 
 def build_seed_tuner(config: dict[str, Any], seeds: list[int], exp: Experiment, storage: str,
@@ -412,17 +426,21 @@ def build_seed_tuner(config: dict[str, Any], seeds: list[int], exp: Experiment, 
     search = exp.search
     config = {k: v for k, v in config.items() if k != "seed"}
     return tune.Tuner(
-        _trainable(search.metric, search.mode, search.cpus_per_trial, search.gpus_per_trial),
+        _trainable(search.metric, search.mode, search.cpus_per_trial, search.gpus_per_trial,
+                   search.workers_per_trial, f"{storage}/{run_name}"),
         param_space={**config, "seed": tune.grid_search(seeds)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=search.max_concurrent,
-                                    reuse_actors=search.reuse_actors,
+        tune_config=tune.TuneConfig(max_concurrent_trials=trainable_workers.max_concurrent(search),
+                                    reuse_actors=search.reuse_actors
+                                    and search.workers_per_trial == 1,
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=run_name, storage_path=storage,
             callbacks=[MLflowTrialCallback(tracking_uri, mlflow_experiment, sweep_name,
                                            exp.trial.epochs,
                                            outbox or Path(storage) / OUTBOX_FILE),
-                       Progress(search.metric, len(seeds), per_epoch=not quiet)],
+                       Progress(search.metric, len(seeds), per_epoch=not quiet),
+                       *([trainable_workers.PlacementGroupReaper()]
+                         if search.workers_per_trial > 1 else [])],
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0))
 
