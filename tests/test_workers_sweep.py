@@ -168,8 +168,9 @@ def test_a_killed_driver_resumes_with_the_multi_worker_trial_at_its_last_epoch(
 
     children = assert_complete_sweep(uri, n_trials=2, epochs=epochs)  # nothing lost or twice
     assert all(c.data.tags.get("trial_status") == "completed" for c in children)
-    # The killed trial went on from its last checkpoint (Ray Train's), not from epoch 1: its
-    # epochs never go back (the one it resumed at is reported again, for the log's sake).
+    # The killed trial went on from its last checkpoint (Ray Train's), not from epoch 1: Tune,
+    # which restarts it with a fresh record (it holds no Tune checkpoint), saw it report the epoch
+    # it resumed at (again, for the log's sake: MLflow kept one of each) and those after it.
     epochs_seen = [int(r["epoch"]) for r in _results(storage / "killed")[victim]]
-    assert epochs_seen == sorted(epochs_seen) and epochs_seen.count(1) == 1, epochs_seen
-    assert set(epochs_seen) == set(range(1, epochs + 1)), epochs_seen
+    assert epochs_seen[0] >= 2 and epochs_seen == list(range(epochs_seen[0], epochs + 1)), \
+        epochs_seen
