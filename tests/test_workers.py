@@ -128,3 +128,18 @@ def test_the_worker_hook_silences_only_train_cleaners_thread() -> None:
     finally:
         threading.excepthook = before
     assert passed_on == ["other"]
+
+
+def test_bench_workers_reports_images_per_second(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m sslsearch.bench workers`` on two worker processes (a handful of steps)."""
+    import json
+
+    from sslsearch.bench.__main__ import main
+
+    out = tmp_path / "bench.json"
+    assert main(["workers", "--configs", "2x1", "--steps", "2", "--warmup", "1", "--rounds", "1",
+                 "--json", str(out)]) == 0
+    result = json.loads(out.read_text())["configs"]["2x1"]
+    assert result["images_per_second"] > 0 and result["batch_size"] % 2 == 0
+    assert "2 worker(s) × 1 thread(s)" in capsys.readouterr().out

@@ -1,15 +1,15 @@
 """``python -m sslsearch.bench workers``: a trial's pretraining throughput at 1 and N data-parallel
 workers (``--workers-per-trial``), in images per second of the global batch.
 
-Each worker count runs in fresh processes joined by a local gloo group (no Ray: the same
-processes Ray Train would start, without its start-up), each running the training loop's own
-pieces: its shard of every global batch, both views augmented for the whole batch and cut to its
-rows, :func:`sslsearch.trial.train_step` (gradients averaged over the workers, BatchNorm over the
-global batch). The cores are shared out: N workers get ``--threads // N`` intra-op threads each
-(at least 1), one worker all of them, so the comparison is the same machine split N ways.
-After ``--warmup`` untimed steps, ``--steps`` timed steps; the time is the slowest worker's (they
-wait for each other at every collective anyway). ``--rounds`` rounds alternate the worker counts,
-and the report gives each count's median and its ratio to one worker.
+Each configuration ``NxT`` (N workers of T intra-op threads each) runs in N fresh processes
+joined by a local gloo group (no Ray: the processes Ray Train would start, without its start-up),
+each running the training loop's own pieces: its shard of every global batch, both views
+augmented for the whole batch and cut to its rows, :func:`sslsearch.trial.train_step` (gradients
+averaged over the workers, BatchNorm over the global batch). The default compares one worker on
+one thread and on every core with the cores split among two workers. After ``--warmup`` untimed
+steps, ``--steps`` timed steps; the time is the slowest worker's (they wait for each other at
+every collective anyway). ``--rounds`` rounds alternate the configurations; the report gives each
+one's median and its ratio to the fastest one-worker configuration.
 
 On one CPU, N workers do the same arithmetic as one on N times fewer threads, plus the
 collectives (a gather per BatchNorm layer and per gathered loss input, an all-reduce of the
@@ -48,9 +48,16 @@ from sslsearch.trial import (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def default_configs() -> str:
+    """``1x1,1x<cores>,2x<cores/2>``: one worker on one thread and on every core, two workers
+    sharing the cores."""
     import os
 
+    cores = os.cpu_count() or 1
+    return ",".join(dict.fromkeys(["1x1", f"1x{cores}", f"2x{max(1, cores // 2)}"]))
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sslsearch.bench workers",
                                 description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--experiment", default="quick",
@@ -58,10 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="simclr", help="SSL method (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="global batch (default: the experiment's)")
-    p.add_argument("--workers", default="1,2",
-                   help="worker counts to compare, comma-separated (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                   help="intra-op threads shared out among the workers (default: the cores)")
+    p.add_argument("--configs", default=default_configs(),
+                   help="WORKERSxTHREADS configurations to compare, comma-separated, threads per "
+                        "worker (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps (default: %(default)s)")
     p.add_argument("--steps", type=int, default=20, help="timed steps (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=3,
@@ -72,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def measure(group: ProcessGroup, settings: dict[str, Any], out: str) -> None:
     """Time ``settings["steps"]`` steps as ``group``'s worker; rank 0 writes images/s to ``out``."""
-    torch.set_num_threads(max(1, settings["threads"] // group.world_size))
+    torch.set_num_threads(settings["threads"])
     exp = load_experiment(settings["experiment"])
     changes: dict[str, Any] = {"method": settings["method"], "method_params": {},
                                "device": "cpu", "probe": False, "label_free": False}
@@ -98,7 +104,7 @@ def measure(group: ProcessGroup, settings: dict[str, Any], out: str) -> None:
     if group.is_main:
         Path(out).write_text(json.dumps({
             "images_per_second": settings["steps"] * plan.batch_size / seconds,
-            "batch_size": plan.batch_size, "threads_per_worker": torch.get_num_threads()}))
+            "batch_size": plan.batch_size}))
 
 
 def _endless(trial: LiveTrial, gen: torch.Generator, batch_size: int
@@ -111,37 +117,40 @@ def _endless(trial: LiveTrial, gen: torch.Generator, batch_size: int
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import tempfile
 
-    counts = [int(n) for n in args.workers.split(",")]
-    settings = {k: getattr(args, k) for k in ("experiment", "method", "batch_size", "threads",
-                                              "warmup", "steps")}
-    seen: dict[int, list[float]] = {n: [] for n in counts}
-    info: dict[int, dict[str, Any]] = {}
+    configs = [c.strip() for c in args.configs.split(",")]
+    settings = {k: getattr(args, k) for k in ("experiment", "method", "batch_size", "warmup",
+                                              "steps")}
+    seen: dict[str, list[float]] = {c: [] for c in configs}
+    batch: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as folder:
         for r in range(args.rounds):
-            for n in counts:
-                out = str(Path(folder) / f"{r}-{n}.json")
-                spawn(measure, n, settings, out)
-                info[n] = json.loads(Path(out).read_text())
-                seen[n].append(info[n]["images_per_second"])
-                print(f"  .. round {r + 1}: {n} worker(s) {seen[n][-1]:.0f} images/s",
-                      file=sys.stderr, flush=True)
-    base = statistics.median(seen[counts[0]])
-    return {"settings": settings, "date": time.strftime("%Y-%m-%d"),
-            "workers": {str(n): {"images_per_second": statistics.median(seen[n]),
-                                 "rounds": seen[n], "ratio": statistics.median(seen[n]) / base,
-                                 **{k: v for k, v in info[n].items()
-                                    if k != "images_per_second"}} for n in counts}}
+            for c in configs:
+                workers, threads = (int(v) for v in c.split("x"))
+                out = Path(folder) / f"{r}-{c}.json"
+                spawn(measure, workers, {**settings, "threads": threads}, str(out))
+                got = json.loads(out.read_text())
+                seen[c].append(got["images_per_second"])
+                batch[c] = got["batch_size"]
+                print(f"  .. round {r + 1}: {c} {seen[c][-1]:.0f} images/s", file=sys.stderr,
+                      flush=True)
+    medians = {c: statistics.median(v) for c, v in seen.items()}
+    # The fastest one-worker configuration (none given: the first).
+    base = max([m for c, m in medians.items() if c.startswith("1x")] or [medians[configs[0]]])
+    return {"settings": settings, "date": time.strftime("%Y-%m-%d"), "configs": {
+        c: {"images_per_second": medians[c], "rounds": seen[c], "ratio": medians[c] / base,
+            "batch_size": batch[c]} for c in configs}}
 
 
 def report(result: dict[str, Any]) -> str:
     s = result["settings"]
-    rounds = len(next(iter(result["workers"].values()))["rounds"])
-    lines = [f"{s['method']} on {s['experiment']} ({result['date']}), {s['threads']} threads "
-             f"shared out, {s['steps']} timed steps, median of {rounds} rounds:"]
-    for n, r in result["workers"].items():
-        lines.append(f"  {n} worker(s) × {r['threads_per_worker']} thread(s): "
+    rounds = len(next(iter(result["configs"].values()))["rounds"])
+    lines = [f"{s['method']} on {s['experiment']} ({result['date']}), {s['steps']} timed steps, "
+             f"median of {rounds} rounds; ratio to the fastest one-worker configuration:"]
+    for c, r in result["configs"].items():
+        workers, threads = c.split("x")
+        lines.append(f"  {workers} worker(s) × {threads} thread(s): "
                      f"{r['images_per_second']:.0f} images/s (global batch {r['batch_size']}), "
-                     f"{r['ratio']:.2f}x one worker")
+                     f"{r['ratio']:.2f}x")
     return "\n".join(lines)
 
 
