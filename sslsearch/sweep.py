@@ -237,13 +237,7 @@ def check_resources(search: SearchConfig, address: str | None) -> None:
     """A trial asking for more CPUs or GPUs than the Ray cluster has would wait forever: refuse
     it now (exit 2), for a local Ray. A cluster given by address may grow (an autoscaler adds
     nodes on demand), so there it is only said."""
-    total = ray.cluster_resources()  # type: ignore[no-untyped-call]
-    # A trial on several workers needs them all at once, each on one node (trainable_workers).
-    lines = [f"{asked}: the Ray cluster has {have:g} {kind}s; a trial could never start"
-             for kind, need, asked in trainable_workers.requests(search)
-             if need > (have := float(total.get(kind, 0.0)))]
-    lines += [line] if (line := trainable_workers.per_worker_refusal(search)) else []
-    for line in lines[:1]:
+    for line in trainable_workers.refusals(search)[:1]:  # a trial's CPUs and GPUs (N workers')
         if address or os.environ.get("RAY_ADDRESS"):
             print(f"warning: {line} unless the cluster grows", file=sys.stderr, flush=True)
         else:
@@ -318,8 +312,7 @@ def build_tuner(exp: Experiment, space: SearchSpace, settings: SweepSettings,
         searcher = SSLOptunaSearch(space, metric=search.metric, mode=search.mode, sampler=sampler,
                                    points_to_evaluate=[dict(p) for p in space.initial] or None)
     epochs = exp.trial.epochs
-    # "epoch", reported by every trial: a multi-worker trial's results come through Ray Train,
-    # whose restarts do not carry Tune's training_iteration (trainable_workers).
+    # "epoch": every trial reports it (Train v2 no training_iteration; trainable_workers)
     scheduler = ASHAScheduler(time_attr="epoch", metric=search.metric,
                               mode=search.mode, max_t=epochs,
                               grace_period=min(search.grace_period, epochs),
@@ -334,19 +327,17 @@ def build_tuner(exp: Experiment, space: SearchSpace, settings: SweepSettings,
         MLflowTrialCallback(settings.tracking_uri, settings.mlflow_experiment, settings.name,
                             epochs, settings.outbox_file),
         Progress(search.metric, search.num_samples, per_epoch=not quiet),
-        *([trainable_workers.PlacementGroupReaper()] if search.workers_per_trial > 1 else []),
+        *trainable_workers.callbacks(search),
     ]
     return tune.Tuner(
         fn,
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=search.num_samples,
-            # Trials on several workers: as many at once as the cluster holds the workers of.
-            max_concurrent_trials=trainable_workers.max_concurrent(search),
             # One actor runs trial after trial: no 2–4 s actor start-up per trial, and the
             # per-process dataset cache (data.load_dataset_cached) is hit after the first trial.
-            # Not for trials on several workers: their data lives in the Train workers, and a
-            # stopped trial's actor must end so that its Train run ends with it.
-            reuse_actors=search.reuse_actors and search.workers_per_trial == 1,
+            # max_concurrent_trials, reuse_actors: the search block's (trials on several workers:
+            # trainable_workers.tune_options says why they differ).
+            **trainable_workers.tune_options(search),
             trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=settings.name, storage_path=settings.storage, stop=stop, callbacks=callbacks,
@@ -429,9 +420,7 @@ def build_seed_tuner(config: dict[str, Any], seeds: list[int], exp: Experiment, 
         _trainable(search.metric, search.mode, search.cpus_per_trial, search.gpus_per_trial,
                    search.workers_per_trial, f"{storage}/{run_name}"),
         param_space={**config, "seed": tune.grid_search(seeds)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=trainable_workers.max_concurrent(search),
-                                    reuse_actors=search.reuse_actors
-                                    and search.workers_per_trial == 1,
+        tune_config=tune.TuneConfig(**trainable_workers.tune_options(search),
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=run_name, storage_path=storage,
@@ -439,8 +428,7 @@ def build_seed_tuner(config: dict[str, Any], seeds: list[int], exp: Experiment, 
                                            exp.trial.epochs,
                                            outbox or Path(storage) / OUTBOX_FILE),
                        Progress(search.metric, len(seeds), per_epoch=not quiet),
-                       *([trainable_workers.PlacementGroupReaper()]
-                         if search.workers_per_trial > 1 else [])],
+                       *trainable_workers.callbacks(search)],
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0))
 

@@ -200,7 +200,19 @@ def requests(search: SearchConfig) -> list[tuple[str, float, str]]:
             ("GPU", n * gpus, f"--workers-per-trial {n} × --gpus-per-trial {gpus:g}")]
 
 
-def per_worker_refusal(search: SearchConfig) -> str | None:
+def refusals(search: SearchConfig) -> list[str]:
+    """Why a trial of ``search`` could never start on the Ray cluster, one line each: more CPUs
+    or GPUs than the cluster has (a trial on several workers needs them all at once), or a
+    worker larger than every node."""
+    total = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    lines = [f"{asked}: the Ray cluster has {have:g} {kind}s; a trial could never start"
+             for kind, need, asked in requests(search)
+             if need > (have := float(total.get(kind, 0.0)))]
+    line = _per_worker_refusal(search)
+    return [*lines, line] if line else lines
+
+
+def _per_worker_refusal(search: SearchConfig) -> str | None:
     """Why one worker could not be placed on any node of the cluster (its CPUs or GPUs exceed
     every node's), or None."""
     if search.workers_per_trial == 1:
@@ -213,6 +225,23 @@ def per_worker_refusal(search: SearchConfig) -> str | None:
             return (f"--{kind.lower()}s-per-trial {need:g} per worker: no Ray node has more than "
                     f"{largest:g} {kind}s; a worker could never start")
     return None
+
+
+def tune_options(search: SearchConfig) -> dict[str, Any]:
+    """``TuneConfig``'s ``max_concurrent_trials`` and ``reuse_actors`` for ``search``: its own for
+    one-worker trials. Trials on several workers: at most as many at once as the cluster holds
+    the workers of (:func:`max_concurrent`), and a fresh actor each (their data lives in the Train
+    workers, not in the actor, and a stopped trial's actor must end for its Train run to end)."""
+    if search.workers_per_trial == 1:
+        return {"max_concurrent_trials": search.max_concurrent,
+                "reuse_actors": search.reuse_actors}
+    return {"max_concurrent_trials": max_concurrent(search), "reuse_actors": False}
+
+
+def callbacks(search: SearchConfig) -> list[tune.Callback]:
+    """The sweep's Tune callbacks for ``search``'s trials: the :class:`PlacementGroupReaper` for
+    trials on several workers, none otherwise."""
+    return [PlacementGroupReaper()] if search.workers_per_trial > 1 else []
 
 
 def max_concurrent(search: SearchConfig) -> int:
