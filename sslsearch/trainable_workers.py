@@ -160,6 +160,10 @@ class PlacementGroupReaper(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._reap(trial)
 
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any,
+                         **info: Any) -> None:  # retried: its new Train run has a new group
+        self._reap(trial)
+
     @staticmethod
     def _reap(trial: Any) -> None:
         hex_id = (trial.last_result or {}).get(PLACEMENT_GROUP_KEY)
