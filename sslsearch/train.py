@@ -179,6 +179,8 @@ def _train_epoch(trial: LiveTrial, optimizer: torch.optim.Optimizer, gen: torch.
         try:
             out = train_step(trial, optimizer, x1, x2, y, step)
         except torch.cuda.OutOfMemoryError as exc:
+            if group.world_size > 1:  # this worker's alone: the others wait in a collective,
+                raise  # so it is a worker error, which ends the whole group (Ray Train)
             raise TrialFailure("oom", f"out of GPU memory at epoch {epoch}: {exc}") from None
         for k, v in out.items():  # accumulated on the device: no host sync per step
             sums[k] = sums[k] + v.detach().float() if k in sums else v.detach().float()

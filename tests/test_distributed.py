@@ -10,6 +10,11 @@ gradient within ``1e-9 ×`` the case's largest gradient entry, and every paramet
 after :data:`~tests.distributed_cases.STEPS` steps within ``1e-9 · max(1, |value|)`` (integer
 buffers equal). Measured differences are ≈ 1e-14 of the scale (summation order); each broken rule
 below moves the gradients by 5-300 % of it, ten million times the tolerance.
+
+No method is per-worker by design here, so every one is held to full equivalence: MoCo's
+shuffled BatchNorm (per-GPU BN, keys shuffled across GPUs) is not reproduced, and its BatchNorm
+spans the global batch as on one device (the MoCo case checks exactly that, queue and EMA key
+encoder included).
 """
 
 from __future__ import annotations

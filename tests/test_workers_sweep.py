@@ -174,3 +174,46 @@ def test_a_killed_driver_resumes_with_the_multi_worker_trial_at_its_last_epoch(
     epochs_seen = [int(r["epoch"]) for r in _results(storage / "killed")[victim]]
     assert epochs_seen[0] >= 2 and epochs_seen == list(range(epochs_seen[0], epochs + 1)), \
         epochs_seen
+
+
+FAULTS = """
+method: {choice: [vicreg, simsiam]}
+trial:
+  optimizer: {choice: [adamw, sgd]}
+  base_lr: {loguniform: [0.001, 0.03]}
+methods:
+  vicreg: {expander_dims: [128, 128]}
+  simsiam: {stop_gradient: {choice: [true, false]}}
+initial:
+  - {method: vicreg, optimizer: sgd, base_lr: 1.0e+6}
+  - {method: simsiam, optimizer: adamw, base_lr: 0.02, simsiam.stop_gradient: false}
+"""
+
+
+def test_diverging_and_collapsing_multi_worker_trials_end_with_their_reason(
+        tmp_path: Path) -> None:
+    """As tests/test_faults.py for one worker: a non-finite loss (raised on both workers at
+    once) and a collapse (Tune's stopper) end their trials with their reason, and the next trial
+    still gets its workers."""
+    from mlflow.tracking import MlflowClient
+
+    (tmp_path / "faults.yaml").write_text(FAULTS)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    t0 = time.time()
+    proc = _run(["--space", "faults.yaml", "--workers-per-trial", "2", "--num-samples", "2",
+                 "--epochs", "4", "--grace-period", "4", "--quiet", "--name", "faults",
+                 "--storage", str(tmp_path / "results"), "--tracking-uri", uri], tmp_path)
+    out = _finish(proc, timeout=900)
+    assert proc.returncode == 0, out[-3000:]
+    print(f"a diverging and a collapsing trial, 2 workers each: {time.time() - t0:.0f} s")
+    children = assert_complete_sweep(uri, n_trials=2, epochs=4)
+    reasons = {c.data.params["method"]: c.data.tags.get("failure_reason") for c in children}
+    assert reasons == {"vicreg": "nan_loss", "simsiam": "collapsed"}, reasons
+    assert all(c.info.status == "FAILED" for c in children)
+    failed = json.loads(next((tmp_path / "results" / "faults").glob("vicreg_*/failure.json"))
+                        .read_text())
+    assert failed["reason"] == "nan_loss", failed
+    client = MlflowClient(tracking_uri=uri)
+    collapsed = next(c for c in children if c.data.params["method"] == "simsiam")
+    steps = [m.step for m in client.get_metric_history(collapsed.info.run_id, "val_knn_acc")]
+    assert max(steps) <= 3, steps  # stopped within the patience (2 epochs) + 1
