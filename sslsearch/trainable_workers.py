@@ -67,7 +67,8 @@ def trainable(config: dict[str, Any], metric: str = "val_knn_acc", mode: str = "
     resources = {"CPU": cpus, **({"GPU": gpus} if gpus > 0 else {})}
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={"config": config, "metric": metric, "mode": mode},
+        train_loop_config={"config": config, "metric": metric, "mode": mode,
+                           "trial_dir": tune.get_context().get_trial_dir()},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpus > 0,
                                                resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
@@ -82,12 +83,7 @@ def trainable(config: dict[str, Any], metric: str = "val_knn_acc", mode: str = "
             # Tune's FailureConfig retries the whole trial (which resumes from here): one
             # policy, not two nested ones.
             failure_config=ray.train.FailureConfig(max_failures=0)))
-    result = trainer.fit()
-    metrics = result.metrics or {}
-    trial_dir = tune.get_context().get_trial_dir()
-    if metrics.get("failure_reason") and trial_dir:
-        record = {"reason": metrics["failure_reason"], "message": metrics.get("failure_message")}
-        (Path(trial_dir) / FAILURE_FILE).write_text(json.dumps(record))
+    trainer.fit()
 
 
 def worker_loop(loop: dict[str, Any]) -> None:
@@ -125,6 +121,9 @@ def worker_loop(loop: dict[str, Any]) -> None:
         try:
             train.run(cfg, report=report, checkpoint_dir=work, group=group)
         except TrialFailure as failure:  # raised on every worker together (train.run)
+            if group.is_main and loop.get("trial_dir"):  # the trial's folder, as for one worker
+                record = {"reason": failure.reason, "message": str(failure)}
+                (Path(loop["trial_dir"]) / FAILURE_FILE).write_text(json.dumps(record))
             worst = 0.0 if loop["mode"] == "max" else 1e30  # finite: a NaN stalls the search
             ray.train.report({loop["metric"]: worst, "failure_reason": failure.reason,
                               "failure_message": str(failure), **where})
