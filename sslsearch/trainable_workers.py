@@ -13,8 +13,9 @@ trials:
   callback, whatever N;
 - a killed or restarted trial resumes at its last epoch: the Train run's checkpoints live under
   ``<sweep>/train_runs/<trial id>`` and a Train run of the same name restores them;
-- a :class:`~sslsearch.errors.TrialFailure` (non-finite loss, out of memory, collapse) is raised
-  on every worker together and ends the trial with its reason, not an error.
+- a :class:`~sslsearch.errors.TrialFailure` (a non-finite loss, ``max_host_memory_gb``, out of
+  memory while rank 0 evaluates) is raised on every worker together and ends the trial with its
+  reason, not an error; the collapse stopper and ASHA stop it from Tune, as any trial.
 
 Resources (Ray's are logical): each worker reserves ``--cpus-per-trial`` CPUs and
 ``--gpus-per-trial`` GPUs, so a trial holds N times them; the trial's own function asks
