@@ -244,13 +244,19 @@ class Augmenter:
         return apply_params(x, _params_from_uniforms(u, self.cfg), self.cfg, mean=self.mean,
                             std=self.std, out_dtype=self.out_dtype)
 
-    def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
+    def __call__(self, x: Tensor, generator: torch.Generator, rows: slice | None = None
+                 ) -> Tensor:
+        """The augmented ``x``, or only its ``rows`` (a worker's shard of a global batch ``x``):
+        the parameters are drawn for every row either way, so each image gets the same
+        augmentation whichever worker augments it, and the generator advances alike."""
         check_input(x, self.mean, self.std)
         if generator.device.type != x.device.type:
             raise ValueError(
                 f"augment: generator is on {generator.device}, images on {x.device} (must match)"
             )
         u = torch.rand(x.shape[0], _N_UNIFORMS, generator=generator, device=x.device)
+        if rows is not None:
+            x, u = x[rows], u[rows]
         out: Tensor = self._fn(x, u)
         return out
 

@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-trial", type=_nonneg_float,
                    help="GPUs per trial; fractions pack trials on one GPU, e.g. 0.25 "
                         "(default: the experiment's)")
+    p.add_argument("--workers-per-trial", type=positive_int, help="data-parallel workers per "
+                   "trial (Ray Train), each reserving --cpus-per-trial CPUs and --gpus-per-trial "
+                   "GPUs (docs/workers.md; default: the experiment's, 1)")
     p.add_argument("--data-dir", help="dataset folder, overriding the experiment's")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="leave out images no trial could decode (empty, truncated, bombs) instead "
@@ -130,6 +133,7 @@ class Overrides:
     grace_period: int | None = None
     cpus_per_trial: float | None = None
     gpus_per_trial: float | None = None
+    workers_per_trial: int | None = None
     epochs: int | None = None
     seed: int = 0
     data_dir: str | None = None
@@ -152,7 +156,8 @@ class Overrides:
         folders) and checked to exist, and its labels checked (:func:`check_labels`)."""
         search = dict(dataclasses.asdict(exp.search))
         for key in ("num_samples", "max_concurrent", "grace_period", "cpus_per_trial",
-                    "gpus_per_trial", "confirm", "confirm_top", "confirm_seeds"):
+                    "gpus_per_trial", "workers_per_trial", "confirm", "confirm_top",
+                    "confirm_seeds"):
             if getattr(self, key) is not None:
                 search[key] = getattr(self, key)
         search_cfg = build_dataclass(SearchConfig, search, source="command line", where="search")

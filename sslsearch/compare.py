@@ -103,7 +103,7 @@ def run_compare(args: argparse.Namespace, argv: list[str]) -> int:
     from sslsearch import sweep
 
     c = _plan(args, argv)
-    sweep.init_ray(c.address)
+    sweep.start_ray(c.exp.search, c.address)
     sweep.check_resources(c.exp.search, c.address)  # before the comparison's MLflow run exists
     _log_start(c)
     t0 = time.time()

@@ -139,6 +139,9 @@ class SearchConfig:
     confirm: bool = True
     confirm_top: int | None = None
     confirm_seeds: int = 3
+    # Data-parallel workers per trial (Ray Train inside the Tune trial, docs/workers.md); 1: the
+    # trial is one process. With N > 1, cpus_per_trial and gpus_per_trial are each worker's.
+    workers_per_trial: int = 1
 
     def __post_init__(self) -> None:
         """Range checks (a ValueError becomes ``FILE: search: ...`` through build_dataclass)."""
@@ -154,7 +157,7 @@ class SearchConfig:
                              f"{SEARCH_METRICS[self.metric]}")
         for key, low in (("num_samples", 1), ("max_concurrent", 1), ("grace_period", 1),
                          ("reduction_factor", 2), ("max_failures", 0), ("collapse_patience", 1),
-                         ("confirm_top", 1), ("confirm_seeds", 1)):
+                         ("confirm_top", 1), ("confirm_seeds", 1), ("workers_per_trial", 1)):
             if getattr(self, key) is not None and getattr(self, key) < low:
                 raise ValueError(f"{key} = {getattr(self, key)!r} is out of range; allowed: an "
                                  f"integer ≥ {low}")

@@ -26,6 +26,12 @@ def _upcast(x: object) -> object:
     return x
 
 
+def at_least_fp32(x: Tensor) -> Tensor:
+    """``x`` in float32 when it is of lower precision (bf16, fp16); float32 and float64 as they
+    are (``.float()`` would round a float64 test down to float32)."""
+    return x.float() if torch.finfo(x.dtype).bits < 32 else x
+
+
 def fp32(fn: Callable[P, R]) -> Callable[P, R]:
     """Run ``fn`` in float32 whatever the caller's autocast: the precision rule of every loss.
 

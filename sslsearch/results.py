@@ -8,10 +8,11 @@ failed" means the same in the summary, in MLflow and in the comparison.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 
@@ -265,6 +266,29 @@ class TrialRecord:
                 "metrics": {k: self.metrics[k] for k in keep if k in self.metrics}}
 
 
+CHECKPOINT_PATH_KEY = "checkpoint_path"  # where TuneReportCallback puts a Train run's checkpoint
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderCheckpoint:
+    """A checkpoint folder read as Ray's ``Checkpoint`` is (``as_directory()``)."""
+
+    path: str
+
+    @contextlib.contextmanager
+    def as_directory(self) -> Iterator[str]:
+        yield self.path
+
+
+def result_checkpoint(result: Any) -> Any:
+    """A Ray ``Result``'s last checkpoint: Tune's, or, for a trial on several workers (whose
+    checkpoints are its Ray Train run's), the folder of the last one its results name."""
+    if result.checkpoint is not None:
+        return result.checkpoint
+    path = (result.metrics or {}).get(CHECKPOINT_PATH_KEY)
+    return FolderCheckpoint(path) if isinstance(path, str) and path else None
+
+
 def record(result: Any, stage: str, space_keys: Sequence[str] = ()) -> TrialRecord:
     """A :class:`TrialRecord` from a Ray ``Result``."""
     metrics = dict(result.metrics or {})
@@ -291,7 +315,7 @@ def record(result: Any, stage: str, space_keys: Sequence[str] = ()) -> TrialReco
         method=str(config.get("method", "?")), trial_id=str(metrics.get("trial_id", "?")),
         stage=stage, params=params, config=config, status=status, epochs=epochs,
         val_knn=val_knn, seconds=float(metrics.get("time_total_s", 0.0)), metrics=metrics,
-        checkpoint=result.checkpoint,
+        checkpoint=result_checkpoint(result),
         seed=int(config["seed"]) if "seed" in config else None)
 
 

@@ -76,7 +76,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     checked = preflight.check_sweep(plan.exp, space, plan.storage, plan.name, plan.tracking_uri)
     sweepdir.lock(plan.folder, plan.name)  # a second driver on this sweep exits 2
     address = args.address or os.environ.get("RAY_ADDRESS") or None
-    sweep.init_ray(args.address or None)  # checks the address (and $RAY_ADDRESS) first
+    sweep.start_ray(plan.exp.search, args.address or None)  # checks the address first
     sweep.check_resources(plan.exp.search, address)  # before the sweep's MLflow run exists
     if not plan.resumed:
         _log_new_sweep(plan, args, argv, checked)
@@ -167,7 +167,8 @@ def _sweep_record(plan: Plan, args: argparse.Namespace, argv: list[str]) -> dict
             "overrides": dataclasses.asdict(Overrides.from_args(args)),
             "metric": exp.search.metric, "mode": exp.search.mode,
             "cpus_per_trial": exp.search.cpus_per_trial,
-            "gpus_per_trial": exp.search.gpus_per_trial, "command": argv}
+            "gpus_per_trial": exp.search.gpus_per_trial,
+            "workers_per_trial": exp.search.workers_per_trial, "command": argv}
 
 
 def _log_new_sweep(plan: Plan, args: argparse.Namespace, argv: list[str],

@@ -24,6 +24,7 @@ from sslsearch.results import (
     number,
     rank_key,
     record,
+    result_checkpoint,
     result_status,
 )
 
@@ -52,7 +53,8 @@ def summarize(results: Any, metric: str, mode: str, confirmation: Any = None
                      "probe_test_acc": m.get("probe_test_acc"),
                      "baselines": baselines_of(m),
                      "status": result_status(r), "metrics": m,
-                     "config": cfg, "path": r.path, "checkpoint": r.checkpoint, "record": rec})
+                     "config": cfg, "path": r.path, "checkpoint": result_checkpoint(r),
+                     "record": rec})
     rows.sort(key=lambda row: rank_key(row["record"], metric, mode))
     ranked_by = "val kNN" if metric == "val_knn_acc" else metric
     lines = [f"| method | trial | epochs | status | {ranked_by} | vs raw pixels | vs random init | "

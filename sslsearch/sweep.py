@@ -26,6 +26,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from sslsearch import trainable_workers
 from sslsearch.cluster import check_address
 from sslsearch.config import Experiment, SearchConfig
 from sslsearch.confirm import CANDIDATE_KEY, DEFAULTS
@@ -188,7 +189,8 @@ def new_sweep_id(space_name: str) -> str:
     return f"{space_name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
-def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None, num_cpus: int | None = None,
+             runtime_env: dict[str, Any] | None = None) -> None:
     """Start (or join) Ray with its dashboard off; a local head stays on 127.0.0.1."""
     if ray.is_initialized():
         return
@@ -197,7 +199,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Trials print nothing themselves; Ray's own INFO chatter would drown the progress lines.
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
-                              "log_to_driver": True}
+                              "log_to_driver": True, "runtime_env": runtime_env}
     given = "--address" if address else "$RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address and address != "local":
@@ -215,21 +217,22 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
 
 
+def start_ray(search: SearchConfig, address: str | None) -> None:
+    """:func:`init_ray` sized for ``search``'s trials (a local Ray for trials on several workers
+    advertises a logical CPU more than the cores: :mod:`sslsearch.trainable_workers`)."""
+    init_ray(address, num_cpus=trainable_workers.local_cpus(search),
+             runtime_env=trainable_workers.runtime_env(search))
+
+
 def check_resources(search: SearchConfig, address: str | None) -> None:
     """A trial asking for more CPUs or GPUs than the Ray cluster has would wait forever: refuse
     it now (exit 2), for a local Ray. A cluster given by address may grow (an autoscaler adds
     nodes on demand), so there it is only said."""
-    total = ray.cluster_resources()  # type: ignore[no-untyped-call]
-    for kind, need in (("CPU", search.cpus_per_trial), ("GPU", search.gpus_per_trial)):
-        have = float(total.get(kind, 0.0))
-        if need > have:
-            flag = f"--{kind.lower()}s-per-trial"
-            line = (f"{flag} {need:g}: the Ray cluster has {have:g} {kind}s; a trial could "
-                    "never start")
-            if address or os.environ.get("RAY_ADDRESS"):
-                print(f"warning: {line} unless the cluster grows", file=sys.stderr, flush=True)
-            else:
-                raise ConfigError(line)
+    for line in trainable_workers.refusals(search)[:1]:  # a trial's CPUs and GPUs (N workers')
+        if address or os.environ.get("RAY_ADDRESS"):
+            print(f"warning: {line} unless the cluster grows", file=sys.stderr, flush=True)
+        else:
+            raise ConfigError(line)
 
 
 def n_startup_trials(num_samples: int, dims: int) -> int:
@@ -264,7 +267,8 @@ def build_tuner(exp: Experiment, space: SearchSpace, settings: SweepSettings,
     """The sweep's Tuner; ``budget_epochs`` ends the whole search once its trials have trained
     that many epochs in all (``python -m sslsearch.bench search``'s equal budgets)."""
     search: SearchConfig = exp.search
-    fn = _trainable(search.metric, search.mode, search.cpus_per_trial, search.gpus_per_trial)
+    fn = _trainable(search.metric, search.mode, search.cpus_per_trial, search.gpus_per_trial,
+                    search.workers_per_trial, f"{settings.storage}/{settings.name}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # multivariate TPE is marked experimental by Optuna
         # With a budget, num_samples is only a cap the budget reaches first: the start-up is
@@ -275,7 +279,8 @@ def build_tuner(exp: Experiment, space: SearchSpace, settings: SweepSettings,
         searcher = SSLOptunaSearch(space, metric=search.metric, mode=search.mode, sampler=sampler,
                                    points_to_evaluate=[dict(p) for p in space.initial] or None)
     epochs = exp.trial.epochs
-    scheduler = ASHAScheduler(time_attr="training_iteration", metric=search.metric,
+    # "epoch": every trial reports it (Train v2 no training_iteration; trainable_workers)
+    scheduler = ASHAScheduler(time_attr="epoch", metric=search.metric,
                               mode=search.mode, max_t=epochs,
                               grace_period=min(search.grace_period, epochs),
                               reduction_factor=search.reduction_factor)
@@ -289,15 +294,17 @@ def build_tuner(exp: Experiment, space: SearchSpace, settings: SweepSettings,
         MLflowTrialCallback(settings.tracking_uri, settings.mlflow_experiment, settings.name,
                             epochs, settings.outbox_file),
         Progress(search.metric, search.num_samples, per_epoch=not quiet),
+        *trainable_workers.callbacks(search),
     ]
     return tune.Tuner(
         fn,
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=search.num_samples,
-            max_concurrent_trials=search.max_concurrent,
             # One actor runs trial after trial: no 2–4 s actor start-up per trial, and the
             # per-process dataset cache (data.load_dataset_cached) is hit after the first trial.
-            reuse_actors=search.reuse_actors,
+            # max_concurrent_trials, reuse_actors: the search block's (trials on several workers:
+            # trainable_workers.tune_options says why they differ).
+            **trainable_workers.tune_options(search),
             trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=settings.name, storage_path=settings.storage, stop=stop, callbacks=callbacks,
@@ -351,12 +358,17 @@ def restore_tuner(folder: Path, record: Path | None = None) -> tune.Tuner:
     """Tune's experiment in ``folder``, to continue; ``record``: the folder whose sweep file says
     how its trials were wrapped (default ``folder``; a confirmation's is its sweep's)."""
     info = json.loads(((record or folder) / SWEEP_FILE).read_text())
-    fn = _trainable(info["metric"], info["mode"], info["cpus_per_trial"], info["gpus_per_trial"])
+    fn = _trainable(info["metric"], info["mode"], info["cpus_per_trial"], info["gpus_per_trial"],
+                    info.get("workers_per_trial", 1), str(folder))
     return tune.Tuner.restore(str(folder), trainable=fn, resume_unfinished=True,
                               resume_errored=True, restart_errored=False)
 
 
-def _trainable(metric: str, mode: str, cpus: float, gpus: float) -> Any:
+def _trainable(metric: str, mode: str, cpus: float, gpus: float, workers: int = 1,
+               sweep_folder: str = "") -> Any:
+    if workers > 1:  # Ray Train inside the trial (trainable_workers)
+        return trainable_workers.tune_trainable(metric, mode, workers, cpus, gpus,
+                                                trainable_workers.train_storage(sweep_folder))
     return tune.with_resources(tune.with_parameters(trainable, metric=metric, mode=mode),
                                {"cpu": cpus, "gpu": gpus})
 
@@ -399,17 +411,19 @@ def build_runs_tuner(configs: Sequence[dict[str, Any]], exp: Experiment, storage
     by default ``storage/tracking_outbox.jsonl``); Tune's experiment is ``storage/run_name``."""
     search = exp.search
     return tune.Tuner(
-        _trainable(search.metric, search.mode, search.cpus_per_trial, search.gpus_per_trial),
+        _trainable(search.metric, search.mode, search.cpus_per_trial, search.gpus_per_trial,
+                   search.workers_per_trial, f"{storage}/{run_name}"),
         tune_config=tune.TuneConfig(
             search_alg=ConfigList(configs, search.metric, search.mode),
-            num_samples=len(configs), max_concurrent_trials=search.max_concurrent,
-            reuse_actors=search.reuse_actors, trial_dirname_creator=_trial_dirname),
+            num_samples=len(configs), **trainable_workers.tune_options(search),
+            trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=run_name, storage_path=storage,
             callbacks=[MLflowTrialCallback(tracking_uri, mlflow_experiment, sweep_name,
                                            exp.trial.epochs,
                                            outbox or Path(storage) / OUTBOX_FILE),
-                       Progress(search.metric, len(configs), per_epoch=not quiet)],
+                       Progress(search.metric, len(configs), per_epoch=not quiet),
+                       *trainable_workers.callbacks(search)],
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0))
 

@@ -12,6 +12,8 @@ Debug one trial::
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import math
 import os
 import sys
@@ -24,15 +26,18 @@ import torch
 from torch import Tensor
 
 from sslsearch import methods
+from sslsearch.augment import AugmentConfig
 from sslsearch.baselines import INIT_KEY, RAW_KEYS
 from sslsearch.checkpoint import load_checkpoint, save_checkpoint
 from sslsearch.config import TrialConfig, load_experiment, trial_config
 from sslsearch.data import DataBundle
+from sslsearch.distributed import ONE_PROCESS, ProcessGroup
 from sslsearch.errors import ConfigError, TrialFailure, exit_code
 from sslsearch.methods.base import Step
 from sslsearch.optim import lr_at, scaled_lr, set_lr
 from sslsearch.results import delta_points, fmt_delta
 from sslsearch.trial import (
+    LiveTrial,
     augment_configs,
     evaluate_epoch,
     load_data,
@@ -50,7 +55,6 @@ from sslsearch.trial import (
 ReportFn = Callable[[dict[str, float], Path | None], None]
 
 
-
 def host_memory_gb() -> float:
     """Resident memory of this process in GiB (current on Linux, peak elsewhere)."""
     try:
@@ -62,17 +66,46 @@ def host_memory_gb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def _check_memory(cfg: TrialConfig, epoch: int) -> None:
+def _check_memory(cfg: TrialConfig, epoch: int, group: ProcessGroup) -> None:
     if cfg.max_host_memory_gb is not None:
-        used = host_memory_gb()
+        used = group.maximum(host_memory_gb())  # the fullest worker: every rank stops together
         if used > cfg.max_host_memory_gb:
             raise TrialFailure("oom", f"host memory {used:.2f} GiB > max_host_memory_gb "
                                       f"{cfg.max_host_memory_gb} at epoch {epoch}")
 
 
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """The loop's sizes: the GLOBAL batch (every worker together; the learning rate follows it),
+    this worker's rows of it, and the steps."""
+
+    batch_size: int  # global: cfg.batch_size capped by the data, a multiple of the workers
+    rows: slice | None  # this worker's rows of each global batch; None: all (one process)
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    peak_lr: float
+
+    @classmethod
+    def of(cls, cfg: TrialConfig, n_train: int, group: ProcessGroup) -> Schedule:
+        # Several workers: each takes an equal share, so the global batch is rounded down to a
+        # multiple of their number (one process: unchanged).
+        batch = min(cfg.batch_size, n_train)
+        batch -= batch % group.world_size
+        if batch < 2 * group.world_size:
+            raise ConfigError(f"batch_size {cfg.batch_size} on {n_train} training samples: too "
+                              f"small for {group.world_size} workers of at least 2 rows each")
+        per = batch // group.world_size
+        rows = None if group.world_size == 1 else slice(group.rank * per, (group.rank + 1) * per)
+        steps = n_train // batch
+        return cls(batch, rows, steps, steps * cfg.epochs, round(cfg.warmup_epochs * steps),
+                   scaled_lr(cfg.base_lr, batch))
+
+
 def run(cfg: TrialConfig, report: ReportFn | None = None,
         checkpoint_dir: str | Path | None = None, *, data: DataBundle | None = None,
-        stop: Callable[[], bool] | None = None) -> dict[str, float]:
+        stop: Callable[[], bool] | None = None,
+        group: ProcessGroup = ONE_PROCESS) -> dict[str, float]:
     """Pretrain with ``cfg.method`` for ``cfg.epochs`` epochs, then linear-probe the backbone.
 
     After every epoch a checkpoint is written to ``checkpoint_dir`` (when given) and
@@ -80,100 +113,149 @@ def run(cfg: TrialConfig, report: ReportFn | None = None,
     If ``checkpoint_dir`` holds a checkpoint, training resumes from it and continues exactly as an
     uninterrupted run would. Raises :class:`TrialFailure` on a non-finite loss or out-of-memory.
     Returns the last epoch's metrics.
+
+    ``group``: the trial's workers (:mod:`sslsearch.distributed`), each running this function on
+    its shard of every global batch; rank 0 alone evaluates, probes and writes the checkpoint,
+    and every rank gets its metrics (``report(metrics, None)`` on the others). Every rank stops
+    together, with the same :class:`TrialFailure`.
     """
     device = select_device(cfg.device)
     data = data if data is not None else load_data(cfg, device)
-    trial = setup_trial(cfg, data, device)
-    method = trial.method
-
-    batch_size = min(cfg.batch_size, len(data.train))
-    steps_per_epoch = len(data.train) // batch_size
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
-    peak_lr = scaled_lr(cfg.base_lr, batch_size)
-    optimizer = trial_optimizer(trial, batch_size)
+    trial = setup_trial(cfg, data, device, group=group)
+    plan = Schedule.of(cfg, len(data.train), group)
+    optimizer = trial_optimizer(trial, plan.batch_size)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)  # batches and augmentations
-    augs = augment_configs(cfg, data.image_size, method)
-
+    augs = augment_configs(cfg, data.image_size, trial.method)
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    start_epoch = 0
-    state = load_checkpoint(folder) if folder is not None else None
-    if state is not None:
-        method.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        start_epoch = int(state["epoch"])
-
-    metrics: dict[str, float] = dict(state.get("last_metrics", {})) if state else {}
+    start_epoch, metrics = _resume(trial, optimizer, gen, folder)
     # Baselines: the random-init kNN only exists before the first step (a resumed trial keeps the
     # value its checkpoint recorded); the raw-pixel numbers come from the per-process cache.
-    baselines = trial_baselines(trial) if INIT_KEY not in metrics else {
-        k: metrics[k] for k in (INIT_KEY, *RAW_KEYS) if k in metrics}
-    method.train()
+    baselines = _on_main(trial, gen, lambda: trial_baselines(trial)) if INIT_KEY not in metrics \
+        else {k: metrics[k] for k in (INIT_KEY, *RAW_KEYS) if k in metrics}
+    trial.method.train()
     for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        sums: dict[str, Tensor] = {}
-        for i, (x, y) in enumerate(train_batches(trial, gen, batch_size)):
-            step = Step(epoch * steps_per_epoch + i, total_steps, epoch, steps_per_epoch)
-            set_lr(optimizer, lr_at(step.step, total_steps=total_steps, warmup_steps=warmup_steps,
-                                    peak_lr=peak_lr, final_lr=peak_lr * cfg.final_lr_ratio))
-            x1, x2 = two_views(trial, x, augs, gen)
-            try:
-                out = train_step(trial, optimizer, x1, x2, y, step)
-            except torch.cuda.OutOfMemoryError as exc:
-                raise TrialFailure("oom", f"out of GPU memory at epoch {epoch}: {exc}") from None
-            for k, v in out.items():  # accumulated on the device: no host sync per step
-                sums[k] = sums[k] + v.detach().float() if k in sums else v.detach().float()
-            if (i + 1) % cfg.check_finite_every == 0:
-                if not torch.isfinite(sums["loss"]):
-                    raise TrialFailure("nan_loss", f"non-finite loss at epoch {epoch}, step {i}")
-                _check_memory(cfg, epoch)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_seconds = time.perf_counter() - t0
-        epoch_metrics = {f"train_{k}" if k != "loss" else "train_loss": float(v / steps_per_epoch)
-                         for k, v in sums.items()}
-        if not math.isfinite(epoch_metrics["train_loss"]):
-            raise TrialFailure("nan_loss", f"non-finite loss at epoch {epoch}")
-        _check_memory(cfg, epoch)
-        try:
-            evals = evaluate_epoch(trial, gen, augs)
-        except torch.cuda.OutOfMemoryError as exc:
-            raise TrialFailure("oom",
-                               f"out of GPU memory evaluating epoch {epoch}: {exc}") from None
-        metrics = {
-            "epoch": float(epoch + 1),
-            **epoch_metrics,
-            **{k: float(v) for k, v in evals.items()},
-            "lr": optimizer.param_groups[0]["lr"],
-            "epoch_seconds": train_seconds,
-            "images_per_second": steps_per_epoch * batch_size / train_seconds,
-            **baselines,
-        }
-        if epoch + 1 == cfg.epochs and cfg.probe and trial.labeled:
-            metrics.update(probe(trial))
-        elif epoch + 1 == cfg.epochs and cfg.probe and cfg.probe_data_dir is not None:
-            metrics.update(probe_on_labeled_folder(trial, cfg.probe_data_dir))
-        if folder is not None:
-            ckpt: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "model": method.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "generator": gen.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "last_metrics": metrics,
-            }
-            if device.type == "cuda":
-                ckpt["cuda_rng"] = torch.cuda.get_rng_state(device)
-            save_checkpoint(folder, ckpt)
+        trained = _train_epoch(trial, optimizer, gen, augs, plan, epoch)
+        metrics = _on_main(trial, gen, functools.partial(
+            _close_epoch, trial, optimizer, gen, augs, folder, {**trained, **baselines}))
         if report is not None:
-            report(metrics, folder)
-        if stop is not None and stop():
+            report(metrics, folder if group.is_main else None)
+        if stop is not None and group.any(stop()):
             break
     return metrics
+
+
+def _resume(trial: LiveTrial, optimizer: torch.optim.Optimizer, gen: torch.Generator,
+            folder: Path | None) -> tuple[int, dict[str, float]]:
+    """The epoch to start from and the last metrics, from the checkpoint in ``folder`` (every
+    worker reads its own copy of the same checkpoint)."""
+    state = load_checkpoint(folder) if folder is not None else None
+    if state is None:
+        return 0, {}
+    trial.method.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if trial.device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"], trial.device)
+    return int(state["epoch"]), dict(state.get("last_metrics", {}))
+
+
+def _train_epoch(trial: LiveTrial, optimizer: torch.optim.Optimizer, gen: torch.Generator,
+                 augs: tuple[AugmentConfig, AugmentConfig], plan: Schedule, epoch: int
+                 ) -> dict[str, float]:
+    """One epoch of steps on this worker's rows of every global batch; the epoch's mean loss
+    terms (over the workers too), its seconds and images per second (global batch)."""
+    cfg, group = trial.cfg, trial.group
+    t0 = time.perf_counter()
+    sums: dict[str, Tensor] = {}
+    for i, (x, y) in enumerate(train_batches(trial, gen, plan.batch_size)):
+        step = Step(epoch * plan.steps_per_epoch + i, plan.total_steps, epoch,
+                    plan.steps_per_epoch)
+        set_lr(optimizer, lr_at(step.step, total_steps=plan.total_steps,
+                                warmup_steps=plan.warmup_steps, peak_lr=plan.peak_lr,
+                                final_lr=plan.peak_lr * cfg.final_lr_ratio))
+        x1, x2 = two_views(trial, x, augs, gen, plan.rows)
+        y = y if plan.rows is None else y[plan.rows]
+        try:
+            out = train_step(trial, optimizer, x1, x2, y, step)
+        except torch.cuda.OutOfMemoryError as exc:
+            if group.world_size > 1:  # this worker's alone: the others wait in a collective,
+                raise  # so it is a worker error, which ends the whole group (Ray Train)
+            raise TrialFailure("oom", f"out of GPU memory at epoch {epoch}: {exc}") from None
+        for k, v in out.items():  # accumulated on the device: no host sync per step
+            sums[k] = sums[k] + v.detach().float() if k in sums else v.detach().float()
+        if (i + 1) % cfg.check_finite_every == 0:
+            if group.any(not bool(torch.isfinite(sums["loss"]))):
+                raise TrialFailure("nan_loss", f"non-finite loss at epoch {epoch}, step {i}")
+            _check_memory(cfg, epoch, group)
+    if trial.device.type == "cuda":
+        torch.cuda.synchronize(trial.device)
+    seconds = time.perf_counter() - t0
+    means = {f"train_{k}" if k != "loss" else "train_loss":
+             float(group.mean(v) / plan.steps_per_epoch) for k, v in sums.items()}
+    if not math.isfinite(means["train_loss"]):
+        raise TrialFailure("nan_loss", f"non-finite loss at epoch {epoch}")
+    _check_memory(cfg, epoch, group)
+    return {"epoch": float(epoch + 1), **means, "lr": optimizer.param_groups[0]["lr"],
+            "epoch_seconds": seconds,
+            "images_per_second": plan.steps_per_epoch * plan.batch_size / seconds}
+
+
+def _close_epoch(trial: LiveTrial, optimizer: torch.optim.Optimizer, gen: torch.Generator,
+                 augs: tuple[AugmentConfig, AugmentConfig], folder: Path | None,
+                 trained: dict[str, float]) -> dict[str, float]:
+    """The epoch's metrics (kNN, collapse, label-free; the probe after the last epoch) and its
+    checkpoint: rank 0's work (:func:`_on_main`)."""
+    cfg, epoch = trial.cfg, int(trained["epoch"]) - 1
+    try:
+        evals = evaluate_epoch(trial, gen, augs)
+    except torch.cuda.OutOfMemoryError as exc:
+        raise TrialFailure("oom", f"out of GPU memory evaluating epoch {epoch}: {exc}") from None
+    metrics = {"epoch": trained["epoch"],
+               **{k: v for k, v in trained.items() if k.startswith("train_")},
+               **{k: float(v) for k, v in evals.items()},
+               **{k: v for k, v in trained.items() if k != "epoch" and not k.startswith("train_")}}
+    if epoch + 1 == cfg.epochs and cfg.probe and trial.labeled:
+        metrics.update(probe(trial))
+    elif epoch + 1 == cfg.epochs and cfg.probe and cfg.probe_data_dir is not None:
+        metrics.update(probe_on_labeled_folder(trial, cfg.probe_data_dir))
+    if folder is not None:
+        ckpt: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "model": trial.method.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "generator": gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "last_metrics": metrics,
+        }
+        if trial.device.type == "cuda":
+            ckpt["cuda_rng"] = torch.cuda.get_rng_state(trial.device)
+        save_checkpoint(folder, ckpt)
+    return metrics
+
+
+def _on_main(trial: LiveTrial, gen: torch.Generator, fn: Callable[[], dict[str, float]]
+             ) -> dict[str, float]:
+    """``fn()`` on rank 0 alone (evaluation, baselines, probe, checkpoint: once, not once per
+    worker), its result on every rank, or the :class:`TrialFailure` it raised raised on every
+    rank; then rank 0's random states on every rank, since the evaluation draws from them (one
+    process: ``fn()``)."""
+    group = trial.group
+    if group.world_size == 1:
+        return fn()
+    result: dict[str, float] | None = None
+    failure: tuple[str, str] | None = None
+    if group.is_main:
+        try:
+            result = fn()
+        except TrialFailure as exc:
+            failure = (exc.reason, str(exc))
+    result, failure = group.broadcast_object((result, failure))
+    group.sync_random_state(gen)
+    if failure is not None:
+        raise TrialFailure(*failure)
+    assert result is not None
+    return result
 
 
 # ------------------------------------------------------------------------------------------------

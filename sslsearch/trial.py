@@ -19,6 +19,7 @@ from sslsearch.augment import AugmentConfig, Augmenter, normalize
 from sslsearch.baselines import INIT_KEY, raw_pixel_baseline
 from sslsearch.config import TrialConfig
 from sslsearch.data import DataBundle, load_dataset_cached
+from sslsearch.distributed import ONE_PROCESS, ProcessGroup, global_batch_norm
 from sslsearch.errors import ConfigError
 from sslsearch.evaluate import accuracy, collapse_diagnostics, extract, knn_predict, linear_probe
 from sslsearch.methods.base import Method, Step, Task
@@ -83,6 +84,7 @@ class LiveTrial:
     method: Method
     eval_batch: int
     augmenters: dict[AugmentConfig, Augmenter] = dataclasses.field(default_factory=dict)
+    group: ProcessGroup = ONE_PROCESS  # the trial's workers (sslsearch.distributed)
 
     def augmenter(self, aug: AugmentConfig) -> Augmenter:
         """The (compiled, with ``cfg.compile``) augmentation for ``aug``, built once."""
@@ -148,11 +150,14 @@ def uses_bf16(precision: str, device: torch.device) -> bool:
 
 
 def two_views(trial: LiveTrial, x: Tensor, augs: tuple[AugmentConfig, AugmentConfig],
-              gen: torch.Generator) -> tuple[Tensor, Tensor]:
+              gen: torch.Generator, rows: slice | None = None) -> tuple[Tensor, Tensor]:
+    """Two augmented views of ``x``, or of its ``rows`` only (a worker's shard of the global
+    batch ``x``: the augmentations are drawn for all of it, :class:`Augmenter`)."""
     if trial.data.kind == "tabular":
+        x = x if rows is None else x[rows]
         return x, x  # seed 001: tabular data gets no augmentation, only mixing (i-Mix)
-    x1 = trial.augmenter(augs[0])(x, gen)
-    x2 = trial.augmenter(augs[1])(x, gen)
+    x1 = trial.augmenter(augs[0])(x, gen, rows)
+    x2 = trial.augmenter(augs[1])(x, gen, rows)
     # channels_last, as the model's (setup_trial)
     return (x1.contiguous(memory_format=torch.channels_last),
             x2.contiguous(memory_format=torch.channels_last))
@@ -281,9 +286,12 @@ def probe_on_labeled_folder(trial: LiveTrial, folder: str) -> dict[str, float]:
 
 
 def setup_trial(cfg: TrialConfig, data: DataBundle, device: torch.device, *,
-                compile: bool | None = None) -> LiveTrial:
+                compile: bool | None = None, group: ProcessGroup = ONE_PROCESS) -> LiveTrial:
     """The method on ``device`` as every step runs it: seeded initialisation, channels_last for
-    images, autotuned (or deterministic) cuDNN on CUDA, ``torch.compile`` when ``cfg.compile``."""
+    images, autotuned (or deterministic) cuDNN on CUDA, ``torch.compile`` when ``cfg.compile``.
+
+    Several workers (``group``): BatchNorm over the global batch, rank 0's weights on every rank
+    (already equal, from the same seed; the broadcast makes sure), the method told its group."""
     compile = cfg.compile if compile is None else compile
     if device.type == "cuda":
         # Autotuning picks the fastest convolution per shape (shapes are fixed: drop_last), but
@@ -292,6 +300,8 @@ def setup_trial(cfg: TrialConfig, data: DataBundle, device: torch.device, *,
         torch.backends.cudnn.deterministic = cfg.deterministic
     torch.manual_seed(cfg.seed)  # weight initialisation
     method = build_method(cfg, data).to(device)
+    if group.world_size > 1:
+        method = distribute(method, group)
     if data.kind == "image":
         # On every device: convolutions in channels_last are faster with CUDA's tensor cores and
         # with the CPU's oneDNN too (small CNN fwd + bwd, fp32, 2 cores, 2026-12-03: 1.05x at 8 px,
@@ -300,7 +310,18 @@ def setup_trial(cfg: TrialConfig, data: DataBundle, device: torch.device, *,
     if compile:
         method.backbone.compile(mode=cfg.compile_mode)
     cfg = dataclasses.replace(cfg, compile=compile)
-    return LiveTrial(cfg, data, device, method, eval_batch=1024 if device.type == "cuda" else 512)
+    return LiveTrial(cfg, data, device, method, eval_batch=1024 if device.type == "cuda" else 512,
+                     group=group)
+
+
+def distribute(method: Method, group: ProcessGroup) -> Method:
+    """``method`` for ``group``'s workers: its BatchNorm layers over the global batch
+    (:class:`~sslsearch.distributed.GlobalBatchNorm`), rank 0's weights and buffers on every
+    rank, and the method told its group (its forward gathers what its loss needs)."""
+    global_batch_norm(method, group)
+    group.broadcast_module(method)
+    method.group = group
+    return method
 
 
 def trial_optimizer(trial: LiveTrial, batch_size: int) -> torch.optim.Optimizer:
@@ -324,6 +345,7 @@ def train_step(trial: LiveTrial, optimizer: torch.optim.Optimizer, x1: Tensor, x
         out: dict[str, Tensor] = method(x1, x2, y, step)
     optimizer.zero_grad(set_to_none=True)
     out["loss"].backward()  # type: ignore[no-untyped-call]
+    trial.group.average_gradients(method)  # several workers: the mean over them (not the sum)
     method.before_optimizer_step(step)
     optimizer.step()
     method.after_step(step)

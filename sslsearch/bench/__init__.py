@@ -8,6 +8,7 @@ A benchmark, not a test::
     python -m sslsearch.bench --dataset digits --trials 2      # K trials packed on one device
     python -m sslsearch.bench search --help                    # does the search beat defaults?
     python -m sslsearch.bench preflight --images 50000         # the pre-flight's cost
+    python -m sslsearch.bench workers                          # images/s at 1 and 2 workers
 
 **The two paths** run the *same* model step (``method(x1, x2, y, step)``, then backward and the
 optimiser step, with the method, optimiser and augmentation configs built by

@@ -112,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sslsearch.bench.preflight import main as preflight_main
 
         return preflight_main(args[1:])
+    if args[:1] == ["workers"]:  # images/s at 1 and 2 workers per trial
+        from sslsearch.bench.workers import main as workers_main
+
+        return workers_main(args[1:])
     return exit_code(lambda: _run(args), failures=(TrialExited,))
 
 

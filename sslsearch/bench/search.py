@@ -312,7 +312,7 @@ def run(p: Plan, argv: Sequence[str]) -> int:
     _log_start(p, command)
     p.folder.mkdir(parents=True)
     t0 = time.time()
-    sweep.init_ray(None)
+    sweep.start_ray(p.exp.search, None)
     sweep.check_resources(p.exp.search, None)
     done = Progress()
     confirmer = Confirmer(p, p.fresh_seeds)

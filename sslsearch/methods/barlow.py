@@ -68,7 +68,13 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, lambda_offdiag: float) -> Tensor:
 
 
 class Method(BaseMethod):
-    """Barlow Twins: a wide 3-layer projector, the cross-correlation loss; no labels, no state."""
+    """Barlow Twins: a wide 3-layer projector, the cross-correlation loss; no labels, no state.
+
+    Several workers: the standardisation and the cross-correlation C need the statistics of the
+    GLOBAL batch, so the embeddings of every worker are gathered with their gradients and every
+    worker computes the same global loss (:mod:`sslsearch.distributed`); the projector's
+    BatchNorm sees the global batch (the official code's SyncBatchNorm).
+    """
 
     def __init__(self, cfg: Config, backbone: Backbone, task: Task) -> None:
         super().__init__(cfg, backbone, task)
@@ -79,5 +85,6 @@ class Method(BaseMethod):
     def forward(self, x1: Tensor, x2: Tensor, y: Tensor, step: Step) -> dict[str, Tensor]:
         z1 = self.projector(self.backbone(x1))
         z2 = self.projector(self.backbone(x2))
+        z1, z2 = self.group.gather(z1), self.group.gather(z2)  # z: global N x d
         loss, on_diag, off_diag = barlow_twins_terms(z1, z2, self.cfg.lambda_offdiag)
         return {"loss": loss, "on_diag": on_diag, "off_diag": off_diag}

@@ -52,6 +52,12 @@ class Method(BaseMethod):
     """BYOL: online ``h(g(f(x)))`` regresses the EMA target's ``g̃(f̃(x′))``.
 
     ``embed`` (the collapse monitor) is the online projector output ``g(f(x))``, the base default.
+
+    Several workers: the loss is a mean of per-sample terms, so each worker takes it over its own
+    rows (plain data parallel: the mean over workers is the global batch's mean, the shards being
+    equal); BatchNorm, online and target, sees the global batch (BYOL's cross-replica BN). The
+    EMA target is identical on every worker: the same start, the same averaged gradients, the
+    same update.
     """
 
     def __init__(self, cfg: Config, backbone: Backbone, task: Task) -> None:

@@ -230,7 +230,15 @@ def discriminator(task: Task, width: int, dim: int) -> nn.Module:
 
 class Method(BaseMethod):
     """Context encoder (Pathak et al., 2016); decoder and discriminator are discarded after
-    pretraining."""
+    pretraining.
+
+    Several workers: plain data parallel. The masks are drawn for the global batch (each image
+    gets the same mask whatever the number of workers); the reconstruction error, a mean over the
+    masked entries, is rescaled by this worker's share of them (below), so the mean over workers
+    is the global batch's error even when masks differ in size (random blocks); the adversarial
+    terms are means over equally sized shards. BatchNorm sees the global batch (the
+    discriminator has none).
+    """
 
     def __init__(self, cfg: Config, backbone: Backbone, task: Task) -> None:
         super().__init__(cfg, backbone, task)
@@ -245,13 +253,18 @@ class Method(BaseMethod):
 
     def forward(self, x1: Tensor, x2: Tensor, y: Tensor, step: Step) -> dict[str, Tensor]:
         x = torch.cat([x1, x2])  # x: 2N x ...: each view masked independently
-        mask = context_mask(tuple(x.shape), self.cfg.mask, self.cfg.mask_fraction, device=x.device)
+        mask = self.group.sharded(
+            lambda n: context_mask((2 * n, *x.shape[1:]), self.cfg.mask, self.cfg.mask_fraction,
+                                   device=x.device), x1.shape[0], views=2)
         x_hat = self.reconstruct(x.masked_fill(mask, 0.0))  # the dropped region at the mean, 0
         with torch.no_grad():  # monitoring: the error relative to the mean fill's (1: no better)
             rel = masked_mse(x, x_hat, mask) / masked_mse(x, torch.zeros_like(x), mask).clamp_min(
                 1e-12)
         if self.discriminator is None:
-            return {"loss": context_encoder_loss(x, x_hat, mask), "rec_rel": rel}
+            loss = context_encoder_loss(x, x_hat, mask)
+            if self.group.world_size > 1:
+                loss = loss * self._share(mask).to(loss.dtype)
+            return {"loss": loss, "rec_rel": rel}
         # Both players from one backward pass and one optimiser, without gradient reversal. The
         # sum minimised is (1 − λ)·L_rec + λ·L_adv + L_D, where
         # - L_adv is evaluated through a copy of D whose parameters are detached: it sends
@@ -269,10 +282,20 @@ class Method(BaseMethod):
         logits = d(torch.cat([x, inpainted.detach()])).squeeze(1)  # real then fake: 4N logits
         real, fake = logits.chunk(2)
         loss_g = context_encoder_loss(x, x_hat, mask, self.cfg.adv_weight, fake_for_g)
+        if self.group.world_size > 1:  # (1 − λ)·L_rec rescaled by the share, as above
+            share = self._share(mask).to(loss_g.dtype)
+            loss_g = loss_g + (1 - self.cfg.adv_weight) * masked_mse(x, x_hat, mask) * (share - 1)
         loss_d = discriminator_loss(real, fake)
         return {"loss": loss_g + loss_d, "rec_rel": rel,
                 "rec_loss": masked_mse(x.detach(), x_hat.detach(), mask),
                 "disc_loss": loss_d.detach()}
+
+    def _share(self, mask: Tensor) -> Tensor:
+        """This worker's masked entries over the mean per worker, ``m_r / (Σ_r m_r / N)``: the
+        mean over workers of ``share · L_rec,r = share · sse_r / m_r`` is ``Σ sse / Σ m``, the
+        global batch's L_rec (1 when every worker masks as many entries)."""
+        count = mask.sum().to(torch.float64)
+        return count * self.group.world_size / self.group.all_reduce_sum(count.detach())
 
     def embed(self, x: Tensor) -> Tensor:
         """The backbone features of the unmasked input: the decoder's output is an image, not an

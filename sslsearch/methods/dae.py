@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sslsearch.distributed import ONE_PROCESS, ProcessGroup, rows_like
 from sslsearch.methods.base import Method as BaseMethod
 from sslsearch.methods.base import Step, Task
 from sslsearch.networks import Backbone, SmallCNN, mlp
@@ -70,25 +72,33 @@ def random_entries(shape: tuple[int, ...], count: int, device: torch.device,
     return (ranks < count).view(shape)  # ranks: N x P
 
 
-def corrupt(x: Tensor, noise: str, noise_std: float = 0.5, noise_fraction: float = 0.25) -> Tensor:
+def corrupt(x: Tensor, noise: str, noise_std: float = 0.5, noise_fraction: float = 0.25, *,
+            group: ProcessGroup = ONE_PROCESS, views: int = 1) -> Tensor:
     """``x̃``, the corrupted copy of ``x`` (N × C × H × W images or N × F rows); see the module
     docstring for each noise. Masking and salt-and-pepper corrupt exactly
     ``round(noise_fraction · H·W)`` pixels of each image (of the F features of each row).
+
+    Several workers (``group``; ``x`` holds ``views`` blocks of this worker's rows, as
+    ``cat([x1, x2])``): the noise is drawn for the global batch and each worker keeps its rows
+    (:meth:`ProcessGroup.sharded`), and salt-and-pepper's extremes are the global batch's.
     """
+    def draw(fn: Callable[[int], Tensor]) -> Tensor:
+        return group.sharded(fn, x.shape[0] // views, views=views)
+
     if noise == "gaussian":
-        return x + noise_std * torch.randn_like(x)
+        return x + noise_std * draw(lambda n: torch.randn_like(rows_like(x, views * n)))
     # Images: one choice per pixel, shared by its channels; rows: one per feature.
-    pixel_shape = (x.shape[0], 1, *x.shape[2:]) if x.ndim == 4 else tuple(x.shape)
-    chosen = random_entries(pixel_shape, round(noise_fraction * math.prod(pixel_shape[1:])),
-                            x.device)
+    pixel_shape = (1, *x.shape[2:]) if x.ndim == 4 else tuple(x.shape[1:])
+    count = round(noise_fraction * math.prod(pixel_shape))
+    chosen = draw(lambda n: random_entries((views * n, *pixel_shape), count, x.device))
     if noise == "masking":
         return x.masked_fill(chosen, 0.0)
     if noise == "salt_pepper":
-        # The extremes per channel (images) or per feature (rows), over the batch.
+        # The extremes per channel (images) or per feature (rows), over the (global) batch.
         reduce_dims = [0, 2, 3] if x.ndim == 4 else [0]
-        low = x.detach().amin(dim=reduce_dims, keepdim=True)
-        high = x.detach().amax(dim=reduce_dims, keepdim=True)
-        salt = torch.rand(pixel_shape, device=x.device) < 0.5
+        low = group.extreme(x.detach().amin(dim=reduce_dims, keepdim=True), "min")
+        high = group.extreme(x.detach().amax(dim=reduce_dims, keepdim=True), "max")
+        salt = draw(lambda n: torch.rand((views * n, *pixel_shape), device=x.device)) < 0.5
         return torch.where(chosen, torch.where(salt, high, low), x)
     raise ValueError(f"noise must be one of {', '.join(NOISES)}, found {noise!r}")
 
@@ -162,7 +172,13 @@ def decode(backbone: Backbone, decoder: nn.Module, x: Tensor) -> Tensor:
 
 
 class Method(BaseMethod):
-    """Denoising autoencoder (Vincent et al., 2010); the decoder is discarded after pretraining."""
+    """Denoising autoencoder (Vincent et al., 2010); the decoder is discarded after pretraining.
+
+    Several workers: plain data parallel. The loss is a mean over every entry of equally sized
+    shards, so each worker takes it over its own rows; the corruption is drawn for the global
+    batch (each image gets the same noise whatever the number of workers), and BatchNorm
+    (backbone and decoder) sees the global batch.
+    """
 
     def __init__(self, cfg: Config, backbone: Backbone, task: Task) -> None:
         super().__init__(cfg, backbone, task)
@@ -174,7 +190,8 @@ class Method(BaseMethod):
 
     def forward(self, x1: Tensor, x2: Tensor, y: Tensor, step: Step) -> dict[str, Tensor]:
         x = torch.cat([x1, x2])  # x: 2N x ...: each view corrupted independently
-        x_tilde = corrupt(x, self.cfg.noise, self.cfg.noise_std, self.cfg.noise_fraction)
+        x_tilde = corrupt(x, self.cfg.noise, self.cfg.noise_std, self.cfg.noise_fraction,
+                          group=self.group, views=2)
         return {"loss": dae_loss(x, self.reconstruct(x_tilde))}
 
     def embed(self, x: Tensor) -> Tensor:

@@ -13,6 +13,8 @@ import math
 import torch
 from torch import Tensor
 
+from sslsearch import ops
+from sslsearch.distributed import rows_like
 from sslsearch.methods.base import Method as BaseMethod
 from sslsearch.methods.base import Step, Task, check_temperature
 from sslsearch.methods.simclr import nt_xent_loss
@@ -179,7 +181,14 @@ def dare_loss(z1: Tensor, z2: Tensor, mu1: Tensor, logvar1: Tensor, mu2: Tensor,
 
 
 class Method(BaseMethod):
-    """DARe: a Gaussian head, reparameterised projections, contrastive + λ_D·JSD loss."""
+    """DARe: a Gaussian head, reparameterised projections, contrastive + λ_D·JSD loss.
+
+    Several workers: the noise ε is drawn for the GLOBAL batch and each worker keeps its rows
+    (sample i gets the same ε whatever the number of workers); μ, log σ² and the samples z of
+    every worker are gathered with their gradients, so the contrastive term's negatives are the
+    global batch's, and every worker computes the same global loss (:mod:`sslsearch.distributed`);
+    BatchNorm sees the global batch.
+    """
 
     def __init__(self, cfg: Config, backbone: Backbone, task: Task) -> None:
         super().__init__(cfg, backbone, task)
@@ -192,7 +201,7 @@ class Method(BaseMethod):
         # float32 even under bf16 autocast: σ = exp(½ log σ²) and the sample z = μ + σ⊙ε are
         # formed outside the loss (which upcasts its own inputs: ops.fp32_loss), and ε is drawn
         # in μ's dtype.
-        out = self.projector(self.backbone(x)).float()  # N x 2d
+        out = ops.at_least_fp32(self.projector(self.backbone(x)))  # N x 2d
         mu, logvar = out.chunk(2, dim=1)  # N x d each
         return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
 
@@ -201,8 +210,13 @@ class Method(BaseMethod):
         mu2, logvar2 = self.gaussian(x2)
         # Reparameterisation z = μ + σ⊙ε: gradients reach μ and log σ² through the sample. ε comes
         # from the global RNG, which the loop checkpoints, so a resumed run draws the same ε.
-        z1 = mu1 + torch.exp(0.5 * logvar1) * torch.randn_like(mu1)  # N x d
-        z2 = mu2 + torch.exp(0.5 * logvar2) * torch.randn_like(mu2)  # N x d
+        # ε for the global batch, this worker's rows (one process: torch.randn_like(μ)).
+        eps1 = self.group.sharded(lambda n: torch.randn_like(rows_like(mu1, n)), mu1.shape[0])
+        eps2 = self.group.sharded(lambda n: torch.randn_like(rows_like(mu2, n)), mu2.shape[0])
+        z1 = mu1 + torch.exp(0.5 * logvar1) * eps1  # N x d
+        z2 = mu2 + torch.exp(0.5 * logvar2) * eps2  # N x d
+        z1, z2, mu1, mu2, logvar1, logvar2 = (self.group.gather(t) for t in (
+            z1, z2, mu1, mu2, logvar1, logvar2))  # global N x d each
         total, con, jsd = dare_loss(z1, z2, mu1, logvar1, mu2, logvar2, self.cfg.temperature,
                                     self.cfg.lambda_jsd, self.cfg.contrastive)
         # logvar: the mean log σ², to see whether σ shrinks to the clamp (noise switched off).

@@ -173,6 +173,14 @@ class Method(BaseMethod):
     - byol: ``g`` and predictor ``h``, an EMA target (momentum ramped from ``m_base`` to 1).
 
     The mix (λ, π) is drawn from the global RNG, which the training loop seeds and checkpoints.
+
+    Several workers: the mix is over the GLOBAL batch: every worker gathers the (unmixed) query
+    view, draws the same λ and the same permutation π of the global batch (so x_π(i) may come
+    from another worker) and keeps its own rows of the mixed view; the queries and keys of every
+    worker are gathered (queries with their gradients), so the virtual labels, the N-pair
+    negatives and BYOL's permuted targets are the global batch's, and every worker computes the
+    same global loss (:mod:`sslsearch.distributed`). MoCo's queue receives every worker's keys;
+    the EMA encoders are identical on every worker; BatchNorm sees the global batch.
     """
 
     queue: Tensor
@@ -196,8 +204,9 @@ class Method(BaseMethod):
         directions = [(x1, x2), (x2, x1)] if self.cfg.symmetric else [(x1, x2)]
         losses, keys = [], []
         for x_query, x_other in directions:
-            x_mix, perm, lam = mix(x_query, self.cfg.alpha)
-            loss, k = self.mixed_loss(x_mix, x_other, perm, lam)
+            # Mixed over the global batch (one process: the batch itself); this worker's rows.
+            x_mix, perm, lam = mix(self.group.gather(x_query), self.cfg.alpha)
+            loss, k = self.mixed_loss(self.group.shard(x_mix), x_other, perm, lam)
             losses.append(loss)
             if k is not None:
                 keys.append(k)
@@ -218,12 +227,13 @@ class Method(BaseMethod):
                 k = self.target_projector(self.target_backbone(x_other))
         if self.cfg.base == "byol":
             q = self.predictor(q)
+        q, k = self.group.gather(q), self.group.gather(k)  # global N x d (q with its gradient)
         # The losses compute in float32 whatever the autocast (ops.fp32_loss); λ is float32.
         if self.cfg.base == "npair":
             return npair_loss(q, k, tau, mixed_targets(perm, lam)), None
         if self.cfg.base == "moco":
             loss = imix_moco_loss(q, k, self.queue, tau, mixed_targets(perm, lam))
-            return loss, F.normalize(k.float(), dim=1)  # keys for the float32 queue
+            return loss, F.normalize(ops.at_least_fp32(k), dim=1)  # keys for the queue
         return imix_byol_loss(q, k, perm, lam), None
 
     def after_step(self, step: Step) -> None:

@@ -86,6 +86,13 @@ class Method(BaseMethod):
     Query encoder ``g(f(·))``; key encoder its EMA copy, updated with a constant momentum after
     every optimiser step. The step's keys are stashed in ``forward`` and pushed onto the queue in
     ``after_step``, i.e. after the optimiser step, as in the paper's Algorithm 1.
+
+    Several workers: each query's loss needs only its own key and the queue, so each worker takes
+    it over its own rows (plain data parallel); the keys of EVERY worker are gathered and pushed
+    (in global-batch order), so the queue, like the EMA key encoder, is identical on every worker
+    and equal to one process's on the global batch. BatchNorm sees the global batch, as on one
+    device; the paper's shuffled BN (per-GPU batches, keys shuffled across GPUs) is not
+    reproduced, on one device or on many.
     """
 
     queue: Tensor
@@ -113,7 +120,8 @@ class Method(BaseMethod):
         with torch.no_grad():
             k = self.key_projector(self.key_backbone(x2))
         loss = moco_loss(q, k, self.queue, self.cfg.temperature)
-        self._pending_keys = F.normalize(k.float(), dim=1)  # keys for the float32 queue
+        # Keys for the queue (float32; float64 kept), every worker's.
+        self._pending_keys = self.group.gather(F.normalize(ops.at_least_fp32(k), dim=1))
         return {"loss": loss}
 
     def after_step(self, step: Step) -> None:

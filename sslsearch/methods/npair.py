@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sslsearch import ops
 from sslsearch.methods.base import ProjectedMethod, Step, check_temperature
 from sslsearch.ops import fp32_loss, soft_cross_entropy
 
@@ -60,13 +61,18 @@ class Method(ProjectedMethod):
 
     The symmetrisation is ours (the paper writes one direction; i-Mix's code has it as an option):
     every view then serves once as anchor, as in SimCLR, at no extra forward pass.
+
+    Several workers: both views' projections are gathered with their gradients, so every anchor
+    is classified among the N embeddings of the GLOBAL batch, and every worker computes the same
+    global loss (:mod:`sslsearch.distributed`); BatchNorm sees the global batch.
     """
 
     def forward(self, x1: Tensor, x2: Tensor, y: Tensor, step: Step) -> dict[str, Tensor]:
         z1, z2 = self.project(x1, x2)
         # Upcast once (the losses would each upcast their own copy): the two directions'
         # gradients then add up in float32 before the one cast back to bf16.
-        z1, z2 = z1.float(), z2.float()
+        z1, z2 = ops.at_least_fp32(z1), ops.at_least_fp32(z2)
+        z1, z2 = self.group.gather(z1), self.group.gather(z2)  # z: global N x d
         loss = 0.5 * (npair_loss(z1, z2, self.cfg.temperature)
                       + npair_loss(z2, z1, self.cfg.temperature))
         return {"loss": loss}

@@ -83,6 +83,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sslsearch.distributed import ONE_PROCESS, ProcessGroup
 from sslsearch.methods.base import Method as BaseMethod
 from sslsearch.methods.base import Step, Task
 from sslsearch.networks import Backbone, mlp
@@ -181,8 +182,8 @@ def _randint(low: int, high: int, size: tuple[int, ...], device: torch.device,
 
 
 def patch_pairs(x: Tensor, cell: int, gap: int, jitter: int,
-                generator: torch.Generator | None = None, neighbours: int = 1
-                ) -> tuple[Tensor, Tensor, Tensor]:
+                generator: torch.Generator | None = None, neighbours: int = 1, *,
+                group: ProcessGroup = ONE_PROCESS) -> tuple[Tensor, Tensor, Tensor]:
     """``(patch1, patch2, labels)`` for N × C × H × W images, lengths in px of these images.
 
     Per image: the grid's corner uniform where the grid fits (rows 0 .. ``H − 3·cell − 2·gap``,
@@ -192,7 +193,8 @@ def patch_pairs(x: Tensor, cell: int, gap: int, jitter: int,
     to the image. ``patch1`` is N × C × cell × cell; ``patch2`` (k·N × C × cell × cell) and
     ``labels`` (k·N) are neighbour-major: rows ``j·N .. j·N + N − 1`` are the j-th neighbour of
     images 0..N−1, so each pairs with ``patch1.repeat(k, 1, 1, 1)``. Raises ValueError if the grid
-    does not fit.
+    does not fit. Every position is drawn for ``group``'s global batch, this worker's rows kept
+    (:meth:`ProcessGroup.sharded`).
     """
     n, _, height, width = x.shape
     span = grid_span(cell, gap)
@@ -202,15 +204,18 @@ def patch_pairs(x: Tensor, cell: int, gap: int, jitter: int,
     if not 1 <= neighbours <= NUM_POSITIONS:
         raise ValueError(f"neighbours must be in 1..{NUM_POSITIONS}, found {neighbours}")
     step = cell + gap
-    corner = torch.stack([_randint(0, height - span, (n,), x.device, generator),
-                          _randint(0, width - span, (n,), x.device, generator)],
-                         dim=1)  # corner: N x 2 (row, column)
+    top = group.sharded(lambda m: _randint(0, height - span, (m,), x.device, generator), n)
+    left = group.sharded(lambda m: _randint(0, width - span, (m,), x.device, generator), n)
+    corner = torch.stack([top, left], dim=1)  # corner: N x 2 (row, column)
     if neighbours == 1:
-        labels = _randint(0, NUM_POSITIONS - 1, (1, n), x.device, generator)
+        labels = group.sharded(lambda m: _randint(0, NUM_POSITIONS - 1, (1, m), x.device,
+                                                  generator), n, dim=1)
     else:  # k distinct positions per image: the first k of a random permutation of the 8
-        draws = torch.rand(n, NUM_POSITIONS, generator=generator, device=x.device)
+        draws = group.sharded(lambda m: torch.rand(m, NUM_POSITIONS, generator=generator,
+                                                   device=x.device), n)
         labels = draws.argsort(dim=1)[:, :neighbours].T  # labels: k x N
-    shift = _randint(-jitter, jitter, (1 + neighbours, n, 2), x.device, generator)
+    shift = group.sharded(lambda m: _randint(-jitter, jitter, (1 + neighbours, m, 2), x.device,
+                                             generator), n, dim=1)
     offsets = torch.tensor(OFFSETS, device=x.device)[labels]  # offsets: k x N x 2
     limit = torch.tensor([height - cell, width - cell], device=x.device)
     first = torch.minimum(torch.clamp(corner + step + shift[0], min=0), limit)
@@ -221,8 +226,8 @@ def patch_pairs(x: Tensor, cell: int, gap: int, jitter: int,
             labels.reshape(-1))
 
 
-def chunk_pairs(x: Tensor, generator: torch.Generator | None = None
-                ) -> tuple[Tensor, Tensor, Tensor]:
+def chunk_pairs(x: Tensor, generator: torch.Generator | None = None, *,
+                group: ProcessGroup = ONE_PROCESS) -> tuple[Tensor, Tensor, Tensor]:
     """The tabular stand-in: ``(row1, row2, labels)`` for N × F rows (module docstring). Chunk k
     (k = 0..8, ⌊F/9⌋ features from k·⌊F/9⌋) is cell (k // 3, k % 3); both outputs are zero rows
     with the centre chunk (row1) or the label's chunk (row2) written at the centre chunk's slot."""
@@ -230,7 +235,8 @@ def chunk_pairs(x: Tensor, generator: torch.Generator | None = None
     size = features // 9
     if size == 0:
         raise ValueError(f"patch_location needs ≥ 9 features (9 chunks), found {features}")
-    labels = _randint(0, NUM_POSITIONS - 1, (n,), x.device, generator)
+    labels = group.sharded(lambda m: _randint(0, NUM_POSITIONS - 1, (m,), x.device, generator),
+                           n)
     chunk = labels + (labels >= 4).long()  # the label's cell in reading order, skipping 4
     index = chunk.unsqueeze(1) * size + torch.arange(size, device=x.device)  # index: N x size
     centre = slice(4 * size, 5 * size)
@@ -252,7 +258,13 @@ def patch_location_loss(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 class Method(BaseMethod):
-    """Relative patch location (Doersch et al., 2015); the head is thrown away after pretraining."""
+    """Relative patch location (Doersch et al., 2015); the head is thrown away after pretraining.
+
+    Several workers: plain data parallel. The loss is a mean of per-pair terms, so each worker
+    takes it over its own rows; the grid, positions and jitter are drawn for the global batch
+    (each image gets the same pairs whatever the number of workers), and BatchNorm sees the
+    global batch.
+    """
 
     def __init__(self, cfg: Config, backbone: Backbone, task: Task) -> None:
         super().__init__(cfg, backbone, task)
@@ -268,14 +280,15 @@ class Method(BaseMethod):
         ``resize_patches`` is off) or the tabular stand-in's rows; N first patches, k·N second
         ones and their labels, neighbour-major (:func:`patch_pairs`; k = 1 for rows)."""
         if x.ndim == 2:
-            return chunk_pairs(x)
+            return chunk_pairs(x, group=self.group)
         if x.ndim != 4:
             raise ValueError(f"patch_location needs N x C x H x W images or N x F rows, "
                              f"found {tuple(x.shape)}")
         height, width = x.shape[-2:]
         cfg = self.cfg
         cell, gap, jitter = scaled_grid(cfg.cell_size, cfg.gap, cfg.jitter, min(height, width))
-        first, second, labels = patch_pairs(x, cell, gap, jitter, neighbours=cfg.neighbours)
+        first, second, labels = patch_pairs(x, cell, gap, jitter, neighbours=cfg.neighbours,
+                                            group=self.group)
         if cfg.resize_patches:
             first, second = (F.interpolate(p, size=(height, width), mode="bilinear",
                                            align_corners=False) for p in (first, second))

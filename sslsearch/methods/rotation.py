@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sslsearch.distributed import ONE_PROCESS, ProcessGroup
 from sslsearch.methods.base import Method as BaseMethod
 from sslsearch.methods.base import Step, Task
 from sslsearch.networks import Backbone, mlp
@@ -71,13 +72,16 @@ def rotate(x: Tensor, k: Tensor) -> Tensor:
 
 
 def rotated_copies(x1: Tensor, x2: Tensor, rotations_per_image: int,
-                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+                   generator: torch.Generator | None = None, *,
+                   group: ProcessGroup = ONE_PROCESS) -> tuple[Tensor, Tensor]:
     """The rotated batch and its labels: r = ``rotations_per_image`` distinct random angles per
     image, copy j from ``x1`` (j even) or ``x2`` (j odd). Returns ``(images, labels)`` of rN rows,
-    copy-major (rows j·N … j·N + N − 1 are copy j of every image)."""
+    copy-major (rows j·N … j·N + N − 1 are copy j of every image). The angles are drawn for
+    ``group``'s global batch, this worker's rows kept (:meth:`ProcessGroup.sharded`)."""
     n = x1.shape[0]
     # Each image's angles: the first r entries of a uniformly random permutation of 0..3.
-    scores = torch.rand(n, NUM_ROTATIONS, generator=generator, device=x1.device)
+    scores = group.sharded(lambda m: torch.rand(m, NUM_ROTATIONS, generator=generator,
+                                                device=x1.device), n)
     angles = scores.argsort(dim=1)[:, :rotations_per_image]  # angles: N x r
     images = [rotate(x1 if j % 2 == 0 else x2, angles[:, j]) for j in range(rotations_per_image)]
     return torch.cat(images), angles.T.reshape(-1)  # rN x ..., rN
@@ -95,7 +99,12 @@ def rotation_loss(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 class Method(BaseMethod):
-    """Rotation prediction (Gidaris et al., 2018); the head is thrown away after pretraining."""
+    """Rotation prediction (Gidaris et al., 2018); the head is thrown away after pretraining.
+
+    Several workers: plain data parallel. The loss is a mean of per-image terms, so each worker
+    takes it over its own rows; the angles are drawn for the global batch (each image gets the
+    same angles whatever the number of workers), and BatchNorm sees the global batch.
+    """
 
     def __init__(self, cfg: Config, backbone: Backbone, task: Task) -> None:
         super().__init__(cfg, backbone, task)
@@ -103,7 +112,8 @@ class Method(BaseMethod):
         self.head = mlp([backbone.out_dim, *hidden, NUM_ROTATIONS])
 
     def forward(self, x1: Tensor, x2: Tensor, y: Tensor, step: Step) -> dict[str, Tensor]:
-        images, labels = rotated_copies(x1, x2, self.cfg.rotations_per_image)
+        images, labels = rotated_copies(x1, x2, self.cfg.rotations_per_image,
+                                        group=self.group)
         logits = self.head(self.backbone(images))  # logits: rN x 4
         loss = rotation_loss(logits, labels)
         accuracy = (logits.detach().argmax(dim=1) == labels).float().mean()

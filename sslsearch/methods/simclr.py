@@ -45,6 +45,12 @@ def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
 
 
 class Method(ProjectedMethod):
+    """SimCLR. Several workers: the projections of every worker are gathered with their
+    gradients, so each anchor's denominator holds the 2N − 2 negatives of the GLOBAL batch, and
+    every worker computes the same global loss (:mod:`sslsearch.distributed`, rules 1-2); the
+    projector's and the backbone's BatchNorm see the global batch (SimCLR's global BN)."""
+
     def forward(self, x1: Tensor, x2: Tensor, y: Tensor, step: Step) -> dict[str, Tensor]:
         z1, z2 = self.project(x1, x2)
+        z1, z2 = self.group.gather(z1), self.group.gather(z2)  # z: global N x d
         return {"loss": nt_xent_loss(z1, z2, self.cfg.temperature)}

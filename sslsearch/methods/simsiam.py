@@ -66,6 +66,10 @@ class Method(BaseMethod):
     """SimSiam: ``p = h(g(f(x)))`` predicts the other view's ``sg(g(f(x′)))``.
 
     ``embed`` (the collapse monitor) is the projector output ``z = g(f(x))``, the base default.
+
+    Several workers: the loss is a mean of per-sample terms, so each worker takes it over its own
+    rows (plain data parallel); the projector's and predictor's BatchNorm see the global batch,
+    as SimSiam's synchronised BN.
     """
 
     def __init__(self, cfg: Config, backbone: Backbone, task: Task) -> None:

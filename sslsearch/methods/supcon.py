@@ -56,10 +56,17 @@ def supcon_loss(z1: Tensor, z2: Tensor, labels: Tensor, temperature: float) -> T
 
 
 class Method(ProjectedMethod):
-    """SupCon: SimCLR's projector, the supervised contrastive loss on the batch labels ``y``."""
+    """SupCon: SimCLR's projector, the supervised contrastive loss on the batch labels ``y``.
+
+    Several workers: the projections (with their gradients) and the labels of every worker are
+    gathered, so the positives and negatives of each anchor are those of the GLOBAL batch, and
+    every worker computes the same global loss (:mod:`sslsearch.distributed`); BatchNorm sees the
+    global batch.
+    """
 
     supervised: ClassVar[bool] = True
 
     def forward(self, x1: Tensor, x2: Tensor, y: Tensor, step: Step) -> dict[str, Tensor]:
         z1, z2 = self.project(x1, x2)
+        z1, z2, y = self.group.gather(z1), self.group.gather(z2), self.group.gather(y)
         return {"loss": supcon_loss(z1, z2, y, self.cfg.temperature)}

@@ -118,6 +118,12 @@ class Method(BaseMethod):
     once it has been filled; the codes use the queue only once it is full, as the official code,
     which also writes the batch's projections into it during the forward (after its codes are
     computed, so Sinkhorn never counts a sample's current projection twice).
+
+    Several workers: Sinkhorn's equal partition is over the GLOBAL batch (the official
+    ``distributed_sinkhorn`` all-reduces its sums), so the projections of every worker are
+    gathered with their gradients and every worker computes the same codes and the same global
+    loss (:mod:`sslsearch.distributed`); the queue receives the global batch, so it is identical on
+    every worker; the projector's BatchNorm sees the global batch.
     """
 
     queue: Tensor
@@ -143,12 +149,12 @@ class Method(BaseMethod):
         return _prototype_scores(z, self.prototypes)
 
     def embed(self, x: Tensor) -> Tensor:
-        return F.normalize(self.projector(self.backbone(x)).float(), dim=1)
+        return F.normalize(ops.at_least_fp32(self.projector(self.backbone(x))), dim=1)
 
     def forward(self, x1: Tensor, x2: Tensor, y: Tensor, step: Step) -> dict[str, Tensor]:
         self._normalize_prototypes()
-        z1 = self.embed(x1)  # z: B x d, unit rows
-        z2 = self.embed(x2)
+        z1 = self.group.gather(self.embed(x1))  # z: global B x d, unit rows
+        z2 = self.group.gather(self.embed(x2))
         s1, s2 = self._scores(z1), self._scores(z2)  # scores: B x K
         use_queue = self.cfg.queue_length > 0 and step.epoch >= self.cfg.epoch_queue_starts
         q1 = self._codes(0, s1, use_queue)

@@ -88,7 +88,13 @@ def triplet_loss(z1: Tensor, z2: Tensor, margin: float, labels: Tensor | None = 
 
 
 class Method(BaseMethod):
-    """Triplet: SimCLR-sized projector, FaceNet's triplet loss on cross-view in-batch triplets."""
+    """Triplet: SimCLR-sized projector, FaceNet's triplet loss on cross-view in-batch triplets.
+
+    Several workers: the projections (with their gradients) and labels of every worker are
+    gathered, so each anchor's hardest or semi-hard negative is mined from the GLOBAL batch, and
+    every worker computes the same global loss (:mod:`sslsearch.distributed`); BatchNorm sees the
+    global batch.
+    """
 
     def __init__(self, cfg: Config, backbone: Backbone, task: Task) -> None:
         super().__init__(cfg, backbone, task)
@@ -100,5 +106,6 @@ class Method(BaseMethod):
     def forward(self, x1: Tensor, x2: Tensor, y: Tensor, step: Step) -> dict[str, Tensor]:
         z1 = self.projector(self.backbone(x1))
         z2 = self.projector(self.backbone(x2))
-        labels = y if self.cfg.use_labels else None
+        z1, z2 = self.group.gather(z1), self.group.gather(z2)  # z: global N x d
+        labels = self.group.gather(y) if self.cfg.use_labels else None
         return {"loss": triplet_loss(z1, z2, self.cfg.margin, labels, self.cfg.mining)}

@@ -57,6 +57,11 @@ def vicreg_loss(z1: Tensor, z2: Tensor, sim_coeff: float = 25.0, std_coeff: floa
 
 
 class Method(BaseMethod):
+    """VICReg. Several workers: the variance and covariance terms need the statistics of the
+    GLOBAL batch, so the embeddings of every worker are gathered with their gradients and every
+    worker computes the same global loss (:mod:`sslsearch.distributed`; the official code
+    gathers too); the expander's BatchNorm sees the global batch (its SyncBatchNorm)."""
+
     def __init__(self, cfg: Config, backbone: Backbone, task: Task) -> None:
         super().__init__(cfg, backbone, task)
         # The expander: Linear-BN-ReLU blocks, the last layer plain Linear (official code).
@@ -65,6 +70,7 @@ class Method(BaseMethod):
     def forward(self, x1: Tensor, x2: Tensor, y: Tensor, step: Step) -> dict[str, Tensor]:
         z1 = self.projector(self.backbone(x1))
         z2 = self.projector(self.backbone(x2))
+        z1, z2 = self.group.gather(z1), self.group.gather(z2)  # z: global N x d
         loss, repr_loss, std_loss, cov_loss = vicreg_loss(
             z1, z2, self.cfg.sim_coeff, self.cfg.std_coeff, self.cfg.cov_coeff)
         return {"loss": loss, "repr_loss": repr_loss, "std_loss": std_loss, "cov_loss": cov_loss}
