@@ -47,33 +47,36 @@ def _nonneg_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The flags, each with its default said once, in words (no "(default: None)")."""
     p = _Parser(
         prog="python -m sslsearch.run",
         description="Search SSL methods and their hyperparameters (Ray Tune + Optuna TPE + ASHA), "
-                    "logging every trial to MLflow.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--space", required=False,
-                   help="search-space YAML: a path, or a name under search_spaces/ "
-                        "(e.g. vicreg.yaml, all_methods). Required unless --resume.")
-    p.add_argument("--experiment", default="quick",
-                   help="experiment YAML (fixed setup): a path or a name under experiments/")
-    p.add_argument("--num-samples", type=positive_int,
-                   help="number of trials (default: the experiment's search.num_samples)")
-    p.add_argument("--max-concurrent", type=positive_int,
-                   help="trials running at once (default: the experiment's)")
-    p.add_argument("--epochs", type=positive_int,
-                   help="pretraining epochs per trial (default: the experiment's)")
+                    "logging every trial to MLflow.")
+    p.add_argument("--space", metavar="YAML",
+                   help="search space: a path, or a name under search_spaces/ (e.g. vicreg.yaml, "
+                        "all_methods); required unless --resume")
+    p.add_argument("--experiment", default="quick", metavar="YAML",
+                   help="experiment (the fixed setup): a path, or a name under experiments/; "
+                        "default: quick")
+    p.add_argument("--num-samples", type=positive_int, metavar="N",
+                   help="trials to run; default: the experiment's search.num_samples")
+    p.add_argument("--max-concurrent", type=positive_int, metavar="N",
+                   help="trials running at once; default: the experiment's")
+    p.add_argument("--epochs", type=positive_int, metavar="N",
+                   help="pretraining epochs per trial; default: the experiment's")
     p.add_argument("--seed", type=int, default=0,
-                   help="seed of the TPE sampler and of every trial")
-    p.add_argument("--tracking-uri",
-                   help="MLflow tracking URI: sqlite:///PATH, http://HOST:PORT (a server), ... "
-                        "(default: sqlite:///<cwd>/mlflow.db)")
-    p.add_argument("--mlflow-experiment", default="sslsearch",
-                   help="MLflow experiment name the sweep's runs go to")
-    p.add_argument("--storage", default=DEFAULT_STORAGE,
-                   help="folder (or s3://... URI) for trial checkpoints and sweep state; "
-                        "shared storage (NFS/S3) on a multi-node cluster")
-    p.add_argument("--name", help="sweep name (default: <space>-<time>-<random>)")
+                   help="seed of the TPE sampler and of every trial; default: 0")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="MLflow tracking URI: sqlite:///PATH, http://HOST:PORT (a server), ...; "
+                        "default: sqlite:///<working directory>/mlflow.db")
+    p.add_argument("--mlflow-experiment", default="sslsearch", metavar="NAME",
+                   help="the MLflow experiment the sweep's runs go to; default: sslsearch")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, metavar="FOLDER",
+                   help="folder (or s3://... URI) for the results, trial checkpoints and sweep "
+                        "state; shared storage (NFS/S3) on a multi-node cluster; default: "
+                        f"{DEFAULT_STORAGE}")
+    p.add_argument("--name", help="sweep name, a folder under --storage; default: "
+                                  "<space>-<time>-<random>")
     p.add_argument("--resume", nargs="?", const="", metavar="NAME_OR_PATH",
                    help="continue an interrupted sweep: its folder, its name under --storage, "
                         "or nothing for the newest sweep there")
@@ -82,19 +85,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "(its tracking_outbox.jsonl): the sweep's folder, its name under "
                         "--storage, or the file")
     p.add_argument("--address",
-                   help="an existing Ray cluster (auto or ray://HOST:PORT; default: "
-                        "$RAY_ADDRESS, else a local Ray on 127.0.0.1)")
-    p.add_argument("--grace-period", type=positive_int,
-                   help="epochs before ASHA may stop a trial (default: the experiment's)")
-    p.add_argument("--cpus-per-trial", type=_nonneg_float,
-                   help="CPUs reserved per trial (default: the experiment's)")
-    p.add_argument("--gpus-per-trial", type=_nonneg_float,
-                   help="GPUs per trial; fractions pack trials on one GPU, e.g. 0.25 "
-                        "(default: the experiment's)")
-    p.add_argument("--workers-per-trial", type=positive_int, help="data-parallel workers per "
-                   "trial (Ray Train), each reserving --cpus-per-trial CPUs and --gpus-per-trial "
-                   "GPUs (docs/workers.md; default: the experiment's, 1)")
-    p.add_argument("--data-dir", help="dataset folder, overriding the experiment's")
+                   help="an existing Ray cluster: auto or ray://HOST:PORT; default: "
+                        "$RAY_ADDRESS, else a new local Ray on 127.0.0.1")
+    p.add_argument("--grace-period", type=positive_int, metavar="EPOCHS",
+                   help="epochs before ASHA may stop a trial; default: the experiment's")
+    p.add_argument("--cpus-per-trial", type=_nonneg_float, metavar="N",
+                   help="CPUs reserved per trial (per worker with --workers-per-trial); default: "
+                        "the experiment's")
+    p.add_argument("--gpus-per-trial", type=_nonneg_float, metavar="N",
+                   help="GPUs per trial (per worker with --workers-per-trial); fractions pack "
+                        "trials on one GPU, e.g. 0.25; default: the experiment's")
+    p.add_argument("--workers-per-trial", type=positive_int, metavar="N",
+                   help="data-parallel workers per trial (Ray Train; docs/workers.md); default: "
+                        "the experiment's, else 1")
+    p.add_argument("--data-dir", metavar="FOLDER",
+                   help="the dataset's folder; default: the experiment's")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="leave out images no trial could decode (empty, truncated, bombs) instead "
                         "of refusing the sweep; they are listed in bad_images.txt and in MLflow")
@@ -106,20 +111,21 @@ def build_parser() -> argparse.ArgumentParser:
 def _selection_flags(p: argparse.ArgumentParser) -> None:
     """How the answer is chosen: confirmation on fresh seeds, and the method comparison."""
     p.add_argument("--confirm-top", type=positive_int, metavar="K",
-                   help="after the search, re-run its K best configurations on fresh seeds "
-                        "(default: the experiment's search.confirm_top, else 2)")
+                   help="after the search, re-run its K best configurations (and the "
+                        "experiment's own) on fresh seeds; default: the experiment's "
+                        "search.confirm_top, else 2")
     p.add_argument("--confirm-seeds", type=positive_int, metavar="N",
-                   help="fresh seeds each confirmed configuration (and the experiment's own) is "
-                        "re-run with (default: the experiment's search.confirm_seeds)")
+                   help="fresh seeds of the confirmation; default: the experiment's "
+                        "search.confirm_seeds, else 3")
     p.add_argument("--no-confirm", dest="confirm", action="store_const", const=False,
                    help="no confirmation: the answer is the best trial at the search's seed")
     p.add_argument("--compare", action="store_true",
-                   help="compare the space's methods fairly: --num-samples trials per method, "
-                        "the best of each (on validation) re-run with --seeds seeds; writes "
-                        "comparison.md/.json and a report (sslsearch/compare.py)")
-    p.add_argument("--methods",
-                   help="--compare: comma-separated subset of the space's methods "
-                        "(default: all of them)")
+                   help="compare the space's methods: a search of --num-samples trials per "
+                        "method, each method's top configurations confirmed on the same fresh "
+                        "seeds; writes comparison.md/.json and a report")
+    p.add_argument("--methods", metavar="M1,M2",
+                   help="--compare: a comma-separated subset of the space's methods; default: "
+                        "all of them")
 
 
 @dataclasses.dataclass(frozen=True)
