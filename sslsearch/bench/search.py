@@ -104,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="repetitions of each strategy (seeds 0 … N−1; default: %(default)s); "
                         "a claim wants ≥ 3")
     p.add_argument("--seeds", type=positive_int,
-                   help="runs of the experiment's own configuration per search seed, one budget only "
-                        "(default: budget // epochs; must spend the budget ± one trial)")
+                   help="runs of the experiment's own configuration per search seed, one budget "
+                        "only (default: budget // epochs; must spend the budget ± one trial)")
     p.add_argument("--reference-trials", type=nonneg_int, default=0,
                    help="the reference: a random search of this many trials, its top "
                         "--reference-top confirmed on the fresh seeds, against which headroom "
