@@ -68,7 +68,7 @@ _N_UNIFORMS = 14
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Strengths and probabilities of the augmentation recipe (METHODS.md, "Shared pieces").
+    """Strengths and probabilities of the augmentation recipe (docs/methods.md, "Shared pieces").
 
     Every probability is per sample. Setting a probability (or ``jitter_strength``) to 0 removes the
     op from the computation altogether, so disabled ops cost nothing.

@@ -30,7 +30,7 @@ from torch import Tensor
 from sslsearch.evaluate import accuracy, knn_predict, linear_probe
 from sslsearch.results import INIT_KEY, RAW_KEYS
 
-__all__ = ["INIT_KEY", "MAX_RAW_SIDE", "RAW_KEYS", "raw_pixel_baseline"]
+__all__ = ["INIT_KEY", "MAX_RAW_SIDE", "RAW_KEYS", "raw_features", "raw_pixel_baseline"]
 MAX_RAW_SIDE = 32  # larger images are area-averaged to this side for the raw baseline
 
 # DataBundle -> {(knn_k, knn_t, probe_max_iter or 0): metrics}; weak, so a dropped dataset frees it.
@@ -81,6 +81,3 @@ def raw_pixel_baseline(data: Any, *, knn_k: int, knn_t: float,
         out.update(raw_probe_acc=result.val_acc, raw_probe_test_acc=result.test_acc)
     cached[key] = out
     return dict(out)
-
-
-__all__ = ["INIT_KEY", "MAX_RAW_SIDE", "RAW_KEYS", "raw_features", "raw_pixel_baseline"]

@@ -20,7 +20,7 @@ NaN, not an exception. Shape errors raise ``ValueError``.
 that "best" means the maximum of its objective.
 
 Rank-type metrics compare runs of one method; whitening losses (Barlow Twins, VICReg) inflate them
-(METHODS.md). LiDAR and α-ReQ are invariant to translation and (α-ReQ) scale, so a constant
+(docs/methods.md). LiDAR and α-ReQ are invariant to translation and (α-ReQ) scale, so a constant
 embedding plus tiny *isotropic* noise reads as healthy to them (the noise is all that is left once
 centred); RankMe, uncentred, reads it as rank 1. Dimensional collapse (features in a subspace plus
 tiny noise) reads as collapse to all three.

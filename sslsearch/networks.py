@@ -83,7 +83,7 @@ class ResNet(Backbone):
 
 
 class MLPEncoder(Backbone):
-    """MLP encoder for tabular rows (seed 001's domain-agnostic i-Mix setting: 5 layers there)."""
+    """MLP encoder for tabular rows (i-Mix's domain-agnostic setting; that paper used 5 layers)."""
 
     def __init__(self, in_features: int, width: int = 512, depth: int = 4) -> None:
         super().__init__()

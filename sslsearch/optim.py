@@ -1,7 +1,9 @@
 """Optimisers (SGD, LARS, AdamW) and the learning-rate schedule.
 
 The learning rate is given per 256 examples, as in the SimCLR/BYOL/VICReg papers:
-``lr = base_lr × batch_size / 256``, warmed up linearly, then decayed by a cosine (seed 003).
+``lr = base_lr × batch_size / 256``, warmed up linearly, then decayed by a cosine (as in
+BenSalem's VICReg study, "Self-Supervised Learning of Visual Representations";
+docs/references.md).
 """
 
 from __future__ import annotations

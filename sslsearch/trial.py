@@ -155,7 +155,7 @@ def two_views(trial: LiveTrial, x: Tensor, augs: tuple[AugmentConfig, AugmentCon
     batch ``x``: the augmentations are drawn for all of it, :class:`Augmenter`)."""
     if trial.data.kind == "tabular":
         x = x if rows is None else x[rows]
-        return x, x  # seed 001: tabular data gets no augmentation, only mixing (i-Mix)
+        return x, x  # tabular data gets no augmentation, only mixing (i-Mix, Lee et al., 2021)
     x1 = trial.augmenter(augs[0])(x, gen, rows)
     x2 = trial.augmenter(augs[1])(x, gen, rows)
     # channels_last, as the model's (setup_trial)

@@ -1,6 +1,6 @@
 """Context encoder (Pathak, Krähenbühl, Donahue, Darrell & Efros, 2016, "Context Encoders: Feature
 Learning by Inpainting"): drop a region of the image, encode what is left with the backbone,
-decode, and inpaint the dropped region (METHODS.md, pretext tasks)::
+decode, and inpaint the dropped region (docs/methods.md, pretext tasks)::
 
     L = λ_rec · L_rec + λ_adv · L_adv,   L_rec = ‖M̂ ⊙ (x − F((1 − M̂) ⊙ x))‖² / Σ M̂
 
@@ -12,7 +12,7 @@ mean pixel value too).
 
 The mask shapes (:func:`context_mask`): the paper's central square (a 64-px square of its 128-px
 images: a quarter of the area), its random blocks (several smaller, possibly overlapping
-squares), and METHODS.md's random pixels (the paper's third shape, random regions cut from PASCAL
+squares), and this project's random pixels (the paper's third shape, random regions cut from PASCAL
 segmentation masks, needs masks this project does not have). Shape and masked fraction are
 searchable; the defaults, random pixels at 0.1, are not the paper's central quarter, which lost
 kNN accuracy in 4 epochs on Fashion-MNIST where random pixels gained (see :class:`Config`). The
@@ -68,12 +68,13 @@ class Config:
     # lost 0.6 kNN points against the random init and random blocks of ¼ lost 0.9, where random
     # pixels gained (¼: +1.3, +1.8 at twice the lr; 0.1: +2.3 at twice the lr).
     mask: str = "random_pixels"
-    # The dropped fraction of the image's area (METHODS.md: [0.1, 0.5], ¼ as in the paper; 0.1
+    # The dropped fraction of the image's area (docs/methods.md: [0.1, 0.5], ¼ as in the paper; 0.1
     # here, the measured best of the FAST runs above: the hole's zeros shift the BN statistics the
     # backbone is evaluated with less, and half the pixels gained nothing: −0.1).
     mask_fraction: float = 0.1
-    # The adversarial term L_adv and its discriminator (the paper: on; METHODS.md: off by default,
-    # a reconstruction-only context encoder is what the paper uses for its feature learning).
+    # The adversarial term L_adv and its discriminator (the paper: on; docs/methods.md: off by
+    # default, a reconstruction-only context encoder is what the paper uses for its feature
+    # learning).
     adversarial: bool = False
     # λ_adv, used when ``adversarial`` (the paper: 0.001; λ_rec = 1 − λ_adv).
     adv_weight: float = 0.001

@@ -1,10 +1,10 @@
 """Denoising autoencoder (Vincent, Larochelle, Lajoie, Bengio & Manzagol, 2010, "Stacked Denoising
 Autoencoders"): corrupt the input, encode it with the backbone, decode, and reconstruct the clean
-input with a mean squared error (METHODS.md, pretext tasks).
+input with a mean squared error (docs/methods.md, pretext tasks).
 
 Both augmented views are used: each is corrupted independently and reconstructed (2N images
 through the backbone, as a two-view method). The clean target is the view itself, normalised as
-the backbone sees it; the corruption acts on that normalised image (METHODS.md):
+the backbone sees it; the corruption acts on that normalised image (docs/methods.md):
 
 - ``gaussian``: ``x̃ = x + σ·ε``, ε ~ N(0, 1) per entry (σ in units of the per-channel std);
 - ``masking``: a fraction ν of each image's pixels (all channels of a pixel together; of a row's
@@ -44,7 +44,7 @@ NOISES = ("gaussian", "masking", "salt_pepper")
 @dataclasses.dataclass(frozen=True)
 class Config:
     noise: str = "gaussian"  # one of NOISES
-    # σ of the gaussian noise on the normalised image (METHODS.md: [0.1, 1], default 0.5).
+    # σ of the gaussian noise on the normalised image (docs/methods.md: [0.1, 1], default 0.5).
     noise_std: float = 0.5
     # ν, the fraction of pixels masked or salted (Vincent et al. use 10-40 %; ignored by gaussian).
     noise_fraction: float = 0.25

@@ -1,9 +1,10 @@
 """DARe, the Distribution Alignment Regulariser (Tomer & Sharma, "Representation Learning
-Algorithms", seed 000): a VAE-inspired contrastive method. The head ``g`` predicts a diagonal
-Gaussian ``N(μ, σ²I)`` per view from ``f(x)``; the projections are reparameterised samples
-``z = μ + σ⊙ε``, and the loss is a contrastive term on ``z`` plus ``λ_D`` times the Jensen-Shannon
-divergence between the two views' Gaussians (METHODS.md fixes the seed's ambiguities: the decoupled
-cross-view contrastive term, the KL with its −1, the moment-matched JSD midpoint)."""
+Algorithms", the paper that proposes it): a VAE-inspired contrastive method. The head ``g``
+predicts a diagonal Gaussian ``N(μ, σ²I)`` per view from ``f(x)``; the projections are
+reparameterised samples ``z = μ + σ⊙ε``, and the loss is a contrastive term on ``z`` plus ``λ_D``
+times the Jensen-Shannon divergence between the two views' Gaussians (docs/methods.md settles
+what the paper leaves open: the decoupled cross-view contrastive term, the KL with its −1, the
+moment-matched JSD midpoint)."""
 
 from __future__ import annotations
 
@@ -34,11 +35,11 @@ LOGVAR_MAX = 10.0
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    temperature: float = 0.2  # τ of the contrastive term (seed 000 does not give it)
-    lambda_jsd: float = 0.01  # λ_D, weight of the JSD alignment term (seed 000 does not give it)
-    contrastive: str = "decoupled"  # L_con: "decoupled" (seed 000's formula) or "ntxent" (SimCLR)
+    temperature: float = 0.2  # τ of the contrastive term (the paper does not give it)
+    lambda_jsd: float = 0.01  # λ_D, weight of the JSD alignment term (the paper does not give it)
+    contrastive: str = "decoupled"  # L_con: "decoupled" (the paper's formula) or "ntxent" (SimCLR)
     proj_hidden_dim: int = 2048  # head g: Linear-BN-ReLU to this width, then Linear to 2·d
-    proj_output_dim: int = 128  # d, the dimension of μ, log σ² and z (seed's sizes not given)
+    proj_output_dim: int = 128  # d, the dimension of μ, log σ² and z (paper's sizes not given)
 
     def check(self) -> None:
         check_temperature(self.temperature)
@@ -55,8 +56,8 @@ class Config:
 def gaussian_kl(mu1: Tensor, logvar1: Tensor, mu2: Tensor, logvar2: Tensor) -> Tensor:
     """Closed-form ``KL(N(μ₁, σ₁²I) ‖ N(μ₂, σ₂²I))`` of diagonal Gaussians, inputs of shape N × d.
 
-    Per sample, summed over the d dimensions, **with** the −1 per dimension that seed 000's eq. (1)
-    drops (METHODS.md), so that KL(N ‖ N) = 0::
+    Per sample, summed over the d dimensions, **with** the −1 per dimension that the DARe paper's
+    eq. (1) drops (docs/methods.md), so that KL(N ‖ N) = 0::
 
         KL_n = ½ Σ_d ( σ₁²/σ₂² + log(σ₂²/σ₁²) + (μ₂ − μ₁)²/σ₂² − 1 )
 
@@ -73,10 +74,10 @@ def gaussian_kl(mu1: Tensor, logvar1: Tensor, mu2: Tensor, logvar2: Tensor) -> T
 
 @fp32_loss
 def gaussian_jsd(mu1: Tensor, logvar1: Tensor, mu2: Tensor, logvar2: Tensor) -> Tensor:
-    """Jensen-Shannon divergence of ``N(μ₁, σ₁²I)`` and ``N(μ₂, σ₂²I)``, as METHODS.md fixes it.
+    """Jensen-Shannon divergence of ``N(μ₁, σ₁²I)`` and ``N(μ₂, σ₂²I)`` (docs/methods.md).
 
     The JSD of two Gaussians has no closed form (the true midpoint ½(N₁ + N₂) is a mixture, not a
-    Gaussian). METHODS.md replaces the mixture by its moment-matched Gaussian, per dimension::
+    Gaussian). docs/methods.md replaces the mixture by its moment-matched Gaussian, per dimension::
 
         N_m = N( (μ₁ + μ₂)/2,  (σ₁² + σ₂²)/2 + ((μ₁ − μ₂)/2)² )
         JSD = ½ KL(N₁ ‖ N_m) + ½ KL(N₂ ‖ N_m)
@@ -126,7 +127,7 @@ def _decoupled_direction(logits: Tensor) -> Tensor:
 
 @fp32_loss
 def decoupled_contrastive_loss(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
-    """Seed 000's ``L_con``: cross-view contrastive loss with the positive LEFT OUT of the
+    """The DARe paper's ``L_con``: cross-view contrastive loss with the positive LEFT OUT of the
     denominator (the decoupled contrastive loss of Yeh et al., 2022), z1, z2 of shape N × d.
 
     With ``s_ij = sim(z1_i, z2_j)`` the cosine similarity (z1 anchors, z2 candidates)::
@@ -134,7 +135,7 @@ def decoupled_contrastive_loss(z1: Tensor, z2: Tensor, temperature: float) -> Te
         ℓ(z1→z2) = 1/N Σ_i −log( exp(s_ii/τ) / Σ_{j≠i} exp(s_ij/τ) )
         L = ½ [ ℓ(z1→z2) + ℓ(z2→z1) ]
 
-    Two choices beyond the seed's formula, which sums over i in one direction only:
+    Two choices beyond the paper's formula, which sums over i in one direction only:
 
     - the mean over i, not the sum, keeps the loss's scale (and so the weight λ_D of the JSD
       against it) independent of the batch size;
@@ -160,7 +161,7 @@ def decoupled_contrastive_loss(z1: Tensor, z2: Tensor, temperature: float) -> Te
 def dare_loss(z1: Tensor, z2: Tensor, mu1: Tensor, logvar1: Tensor, mu2: Tensor, logvar2: Tensor,
               temperature: float, lambda_jsd: float, contrastive: str = "decoupled"
               ) -> tuple[Tensor, Tensor, Tensor]:
-    """``L_DARe = L_con(z₁, z₂) + λ_D · JSD(N(μ₁, σ₁²I), N(μ₂, σ₂²I))`` (seed 000, METHODS.md).
+    """``L_DARe = L_con(z₁, z₂) + λ_D · JSD(N(μ₁, σ₁²I), N(μ₂, σ₂²I))`` (docs/methods.md).
 
     ``z`` are the reparameterised samples ``μ + σ⊙ε`` of each view, all tensors N × d,
     log-variances ``logvar = log σ²``. ``L_con`` is :func:`decoupled_contrastive_loss`

@@ -1,5 +1,5 @@
 """i-Mix (Lee, Zhu, Sohn, Li, Shin & Lee, 2021, "i-Mix: A Domain-Agnostic Strategy for Contrastive
-Representation Learning", seed 001): mixup on the inputs *and* on the virtual labels of a
+Representation Learning", ICLR 2021): mixup on the inputs *and* on the virtual labels of a
 contrastive method, a regulariser that needs no domain knowledge (with tabular rows, where the two
 views are identical, mixing is the only augmentation).
 
@@ -10,7 +10,7 @@ permutation, and its virtual label with it, ``λ·I + (1−λ)·P_π`` (``P_π``
 
 - N-pair: ``ℓ_N-pair(x̂_i, λv_i + (1−λ)v_π(i))``;
 - MoCo v2: the same soft targets over the N keys of the batch, the queue as extra negatives
-  (seed 001's ``ℓ_MoCo(x_i, ṽ_i; B, M)``);
+  (the paper's ``ℓ_MoCo(x_i, ṽ_i; B, M)``);
 - BYOL: ``λ·ℓ_BYOL(x̂_i, target_i) + (1−λ)·ℓ_BYOL(x̂_i, target_π(i))``.
 
 As in the paper's Algorithm 1 one λ is drawn per batch (the authors' code draws one per sample and
@@ -130,7 +130,7 @@ def mixed_targets(perm: Tensor, lam: Tensor | float) -> Tensor:
 @ops.fp32_loss
 def imix_moco_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float, targets: Tensor
                    ) -> Tensor:
-    """MoCo's loss with soft virtual labels over the batch's keys (seed 001, ``ℓ_MoCo(x_i, ṽ_i;
+    """MoCo's loss with soft virtual labels over the batch's keys (i-Mix's ``ℓ_MoCo(x_i, ṽ_i;
     B, M)``): queries ``f_i = q_i``, the N batch keys ``f̃_n = k_n`` (EMA encoder), the queue
     ``μ`` (K × d, unit rows) as extra negatives::
 

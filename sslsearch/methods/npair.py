@@ -1,6 +1,6 @@
 """N-pair loss (Sohn, 2016, "Improved Deep Metric Learning with Multi-class N-pair Loss
 Objective") as i-Mix (Lee et al., 2021, "i-Mix: A Domain-Agnostic Strategy for Contrastive
-Representation Learning", seed 001) uses it: each anchor of view 1 is classified among the N
+Representation Learning", ICLR 2021) uses it: each anchor of view 1 is classified among the N
 embeddings of view 2, its "virtual label" being its own index in the batch.
 
 Unlike SimCLR's NT-Xent (2N − 2 negatives, drawn from both views), an anchor here only sees the

@@ -1,7 +1,7 @@
 """Relative patch location (Doersch, Gupta & Efros, 2015, "Unsupervised Visual Representation
 Learning by Context Prediction"): two patches of one image go through the same backbone (siamese);
 a head on their concatenated features names where the second patch lies relative to the first
-among its 8 neighbours in a 3×3 grid, an 8-way cross-entropy (METHODS.md, pretext tasks).
+among its 8 neighbours in a 3×3 grid, an 8-way cross-entropy (docs/methods.md, pretext tasks).
 
 The grid and the labels. Square cells of ``cell_size`` px, ``gap`` px apart; patch 1 is the centre
 cell, patch 2 one of its 8 neighbours, labelled in reading order (the paper's figure 2)::
@@ -30,8 +30,8 @@ Adapted to 28–32 px (the paper: 96 px patches, 48 px gaps, up to 7 px jitter i
 lengths are given in pixels of a 28 px image (Fashion-MNIST), where the default grid of 8 px cells
 and 2 px gaps spans the whole image (3·8 + 2·2 = 28), without jitter: on the learning test's FAST
 protocol it gained +1.8, 1.2, 2.1, 1.7, 4.8 val kNN points (seeds 0-4) where 1 px gaps with 1 px
-jitter gained +1.5, −0.8, +0.8 (seeds 0-2). METHODS.md's 8-9 px cells and 1-2 px gaps do not all
-combine in 28 px (9 px cells leave room for no gap: 3·9 = 27). At another side S every length is
+jitter gained +1.5, −0.8, +0.8 (seeds 0-2). docs/methods.md's 8-9 px cells and 1-2 px gaps do not
+all combine in 28 px (9 px cells leave room for no gap: 3·9 = 27). At another side S every length is
 scaled by S/28 and floored (32 px CIFAR: 9 px cells, 2 px gaps, 31 px), so a grid that fits 28 px
 fits every size: :meth:`Config.check` tests ``3·cell_size + 2·gap ≤ 28`` when the config is
 built, and the first forward raises a ValueError if the image is so small that a cell rounds to
@@ -98,8 +98,8 @@ OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    # Lengths in pixels of a 28 px image (scaled by side/28 elsewhere). METHODS.md: 8-9 px cells,
-    # 1-2 px gaps for 28 px. The grid must fit: 3·cell_size + 2·gap ≤ 28.
+    # Lengths in pixels of a 28 px image (scaled by side/28 elsewhere). docs/methods.md: 8-9 px
+    # cells, 1-2 px gaps for 28 px. The grid must fit: 3·cell_size + 2·gap ≤ 28.
     cell_size: int = 8
     gap: int = 2
     # Each patch moved by up to this many px along each axis (the paper: 7 px of 96 px patches);

@@ -1,6 +1,6 @@
 """Rotation prediction (Gidaris, Singh & Komodakis, 2018, "Unsupervised Representation Learning by
 Predicting Image Rotations"): the backbone sees each image turned by 0°, 90°, 180° or 270° and a
-small head on its features names the angle, a 4-way cross-entropy (METHODS.md, pretext tasks).
+small head on its features names the angle, a 4-way cross-entropy (docs/methods.md, pretext tasks).
 
 Rotated copies: ``rotations_per_image`` (r, 1–4) distinct angles per image, drawn at random (all
 four, as in the paper, at r = 4); copy j is taken from view ``1 + j mod 2``, so the two augmented

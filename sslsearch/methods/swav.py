@@ -86,7 +86,7 @@ def sinkhorn(scores: Tensor, epsilon: float, iterations: int = 3) -> Tensor:
 @ops.fp32_loss
 def swav_loss(scores_t: Tensor, scores_s: Tensor, q_t: Tensor, q_s: Tensor,
               temperature: float) -> Tensor:
-    """SwAV's swapped prediction: the SUM of the two terms, as METHODS.md and the paper (eq. 1)::
+    """SwAV's swapped prediction: the SUM of the two terms, as the paper's eq. 1 (docs/methods.md)::
 
         L = ℓ(z_t, q_s) + ℓ(z_s, q_t),   ℓ(z, q) = −1/B Σ_b Σ_k q_bk · log softmax_k(z_b·c_k / τ)
 

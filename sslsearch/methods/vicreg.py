@@ -1,5 +1,5 @@
 """VICReg (Bardes, Ponce & LeCun, 2022, "Variance-Invariance-Covariance Regularization for
-Self-Supervised Learning"), as the official implementation computes it (see METHODS.md)."""
+Self-Supervised Learning"), as the official implementation computes it (see docs/methods.md)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""DARe (seed 000): the Gaussian KL / JSD and the decoupled contrastive loss against hand-computed
-values, torch.distributions and slow float64 loops; gradients through the reparameterisation; the
-method's head, clamp, determinism and checkpoint; learning on digits and Fashion-MNIST."""
+"""DARe (Tomer & Sharma, "Representation Learning Algorithms"): the Gaussian KL / JSD and the
+decoupled contrastive loss against hand-computed values, torch.distributions and slow float64
+loops; gradients through the reparameterisation; the method's head, clamp, determinism and
+checkpoint; learning on digits and Fashion-MNIST."""
 
 import functools
 import math

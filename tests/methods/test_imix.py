@@ -317,7 +317,7 @@ def test_config_check() -> None:
         methods.method_config("imix", {"base": base})
 
 
-# The image learning test is in test_learning.py; this one is the tabular setting of seed 001.
+# The image learning test is in test_learning.py; this one is the i-Mix paper's tabular setting.
 # Measured on 2 busy CPU cores (15 epochs, batch 128, 3–7 s/epoch; the 144-image validation
 # split makes one image 0.007).
 #

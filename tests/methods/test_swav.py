@@ -140,7 +140,7 @@ def test_sinkhorn_ignores_a_per_prototype_offset() -> None:
 def test_loss_hand_computed() -> None:
     # τ = 1. View t has uniform scores: ℓ(z_t, q_s) = log 2 whatever q_s. View s scores
     # [[1, 0], [0, 1]] against one-hot codes of view t on the same prototype:
-    # ℓ(z_s, q_t) = −log(e / (e + 1)) = log(1 + 1/e). METHODS.md's L is the sum of the two.
+    # ℓ(z_s, q_t) = −log(e / (e + 1)) = log(1 + 1/e). docs/methods.md's L is the sum of the two.
     st = torch.zeros(2, 2)
     ss = torch.eye(2)
     qt = torch.eye(2)

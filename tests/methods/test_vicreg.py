@@ -1,4 +1,5 @@
-"""VICReg's loss against an independent, loop-by-loop computation of METHODS.md's definition."""
+"""VICReg's loss against an independent, loop-by-loop computation of its definition in
+docs/methods.md."""
 
 import math
 
