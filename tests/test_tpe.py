@@ -248,3 +248,17 @@ def test_tpe_proposes_away_from_collapsing_configurations() -> None:
     infeasible = [_collapse_proposals(seed, "infeasible") for seed in range(4)]
     blind = [_collapse_proposals(seed, "fail") for seed in range(4)]
     assert sum(infeasible) * 2 <= sum(blind), (infeasible, blind)
+
+
+def test_the_private_fields_of_rays_optuna_search_it_relies_on_are_there() -> None:
+    """``SSLOptunaSearch`` reads Ray's ``OptunaSearch._ot_trials`` (trial id → Optuna trial) and
+    ``_completed_trials`` (ids already told): private fields, so pyproject.toml pins the Ray
+    versions tested; this fails first, by name, when a Ray upgrade renames them."""
+    searcher = _searcher()
+    assert searcher.suggest("t") is not None
+    assert isinstance(searcher._ot_trials, dict) and "t" in searcher._ot_trials, \
+        "ray.tune.search.optuna.OptunaSearch._ot_trials changed: see SSLOptunaSearch"
+    assert isinstance(searcher._ot_trials["t"], optuna.trial.Trial)
+    _run(searcher, "t", [0.5, 0.6, 0.7, 0.8])
+    assert "t" in searcher._completed_trials, \
+        "ray.tune.search.optuna.OptunaSearch._completed_trials changed: see SSLOptunaSearch"
