@@ -16,6 +16,7 @@ from typing import Any
 from sslsearch.config import Experiment, SearchConfig, check_objective
 from sslsearch.errors import ConfigError
 from sslsearch.schema import build_dataclass
+from sslsearch.sweepdir import is_remote
 
 DEFAULT_STORAGE = "sslsearch_results"
 
@@ -188,13 +189,13 @@ class Overrides:
 
 
 def storage_location(text: str) -> str:
-    if "://" in text:
+    if is_remote(text):
         return text.rstrip("/")
     return str(Path(text).expanduser().resolve())
 
 
 def find_resume_folder(args: argparse.Namespace, storage: str) -> Path:
-    if "://" in storage:
+    if is_remote(storage):
         raise ConfigError("--resume with a remote --storage needs a local path to the sweep")
     if args.resume:
         given = Path(args.resume).expanduser()

@@ -45,6 +45,7 @@ from sslsearch.outbox import OUTBOX_FILE
 from sslsearch.results import RAW_KEYS, SELECTION, TrialRecord, record
 from sslsearch.schema import resolve_file, results_folder
 from sslsearch.summary import correlation_markdown
+from sslsearch.sweepdir import is_remote
 from sslsearch.tracking_uri import check_reachable, normalize_uri
 
 # ------------------------------------------------------------------------------------------------
@@ -148,7 +149,7 @@ def _plan(args: argparse.Namespace, argv: list[str]) -> Comparison:
                               f"(it draws: {', '.join(methods)})")
         methods = wanted
     storage = storage_location(args.storage)
-    if "://" in storage:
+    if is_remote(storage):
         raise ConfigError("--compare writes its report to a local folder: give a local --storage")
     name = args.name or sweep.new_sweep_id(f"compare-{space_path.stem}")
     folder = results_folder(name, storage)  # a user-given name stays in the results folder

@@ -42,6 +42,7 @@ from sslsearch.data.survey import (
 from sslsearch.errors import ConfigError
 from sslsearch.labelfree import MIN_SAMPLES
 from sslsearch.space import Dist, SearchSpace
+from sslsearch.sweepdir import is_remote
 
 # The trial fields that decide what a trial loads and how much memory its data takes.
 DATA_FIELDS = ("dataset", "data_dir", "download", "labels", "val_fraction", "max_train_samples",
@@ -183,7 +184,7 @@ def check_memory(shape: Shape, cfg: Mapping[str, Any], exp: Experiment,
 
 def check_storage(storage: str, name: str) -> None:
     """``--storage`` must be (or become) a writable folder, and the sweep's folder in it too."""
-    if "://" in storage:
+    if is_remote(storage):
         return  # remote storage (s3://...): Ray checks it
     root = Path(storage)
     for path in (root, root / name):

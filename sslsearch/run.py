@@ -261,7 +261,7 @@ def sync_tracking(given: str, storage: str) -> int:
     if path.is_dir():
         path = path / OUTBOX_FILE
     elif not path.is_file():
-        if "://" in storage:
+        if sweepdir.is_remote(storage):
             raise ConfigError("--sync-tracking with a remote --storage needs the outbox's path")
         path = results_folder(given, storage, "--sync-tracking") / OUTBOX_FILE
     if not path.is_file():

@@ -36,6 +36,7 @@ from sslsearch.results import FINISHED, STOPPED_EARLY, configured_epochs, trial_
 from sslsearch.schema import check_owned
 from sslsearch.space import SearchSpace
 from sslsearch.stopping import BudgetStopper, CollapseStopper
+from sslsearch.sweepdir import is_remote
 from sslsearch.tracking import MLflowTrialCallback
 from sslsearch.trainable import trainable
 
@@ -176,7 +177,7 @@ class SweepSettings:
     def outbox_file(self) -> Path:
         if self.outbox is not None:
             return Path(self.outbox)
-        if "://" in self.storage:
+        if is_remote(self.storage):
             return Path.cwd().resolve() / f"{self.name}-{OUTBOX_FILE}"
         return Path(self.storage) / self.name / OUTBOX_FILE
 

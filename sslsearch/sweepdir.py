@@ -35,6 +35,12 @@ _TRIAL_DIR = re.compile(r"[a-z][a-z0-9_]*_[0-9a-f]{5,8}(_\d{5})?")
 _held: dict[Path, IO[str]] = {}  # the locks this process holds, by sweep folder
 
 
+def is_remote(storage: str | Path) -> bool:
+    """Whether ``--storage`` is a URI (``s3://``, ``gs://``, ...) that Ray's pyarrow filesystem
+    writes, rather than a local or mounted folder: the one rule every entry point asks."""
+    return "://" in str(storage)
+
+
 def lock(folder: Path | None, name: str) -> None:
     """Hold the sweep's lock for the rest of this process (or until :func:`release_all`); a
     ConfigError naming the running driver when another process holds it. Nothing for a sweep

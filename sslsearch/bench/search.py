@@ -72,6 +72,7 @@ from sslsearch.errors import ConfigError, exit_code
 from sslsearch.results import SELECTION
 from sslsearch.schema import resolve_file, results_folder
 from sslsearch.space import SearchSpace
+from sslsearch.sweepdir import is_remote
 from sslsearch.tracking_uri import check_reachable, normalize_uri
 
 
@@ -245,7 +246,7 @@ def plan(args: argparse.Namespace) -> Plan:
         raise ConfigError(f"--strategies {args.strategies!r}: expected distinct names from "
                           f"{', '.join(STRATEGIES)}")
     budgets = _budgets(args, exp)
-    if "://" in str(args.storage):
+    if is_remote(args.storage):
         raise ConfigError(f"--storage {args.storage}: the benchmark writes to a local folder")
     name = args.name if args.name is not None else sweep.new_sweep_id(
         f"bench-search-{space_path.stem}")
