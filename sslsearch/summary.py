@@ -92,6 +92,9 @@ def summarize(results: Any, metric: str, mode: str, confirmation: Any = None
 # ------------------------------------------------------------------------------------------------
 # Label-free metrics against the labels: do they rank trials as the labels would?
 
+# Below this many trials a rank correlation is printed as "too few trials": with 3 or 4 pairs
+# |ρ| = 1 happens by chance alone one time in 3 or in 12.
+MIN_RANK_PAIRS = 5
 LABELED_KEYS = {"val_knn_acc": "val kNN", "probe_val_acc": "probe val",
                 "probe_data_val_acc": "probe_data_dir val"}
 
@@ -161,7 +164,8 @@ def correlation_markdown(trials: Sequence[tuple[str, Mapping[str, Any]]]) -> str
             if any(labeled in m for _, m in trials)]
     head = " | ".join(f"{f} vs {LABELED_KEYS[lab]}" for f, lab in cols)
     lines = ["## Label-free metrics against the labels", "",
-             "Spearman's ρ across trials (last result of each; pairs counted in brackets): does "
+             "Spearman's ρ across trials (last result of each; pairs counted in brackets; "
+             f"fewer than {MIN_RANK_PAIRS}: too few trials): does "
              "the metric rank trials as the labels do? Within one method is what the papers "
              "claim; across methods is indicative only (whitening losses inflate rank).", "",
              f"| trials of | trials | {head} |", "|---|---|" + "---|" * len(cols)]
@@ -169,6 +173,7 @@ def correlation_markdown(trials: Sequence[tuple[str, Mapping[str, Any]]]) -> str
         cells = []
         for free, labeled in cols:
             rho, n = row[f"{free} vs {labeled}"]
-            cells.append("n/a" if rho is None else f"{rho:+.2f} ({n})")
+            cells.append(f"too few trials ({n})" if n < MIN_RANK_PAIRS
+                         else "n/a" if rho is None else f"{rho:+.2f} ({n})")
         lines.append(f"| {row['group']} | {row['n']} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"

@@ -54,16 +54,19 @@ def test_the_names_agree_with_the_metrics_module() -> None:
 
 def test_correlations_per_method_and_across() -> None:
     trials = [("simclr", {"rankme": r, "lidar": 5 - r, "val_knn_acc": acc, "probe_val_acc": acc})
-              for r, acc in ((1, 0.5), (2, 0.6), (3, 0.7), (4, 0.8))]
+              for r, acc in ((1, 0.5), (2, 0.6), (3, 0.7), (4, 0.8), (5, 0.9))]
     trials += [("vicreg", {"rankme": 9, "val_knn_acc": 0.1}), ("vicreg", {"rankme": 8})]
     md = correlation_markdown(trials)
     simclr = next(line for line in md.splitlines() if line.startswith("| simclr"))
     cells = [c.strip() for c in simclr.strip("|").split("|")]
     # rankme vs val kNN, rankme vs probe val, lidar vs val kNN, lidar vs probe val, then α-ReQ
-    assert cells[:2] == ["simclr", "4"]
-    assert cells[2:6] == ["+1.00 (4)", "+1.00 (4)", "-1.00 (4)", "-1.00 (4)"]
-    assert cells[6:] == ["n/a", "n/a"]
-    assert "| vicreg | 2 |" in md and "| all methods | 6 |" in md
+    assert cells[:2] == ["simclr", "5"]
+    assert cells[2:6] == ["+1.00 (5)", "+1.00 (5)", "-1.00 (5)", "-1.00 (5)"]
+    assert cells[6:] == ["too few trials (0)", "too few trials (0)"]
+    # 2 vicreg trials, 1 pair: no ρ is printed from so few
+    vicreg = next(line for line in md.splitlines() if line.startswith("| vicreg"))
+    assert "too few trials (1)" in vicreg and "+" not in vicreg
+    assert "| all methods | 7 |" in md
     assert correlation_markdown([("simclr", {"val_knn_acc": 0.5})]) == ""
 
 
