@@ -15,13 +15,12 @@ import os
 import shlex
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from sslsearch import sweepdir
+from sslsearch import console, sweepdir
 from sslsearch.cli import Overrides, build_parser, find_resume_folder, storage_location
 from sslsearch.compare import run_compare, trial_keys
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
@@ -62,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace, argv: list[str]) -> int:
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    console.quiet_libraries()
     if args.sync_tracking is not None:
         return sync_tracking(args.sync_tracking, storage_location(args.storage))
     if args.compare:

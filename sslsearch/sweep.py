@@ -63,6 +63,11 @@ class SSLOptunaSearch(OptunaSearch):
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        import optuna
+
+        # Optuna configures its logger at INFO when first used: its "A new study created in
+        # memory" line is noise on the sweep's console (sslsearch.console).
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         super().__init__(*args, **kwargs)
         self._planned_epochs: dict[str, int | None] = {}
 

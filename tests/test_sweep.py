@@ -181,6 +181,9 @@ def test_default_sqlite_sweep_asha_stops_some(tmp_path: Path) -> None:
                          "--name", "asha", "--storage", "results"],
                         tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    for chatter in ("Token authentication is enabled", "Creating initial MLflow database",
+                    "A new study created"):  # the libraries' start-up lines (sslsearch.console)
+        assert chatter not in out.stdout + out.stderr, chatter
     assert (tmp_path / "mlflow.db").is_file()  # the default tracking store, in the cwd
     children = assert_complete_sweep(f"sqlite:///{tmp_path / 'mlflow.db'}", 6, 4)
     statuses = [c.data.tags.get("trial_status") for c in children]

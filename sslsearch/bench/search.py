@@ -52,15 +52,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import os
 import shlex
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from sslsearch import console
 from sslsearch.bench.budget import Budget, runs_for_budget, tpe_trial_cap, within_one_trial
 from sslsearch.bench.headroom import Confirmer, confirm_run, confirmed_row, reference
 from sslsearch.bench.search_report import RESULTS_MD, aggregate, pct, write_results
@@ -414,8 +413,7 @@ def _log_end(p: Plan, summary: Sequence[dict[str, Any]], written: Sequence[Path]
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m sslsearch.bench search …``: exit code 2 and one line on bad input."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    console.quiet_libraries()
     return exit_code(lambda: run(plan(build_parser().parse_args(argv)), argv))
 
 
