@@ -55,7 +55,10 @@ class TrialConfig:
     epochs: int = 20
     batch_size: int = 256
     optimizer: str = "adamw"
-    base_lr: float = 2e-3  # per 256 examples: lr = base_lr × batch_size / 256
+    base_lr: float = 2e-3  # lr = base_lr × (batch_size / 256) ** p, p by lr_scaling
+    # auto: the optimiser's rule (SGD, LARS: linear, p = 1; AdamW: none, p = 0: optim.py); or
+    # linear, sqrt (p = ½), none
+    lr_scaling: str = "auto"
     weight_decay: float = 1e-4
     momentum: float = 0.9  # SGD / LARS momentum
     warmup_epochs: float = 1.0
@@ -193,6 +196,7 @@ class Experiment:
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 PRECISIONS = ("auto", "bf16", "fp32")
+LR_SCALINGS = ("auto", "linear", "sqrt", "none")  # optim.LR_SCALING_POWERS' names, and auto
 
 
 def _check_trial(cfg: TrialConfig, source: str) -> None:
@@ -233,6 +237,8 @@ def _check_trial(cfg: TrialConfig, source: str) -> None:
         raise bad("compile_mode", ", ".join(COMPILE_MODES))
     if cfg.precision not in PRECISIONS:
         raise bad("precision", ", ".join(PRECISIONS))
+    if cfg.lr_scaling not in LR_SCALINGS:
+        raise bad("lr_scaling", ", ".join(LR_SCALINGS))
 
 
 def trial_config(values: Mapping[str, Any], *, source: str = "<trial>",

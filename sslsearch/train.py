@@ -99,7 +99,7 @@ class Schedule:
         rows = None if group.world_size == 1 else slice(group.rank * per, (group.rank + 1) * per)
         steps = n_train // batch
         return cls(batch, rows, steps, steps * cfg.epochs, round(cfg.warmup_epochs * steps),
-                   scaled_lr(cfg.base_lr, batch))
+                   scaled_lr(cfg.base_lr, batch, cfg.optimizer, cfg.lr_scaling))
 
 
 def run(cfg: TrialConfig, report: ReportFn | None = None,

@@ -327,7 +327,8 @@ def distribute(method: Method, group: ProcessGroup) -> Method:
 def trial_optimizer(trial: LiveTrial, batch_size: int) -> torch.optim.Optimizer:
     """The configured optimiser at the peak learning rate for ``batch_size``."""
     cfg = trial.cfg
-    return build_optimizer(cfg.optimizer, trial.method, lr=scaled_lr(cfg.base_lr, batch_size),
+    lr = scaled_lr(cfg.base_lr, batch_size, cfg.optimizer, cfg.lr_scaling)
+    return build_optimizer(cfg.optimizer, trial.method, lr=lr,
                            weight_decay=cfg.weight_decay, momentum=cfg.momentum,
                            fused=trial.device.type == "cuda",
                            fixed_lr_prefixes=trial.method.fixed_lr_prefixes())

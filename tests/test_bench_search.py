@@ -325,7 +325,7 @@ def test_a_configuration_is_confirmed_once_however_many_runs_pick_it(
     exp = load_experiment("quick")
     space = load_space("simclr.yaml", exp.trial).only("simclr")
     trained: list[list[dict[str, Any]]] = []
-    truth = {0.001: 0.70, 0.002: 0.80, 0.004: 0.76}  # base_lr → confirmed mean
+    truth = {0.0005: 0.70, 0.001: 0.80, 0.004: 0.76}  # base_lr → confirmed mean
 
     def fake_runs_tuner(configs: list[dict[str, Any]], *args: Any, **kwargs: Any) -> Any:
         trained.append(configs)
@@ -342,20 +342,20 @@ def test_a_configuration_is_confirmed_once_however_many_runs_pick_it(
                         tracking_uri="sqlite:///x", mlflow_experiment="e", quiet=True,
                         keep_checkpoints=True, confirm_top=2)
     confirmer = headroom.Confirmer(p, [1, 2, 3])
-    defaults = confirmer.defaults()  # base_lr 0.002: the experiment's
+    defaults = confirmer.defaults()  # base_lr 0.001: the experiment's
     assert defaults.stat("val_knn_acc").mean == pytest.approx(0.802)  # type: ignore[union-attr]
     fixed = space.fixed("simclr")
     ref = headroom.reference(confirmer, [_record("r1", 0.9, **{**fixed, "base_lr": 0.004}),
                                          _record("r2", 0.8, **fixed),
-                                         _record("r3", 0.7, **{**fixed, "base_lr": 0.001})],
+                                         _record("r3", 0.7, **{**fixed, "base_lr": 0.0005})],
                              2, defaults)
     assert len(trained) == 2 and len(trained[1]) == 3  # the defaults were not trained again
     assert ref["best"]["stat"]["mean"] == pytest.approx(0.802)  # the defaults are the best
     assert ref["headroom"]["mean"] == pytest.approx(0.0)
     conf = headroom.confirm_run(confirmer, "tpe_asha",
                                 [_record("t1", 0.95, **{**fixed, "base_lr": 0.004}),
-                                 _record("t2", 0.85, **{**fixed, "base_lr": 0.001})], "t")
-    assert len(trained) == 3 and {c["base_lr"] for c in trained[2]} == {0.001}  # only t2's
+                                 _record("t2", 0.85, **{**fixed, "base_lr": 0.0005})], "t")
+    assert len(trained) == 3 and {c["base_lr"] for c in trained[2]} == {0.0005}  # only t2's
     row = headroom.confirmed_row(conf, ref["best"]["stat"]["mean"])
     assert row["winner"] == "t1" and row["regret"] == pytest.approx(0.802 - 0.762)
     assert row["optimism"] == pytest.approx(0.95 - 0.762)  # #1's search value − its mean

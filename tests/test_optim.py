@@ -8,9 +8,41 @@ from sslsearch.errors import ConfigError
 from sslsearch.optim import LARS, build_optimizer, lr_at, param_groups, scaled_lr, set_lr
 
 
-def test_linear_scaling_rule() -> None:
-    assert scaled_lr(0.3, 512) == pytest.approx(0.6)
-    assert scaled_lr(0.3, 128) == pytest.approx(0.15)
+@pytest.mark.parametrize("optimizer", ["sgd", "lars"])
+def test_sgd_and_lars_scale_the_rate_linearly_per_256_examples(optimizer: str) -> None:
+    assert scaled_lr(0.3, 512, optimizer) == pytest.approx(0.6)
+    assert scaled_lr(0.3, 128, optimizer) == pytest.approx(0.15)
+    assert scaled_lr(0.3, 256, optimizer) == pytest.approx(0.3)
+
+
+def test_adamw_holds_its_rate_at_any_batch_unless_told_otherwise() -> None:
+    for batch in (32, 64, 256, 1024):
+        assert scaled_lr(2e-3, batch, "adamw") == pytest.approx(2e-3)
+    assert scaled_lr(2e-3, 64, "adamw", "linear") == pytest.approx(5e-4)
+    assert scaled_lr(2e-3, 1024, "adamw", "sqrt") == pytest.approx(4e-3)  # √(1024/256) = 2
+    assert scaled_lr(0.3, 512, "sgd", "none") == pytest.approx(0.3)
+    with pytest.raises(ConfigError, match="optimizer 'adam' is unknown"):
+        scaled_lr(1e-3, 64, "adam")
+
+
+def test_a_trial_peaks_at_the_rate_its_rule_gives() -> None:
+    """The training loop's schedule peaks at ``scaled_lr``'s rate for the batch it really uses
+    (AdamW at batch 64: base_lr itself; SGD: a quarter of it; a batch capped by the data: the
+    cap's rate); an unknown lr_scaling is refused naming the field."""
+    from sslsearch.config import trial_config
+    from sslsearch.distributed import ONE_PROCESS
+    from sslsearch.train import Schedule
+
+    for optimizer, scaling, n_train, want in (("adamw", "auto", 1000, 4e-3),
+                                              ("sgd", "auto", 1000, 1e-3),
+                                              ("sgd", "auto", 32, 5e-4),  # batch capped at 32
+                                              ("adamw", "linear", 1000, 1e-3)):
+        cfg = trial_config({"optimizer": optimizer, "base_lr": 4e-3, "batch_size": 64,
+                            "lr_scaling": scaling})
+        assert Schedule.of(cfg, n_train, ONE_PROCESS).peak_lr == pytest.approx(want)
+    with pytest.raises(ConfigError, match=r"trial.lr_scaling = 'cubic' is out of range; "
+                                          r"allowed: auto, linear, sqrt, none"):
+        trial_config({"lr_scaling": "cubic"})
 
 
 def test_warmup_then_cosine() -> None:

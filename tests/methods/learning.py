@@ -12,12 +12,13 @@ from sslsearch.train import run
 # grid: 1,568 features), 4 epochs of batch 64 (128 steps): 8-15 s a method on 2 cores. Heads are
 # narrowed per method in the test (the default 2048-wide heads would cost more than the encoder).
 FAST = {"dataset": "fashion_mnist", "max_train_samples": 2048, "backbone": "small_cnn",
-        "backbone_width": 8, "epochs": 4, "batch_size": 64, "base_lr": 0.008,
+        "backbone_width": 8, "epochs": 4, "batch_size": 64, "base_lr": 0.002,
         "crop_min_scale": 0.3, "grayscale_p": 0.0, "knn_k": 50, "device": "cpu", "probe": False,
         # The label-free metrics draw nothing from training's random stream: off, for time.
         "label_free": False}
 # Digits, small CNN, CPU: seconds per method (the tabular i-Mix test).
 DIGITS = {"dataset": "digits", "backbone": "small_cnn", "epochs": 15, "batch_size": 128,
+          "base_lr": 0.001,
           "crop_min_scale": 0.5, "grayscale_p": 0.0, "knn_k": 20, "device": "cpu",
           "probe": False}
 
