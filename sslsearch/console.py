@@ -4,7 +4,7 @@ Called first by every command that starts Ray, MLflow or Optuna (``run``, ``--co
 search``). Only announcements are silenced, never a setting: Ray's token authentication stays on
 (its "Token authentication is enabled" notice goes), MLflow still creates and migrates its store
 (its "Creating initial MLflow database tables" INFO lines go). Optuna sets its own logger's level
-when first used, so the searcher that creates the study lowers it (``sweep.SSLOptunaSearch``).
+when first used, so the searcher that creates the study lowers it (``searchers.SSLOptunaSearch``).
 Warnings and errors still print.
 """
 

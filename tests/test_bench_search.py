@@ -21,8 +21,8 @@ from sslsearch.bench import search as bs
 from sslsearch.bench import search_report as rep
 from sslsearch.config import load_experiment
 from sslsearch.results import FINISHED
+from sslsearch.searchers import n_startup_trials
 from sslsearch.space import load_space, random_points, trial_from_config
-from sslsearch.sweep import n_startup_trials
 
 # ------------------------------------------------------------------------------------------------
 # The budget: pure functions

@@ -239,7 +239,7 @@ def test_summary_lists_the_confirmed_candidates_first() -> None:
 def test_the_config_list_proposes_each_config_once_across_a_resume(tmp_path: Path) -> None:
     from ray.tune.search import Searcher
 
-    from sslsearch.sweep import ConfigList
+    from sslsearch.searchers import ConfigList
 
     configs = [{"method": "simclr", "seed": s, "_base": {"epochs": 2}} for s in (1, 2, 3)]
     first = ConfigList(configs, METRIC, "max")

@@ -17,13 +17,13 @@ from sslsearch.config import SPACES_DIR, load_experiment, trial_config
 from sslsearch.errors import ConfigError
 from sslsearch.results import FINISHED, STOPPED_EARLY, configured_epochs, trial_status
 from sslsearch.run import main
+from sslsearch.searchers import n_startup_trials, optuna_sampler
 from sslsearch.space import (
     Dist,
     load_space,
     parse_space,
     trial_from_config,
 )
-from sslsearch.sweep import n_startup_trials, optuna_sampler
 
 SHIPPED = sorted(p.name for p in SPACES_DIR.glob("*.yaml"))
 
