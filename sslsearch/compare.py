@@ -53,7 +53,7 @@ from sslsearch.tracking_uri import check_reachable, normalize_uri
 
 
 def trial_keys(space: Any) -> list[str]:
-    from sslsearch.space import Dist
+    from sslsearch.distributions import Dist
 
     keys = [k for k, v in space.trial.items() if isinstance(v, Dist)]
     for method, params in space.methods.items():

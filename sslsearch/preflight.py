@@ -39,9 +39,10 @@ from sslsearch.data.survey import (
     memory_need,
     physical_memory,
 )
+from sslsearch.distributions import Dist
 from sslsearch.errors import ConfigError
 from sslsearch.labelfree import MIN_SAMPLES
-from sslsearch.space import Dist, SearchSpace
+from sslsearch.space import SearchSpace
 from sslsearch.sweepdir import is_remote
 
 # The trial fields that decide what a trial loads and how much memory its data takes.

@@ -32,7 +32,9 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.ticker import MaxNLocator
 
-from sslsearch.space import Dist, SearchSpace, label, param_importances
+from sslsearch.distributions import Dist, label
+from sslsearch.optuna_space import param_importances
+from sslsearch.space import SearchSpace
 
 CURVES = "learning_curves.png"
 IMPORTANCE = "param_importance.png"

@@ -4,7 +4,7 @@ The format (one file per method under ``search_spaces/``, plus ``all_methods.yam
 
     method: vicreg                       # or {choice: [simclr, vicreg, ...]}
     trial:                               # TrialConfig fields shared by every method
-      base_lr: {loguniform: [5.0e-4, 5.0e-3]}
+      base_lr: {loguniform: [4.0e-4, 3.0e-3]}
       batch_size: {choice: [64, 128, 256]}
     methods:                             # per method: fields of that method's Config
       vicreg:
@@ -19,7 +19,6 @@ spaces), and every error names the file, the key path, what was found and what i
 from __future__ import annotations
 
 import dataclasses
-import math
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,84 +26,15 @@ from typing import Any
 
 from sslsearch import methods
 from sslsearch.config import SPACES_DIR, TrialConfig, trial_config
+
+# Dist was defined here until distributions.py: sweeps pickled before resolve it by this name.
+from sslsearch.distributions import DISTRIBUTIONS, Dist, label, number
 from sslsearch.errors import ConfigError
 from sslsearch.schema import check_value, read_yaml, resolve_file
 
-DISTRIBUTIONS = ("uniform", "loguniform", "int", "logint", "choice", "quantized")
 TOP_KEYS = ("description", "initial", "method", "methods", "trial")
 # Trial fields a space may not set: they are the space's own structure, or per-sweep settings.
 _RESERVED = ("method", "method_params")
-
-
-@dataclasses.dataclass(frozen=True)
-class Dist:
-    """One distribution: ``kind`` in DISTRIBUTIONS, ``args`` its validated arguments."""
-
-    kind: str
-    args: tuple[Any, ...]
-
-    def suggest(self, trial: Any, name: str) -> Any:
-        """Draw from an ``optuna.Trial`` (or Ray's captor of one)."""
-        if self.kind == "uniform":
-            return trial.suggest_float(name, self.args[0], self.args[1])
-        if self.kind == "loguniform":
-            return trial.suggest_float(name, self.args[0], self.args[1], log=True)
-        if self.kind == "int":
-            return trial.suggest_int(name, self.args[0], self.args[1])
-        if self.kind == "logint":
-            return trial.suggest_int(name, self.args[0], self.args[1], log=True)
-        if self.kind == "quantized":
-            return trial.suggest_float(name, self.args[0], self.args[1], step=self.args[2])
-        # choice: Optuna's categorical takes scalars only, so list values (e.g. layer widths) are
-        # drawn by their printed form and mapped back.
-        labels = [label(v) for v in self.args]
-        picked = trial.suggest_categorical(name, labels)
-        return self.args[labels.index(picked)]
-
-    def distribution(self) -> Any:
-        """The same distribution as an ``optuna.distributions`` object (what ``suggest`` draws)."""
-        from optuna.distributions import (
-            CategoricalDistribution,
-            FloatDistribution,
-            IntDistribution,
-        )
-
-        a = self.args
-        if self.kind in ("uniform", "loguniform", "quantized"):
-            return FloatDistribution(a[0], a[1], log=self.kind == "loguniform",
-                                     step=a[2] if self.kind == "quantized" else None)
-        if self.kind in ("int", "logint"):
-            return IntDistribution(a[0], a[1], log=self.kind == "logint")
-        return CategoricalDistribution([label(v) for v in a])
-
-    def contains(self, value: Any) -> bool:
-        """Whether ``value`` is one this distribution can draw (a choice's value, or within the
-        bounds; on the grid for ``quantized``, an integer for ``int``/``logint``)."""
-        if self.kind == "choice":
-            return any(label(value) == label(v) for v in self.args)
-        if not _number(value):
-            return False
-        low, high = self.args[0], self.args[1]
-        if self.kind in ("int", "logint") and not isinstance(value, int):
-            return False
-        if self.kind == "quantized":
-            steps = (value - low) / self.args[2]
-            if abs(steps - round(steps)) > 1e-9:
-                return False
-        return bool(low <= value <= high)
-
-    def corners(self) -> list[Any]:
-        """Values that must all be valid for the field: the bounds, or every choice."""
-        if self.kind == "choice":
-            return list(self.args)
-        if self.kind == "quantized":
-            low, high, step = self.args
-            return [low, low + math.floor((high - low) / step + 1e-9) * step]
-        return [self.args[0], self.args[1]]
-
-
-def label(value: Any) -> Any:
-    return value if isinstance(value, str | int | float | bool) or value is None else str(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,10 +135,6 @@ def trial_from_config(config: Mapping[str, Any], *, source: str = "<trial>") -> 
 # Parsing and validation
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _parse_dist(spec: Mapping[str, Any], src: str, path: str) -> Dist:
     if len(spec) != 1:
         raise ConfigError(f"{src}: {path} must have exactly one distribution key, found "
@@ -227,7 +153,7 @@ def _parse_dist(spec: Mapping[str, Any], src: str, path: str) -> Dist:
         return Dist(kind, tuple(args))
     n = 3 if kind == "quantized" else 2
     shape = "[low, high, step]" if n == 3 else "[low, high]"
-    if not isinstance(args, list) or len(args) != n or not all(_number(a) for a in args):
+    if not isinstance(args, list) or len(args) != n or not all(number(a) for a in args):
         raise ConfigError(f"{where} must be {shape} (numbers), found {args!r}")
     low, high = args[0], args[1]
     if kind in ("int", "logint") and not all(isinstance(a, int) for a in args):
@@ -407,40 +333,3 @@ def load_space(name: str | Path, base: TrialConfig | None = None) -> SearchSpace
     """Load a space YAML: a path, or a bare name under ``search_spaces/``."""
     path = resolve_file(name, SPACES_DIR, "space")
     return parse_space(read_yaml(path), str(path), base)
-
-
-def param_importances(rows: list[tuple[dict[str, Any], float]], dists: dict[str, Dist]
-                      ) -> dict[str, float]:
-    """fANOVA importances of ``dists``' parameters over finished trials ``(params, value)``.
-
-    The trials are replayed into a fresh Optuna study (``create_trial`` + ``add_trial``), so this
-    works from Ray's results after the sweep. Raises ValueError/RuntimeError when fANOVA cannot
-    fit (e.g. a degenerate forest).
-    """
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize")
-    for params, value in rows:
-        study.add_trial(optuna.trial.create_trial(
-            params={k: label(params[k]) for k in dists},
-            distributions={k: d.distribution() for k, d in dists.items()}, value=value))
-    values = optuna.importance.get_param_importances(
-        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
-    return {k: float(v) for k, v in values.items()}
-
-
-def random_points(space: SearchSpace, n: int, seed: int) -> list[dict[str, Any]]:
-    """``n`` parameter sets drawn by Optuna's ``RandomSampler(seed)``, keyed (and labelled, for
-    choices) as the space's Optuna trials name them: points the sweep's searcher evaluates."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed),
-                                direction="maximize")
-    points = []
-    for _ in range(n):
-        trial = study.ask()
-        space(trial)
-        points.append(dict(trial.params))
-    return points

@@ -20,9 +20,10 @@ from sslsearch.bench import headroom, strategies
 from sslsearch.bench import search as bs
 from sslsearch.bench import search_report as rep
 from sslsearch.config import load_experiment
+from sslsearch.optuna_space import random_points
 from sslsearch.results import FINISHED
 from sslsearch.searchers import n_startup_trials
-from sslsearch.space import load_space, random_points, trial_from_config
+from sslsearch.space import load_space, trial_from_config
 
 # ------------------------------------------------------------------------------------------------
 # The budget: pure functions

@@ -13,8 +13,9 @@ from typing import Any
 from sslsearch.bench.budget import Budget, best_so_far, within_one_trial
 from sslsearch.bench.search_report import drop_checkpoints
 from sslsearch.config import Experiment
+from sslsearch.optuna_space import random_points
 from sslsearch.results import FINISHED, TrialRecord
-from sslsearch.space import SearchSpace, random_points
+from sslsearch.space import SearchSpace
 
 STRATEGIES = ("default", "random", "tpe_asha")
 
