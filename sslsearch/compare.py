@@ -39,7 +39,7 @@ from sslsearch.cli import Overrides, storage_location
 from sslsearch.compare_table import comparison_markdown, method_rows
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
 from sslsearch.confirm import Choice, Confirmation, choose, fresh_seeds
-from sslsearch.confirm import markdown as confirm_markdown
+from sslsearch.confirm_report import markdown as confirm_markdown
 from sslsearch.errors import ConfigError
 from sslsearch.outbox import OUTBOX_FILE
 from sslsearch.results import RAW_KEYS, SELECTION, TrialRecord, record

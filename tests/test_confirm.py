@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from sslsearch import confirm
+from sslsearch import confirm, confirm_report
 from sslsearch.config import load_experiment
 from sslsearch.confirm import Candidate, Confirmation, choose, fresh_seeds, paired, stat, t975
 from sslsearch.results import (
@@ -184,7 +184,7 @@ def test_the_winner_is_the_best_confirmed_mean_not_the_best_search_value() -> No
     assert tags["sslsearch.best_trial_id"] == "b" and tags["sslsearch.best_run_trial_id"] == "2-3"
     assert metrics["confirm.optimism"] == pytest.approx(0.05)
     assert metrics["confirm.vs_defaults"] == pytest.approx(0.03)
-    text = confirm.markdown(conf, search_seed=0)
+    text = confirm_report.markdown(conf, search_seed=0)
     lines = [line for line in text.splitlines() if line.startswith("| ") and "rank" not in line]
     assert [line.split("|")[2].strip() for line in lines] == ["**#2 (b), winner**", "#1 (a)",
                                                               "defaults"]
@@ -196,12 +196,12 @@ def test_the_winner_is_the_best_confirmed_mean_not_the_best_search_value() -> No
 def test_differences_inside_the_noise_are_said_to_be_so() -> None:
     conf = _confirmation()
     conf.candidates[2].runs = _runs(confirm.DEFAULTS, {1: 0.83, 2: 0.80, 3: 0.84})
-    said = "\n".join(confirm.sentences(conf))
+    said = "\n".join(confirm_report.sentences(conf))
     assert "winner − the experiment's own configuration: −0.33 points" in said
     assert "not distinguishable from zero" in said
     # The defaults clearly better: said in so many words.
     conf.candidates[2].runs = _runs(confirm.DEFAULTS, {1: 0.90, 2: 0.91, 3: 0.90})
-    assert "did better on the fresh seeds" in "\n".join(confirm.sentences(conf))
+    assert "did better on the fresh seeds" in "\n".join(confirm_report.sentences(conf))
 
 
 def test_a_candidate_that_is_the_defaults_is_not_run_twice() -> None:
@@ -225,7 +225,7 @@ def test_a_candidate_that_is_the_defaults_is_not_run_twice() -> None:
     cands = confirm.plan([other, _t("x", 0.9, status="failed: nan_loss")], METRIC, "max", 3, None)
     assert [c.label for c in cands] == ["1"]
     conf = Confirmation(METRIC, "max", [1], 3, cands)
-    assert "only 1 trial(s) were eligible" in confirm.sentences(conf)[0]
+    assert "only 1 trial(s) were eligible" in confirm_report.sentences(conf)[0]
 
 
 def test_summary_lists_the_confirmed_candidates_first() -> None:
