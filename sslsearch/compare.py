@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sslsearch import provenance
 from sslsearch.cli import Overrides, storage_location
 from sslsearch.compare_table import comparison_markdown, method_rows
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
@@ -174,7 +175,7 @@ def _log_start(c: Comparison) -> None:
                 "num_samples_per_method": exp.search.num_samples, "epochs": exp.trial.epochs,
                 "metric": exp.search.metric, "seed": exp.trial.seed, "compare": True,
                 "methods": ",".join(c.methods), "seeds": ",".join(map(str, c.seeds))},
-        tags={**tracking.sweep_tags(), "command": c.command, "sslsearch.kind": "compare"},
+        tags={**provenance.sweep_tags(), "command": c.command, "sslsearch.kind": "compare"},
         texts={**checked.texts, "space.yaml": c.space_path.read_text(),
                "experiment.yaml": Path(exp.source).read_text(), "command.txt": c.command + "\n"})
     print(f"comparison {c.name}: {', '.join(c.methods)}; {exp.search.num_samples} search trials "

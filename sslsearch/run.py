@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from sslsearch import console, sweepdir
+from sslsearch import console, provenance, sweepdir
 from sslsearch.cli import Overrides, build_parser, find_resume_folder, storage_location
 from sslsearch.compare import run_compare, trial_keys
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
@@ -181,7 +181,7 @@ def _log_new_sweep(plan: Plan, args: argparse.Namespace, argv: list[str],
         params={"space": plan.space_path.name, "experiment": Path(exp.source).name,
                 "num_samples": exp.search.num_samples, "epochs": exp.trial.epochs,
                 "metric": exp.search.metric, "seed": exp.trial.seed, **checked.params},
-        tags={**tracking.sweep_tags(), "command": sweep.python_command(argv)},
+        tags={**provenance.sweep_tags(), "command": sweep.python_command(argv)},
         texts={"space.yaml": plan.space_path.read_text(),
                "experiment.yaml": Path(exp.source).read_text(),
                "command.txt": sweep.python_command([shlex.quote(a) for a in argv]) + "\n",

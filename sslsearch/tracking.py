@@ -377,27 +377,3 @@ class MLflowTrialCallback(Callback):
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         self.outbox.flush()  # a last try; the driver's report closes the outbox
-
-
-def sweep_tags() -> dict[str, str]:
-    """Package versions and git commit: what produced the sweep."""
-    import subprocess
-
-    import mlflow
-    import optuna
-    import ray
-    import torch
-
-    tags = {"version.torch": torch.__version__, "version.ray": ray.__version__,
-            "version.optuna": optuna.__version__, "version.mlflow": mlflow.__version__}
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=5, check=False).stdout.strip()
-        if commit:
-            tags["mlflow.source.git.commit"] = commit
-    except (OSError, subprocess.SubprocessError):
-        pass
-    from sslsearch import __version__
-
-    tags["version.sslsearch"] = __version__
-    return tags

@@ -59,7 +59,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from sslsearch import console
+from sslsearch import console, provenance
 from sslsearch.bench.budget import Budget, runs_for_budget, tpe_trial_cap, within_one_trial
 from sslsearch.bench.headroom import Confirmer, confirm_run, confirmed_row, reference
 from sslsearch.bench.search_report import RESULTS_MD, aggregate, pct, write_results
@@ -376,7 +376,7 @@ def _log_start(p: Plan, command: str) -> None:
                 "strategies": ",".join(p.strategies), "metric": p.exp.search.metric,
                 "reference_trials": p.reference_trials, "reference_top": p.reference_top,
                 "confirm_top": p.confirm_top, "confirm_seeds": p.confirm_seeds},
-        tags={**tracking.sweep_tags(), "command": command, "sslsearch.kind": "bench_search"},
+        tags={**provenance.sweep_tags(), "command": command, "sslsearch.kind": "bench_search"},
         texts={"space.yaml": p.space_path.read_text(),
                "experiment.yaml": Path(p.exp.source).read_text(), "command.txt": command + "\n"})
     print(f"bench search {p.name}: {p.method} ({p.space_path.name}), experiment "
