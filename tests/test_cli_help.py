@@ -16,7 +16,7 @@ def _blocks(text: str) -> list[str]:
 @pytest.mark.parametrize("command", ["run", "bench search"])
 def test_every_flag_states_its_default_once_and_never_none(
         command: str, capsys: pytest.CaptureFixture[str]) -> None:
-    from sslsearch.bench.search import build_parser as bench_parser
+    from sslsearch.bench.search_cli import build_parser as bench_parser
     from sslsearch.cli import build_parser
 
     parser = build_parser() if command == "run" else bench_parser()
