@@ -22,7 +22,9 @@ MAX_MODULE_LINES = 400
 MAX_DRIVER_FUNCTION_LINES = 60
 # The modules that users run (python -m ...) and the functions they call to parse and dispatch.
 DRIVERS = ("run", "compare", "cli", "train", "all_methods", "bench.__main__", "bench.search",
-           "bench.search_cli", "bench.selection", "bench.preflight", "bench.workers")
+           "bench.search_cli", "bench.selection", "bench.preflight", "bench.workers",
+           # the trial loop, which a reader follows step by step too
+           "trial", "checkpoint", "evaluate")
 
 
 def _modules() -> dict[str, Path]:
