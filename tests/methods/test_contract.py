@@ -92,3 +92,27 @@ def test_state_round_trips_through_checkpoint(name: str, digits: DataBundle, tmp
     save_checkpoint(tmp_path / "again", {"model": fresh.state_dict()})
     again = load_checkpoint(tmp_path / "again")
     assert again is not None and again["model"].keys() == state["model"].keys()
+
+
+def test_every_method_has_the_six_pieces_a_method_needs() -> None:
+    """The README's "Adding a method": a registered method has its module, its space, its own
+    test file, its place in all_methods.yaml and a case in the learning and precision tests;
+    this names every piece a method lacks."""
+    from sslsearch.config import SPACES_DIR
+    from sslsearch.space import load_space
+    from tests.methods.test_learning import CASES as LEARNING
+    from tests.methods.test_precision import CASES as PRECISION
+
+    here = Path(__file__).parent
+    package = Path(methods.__file__).parent
+    in_all = set(load_space("all_methods").method_names)
+    missing = [f"{m}: {piece}" for m in ALL for piece, present in (
+        (f"sslsearch/methods/{m}.py", (package / f"{m}.py").is_file()),
+        (f"search_spaces/{m}.yaml", (SPACES_DIR / f"{m}.yaml").is_file()),
+        (f"tests/methods/test_{m}.py", (here / f"test_{m}.py").is_file()),
+        ("search_spaces/all_methods.yaml (python -m sslsearch.all_methods)", m in in_all),
+        ("a case in tests/methods/test_learning.py's CASES", m in LEARNING),
+        ("a case of its loss in tests/methods/test_precision.py's CASES",
+         any(k.startswith(f"sslsearch.methods.{m}.") for k in PRECISION)),
+    ) if not present]
+    assert not missing, "\n".join(missing)
