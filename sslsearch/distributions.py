@@ -1,6 +1,6 @@
-"""One distribution of a search space (:class:`Dist`): how it draws from an Optuna trial, its
-``optuna.distributions`` twin, and which values it can draw. Parsed from YAML by
-:mod:`sslsearch.space`; Optuna is imported only when called."""
+"""One distribution of a search space (:class:`Dist`): how it draws from an Optuna trial and
+which values it can draw. Parsed from YAML by :mod:`sslsearch.space`; imports no Optuna (its
+``optuna.distributions`` twin is :func:`sslsearch.optuna_space.optuna_distribution`)."""
 
 from __future__ import annotations
 
@@ -43,22 +43,6 @@ class Dist:
         labels = [label(v) for v in self.args]
         picked = trial.suggest_categorical(name, labels)
         return self.args[labels.index(picked)]
-
-    def distribution(self) -> Any:
-        """The same distribution as an ``optuna.distributions`` object (what ``suggest`` draws)."""
-        from optuna.distributions import (
-            CategoricalDistribution,
-            FloatDistribution,
-            IntDistribution,
-        )
-
-        a = self.args
-        if self.kind in ("uniform", "loguniform", "quantized"):
-            return FloatDistribution(a[0], a[1], log=self.kind == "loguniform",
-                                     step=a[2] if self.kind == "quantized" else None)
-        if self.kind in ("int", "logint"):
-            return IntDistribution(a[0], a[1], log=self.kind == "logint")
-        return CategoricalDistribution([label(v) for v in a])
 
     def contains(self, value: Any) -> bool:
         """Whether ``value`` is one this distribution can draw (a choice's value, or within the

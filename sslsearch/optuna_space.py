@@ -10,6 +10,23 @@ from sslsearch.distributions import Dist, label
 from sslsearch.space import SearchSpace
 
 
+def optuna_distribution(d: Dist) -> Any:
+    """``d`` as an ``optuna.distributions`` object (what ``Dist.suggest`` draws)."""
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    a = d.args
+    if d.kind in ("uniform", "loguniform", "quantized"):
+        return FloatDistribution(a[0], a[1], log=d.kind == "loguniform",
+                                 step=a[2] if d.kind == "quantized" else None)
+    if d.kind in ("int", "logint"):
+        return IntDistribution(a[0], a[1], log=d.kind == "logint")
+    return CategoricalDistribution([label(v) for v in a])
+
+
 def param_importances(rows: list[tuple[dict[str, Any], float]], dists: dict[str, Dist]
                       ) -> dict[str, float]:
     """fANOVA importances of ``dists``' parameters over finished trials ``(params, value)``.
@@ -25,7 +42,8 @@ def param_importances(rows: list[tuple[dict[str, Any], float]], dists: dict[str,
     for params, value in rows:
         study.add_trial(optuna.trial.create_trial(
             params={k: label(params[k]) for k in dists},
-            distributions={k: d.distribution() for k, d in dists.items()}, value=value))
+            distributions={k: optuna_distribution(d) for k, d in dists.items()},
+            value=value))
     values = optuna.importance.get_param_importances(
         study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
     return {k: float(v) for k, v in values.items()}
