@@ -140,7 +140,7 @@ def _plan(args: argparse.Namespace, argv: list[str]) -> Comparison:
     if not exp.search.confirm:
         raise ConfigError("--compare confirms each method's top configurations on fresh seeds "
                           "and compares those: drop --no-confirm (search.confirm: false)")
-    space = load_space(space_path, exp.trial)
+    space = load_space(space_path, exp.trial, exp.methods)
     methods = list(space.method_names)
     if args.methods:
         wanted = [m.strip() for m in args.methods.split(",") if m.strip()]

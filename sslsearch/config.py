@@ -184,14 +184,35 @@ class SearchConfig:
         return self.confirm_top if self.confirm_top is not None else min(2, self.num_samples)
 
 
+# The trial fields an experiment may set for one method (its ``methods:`` block): how the method
+# optimises and which views it sees, never what data it reads, how it is judged or where it runs
+# (those stay one value per experiment, so the command line's --epochs, --seed and --data-dir and
+# the preflight checks hold for every method alike).
+PER_METHOD_FIELDS = ("optimizer", "base_lr", "lr_scaling", "weight_decay", "momentum",
+                     "final_lr_ratio", "crop_min_scale", "jitter_strength", "flip_p",
+                     "grayscale_p", "blur_p", "solarize_p")
+
+
 @dataclasses.dataclass(frozen=True)
 class Experiment:
-    """A fixed setup: trial defaults + search settings, loaded from ``experiments/*.yaml``."""
+    """A fixed setup: trial defaults + search settings, loaded from ``experiments/*.yaml``.
+
+    ``methods`` holds what differs for one method (``PER_METHOD_FIELDS``): a method whose loss
+    collapses at the rate that suits the others gets its own rate here, beside the evidence.
+    """
 
     trial: TrialConfig
     search: SearchConfig
     description: str = ""
     source: str = "<defaults>"
+    methods: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def trial_for(self, method: str) -> TrialConfig:
+        """The experiment's trial for ``method``: the shared settings, then the method's own
+        (``methods:``); the experiment's method parameters only for its own method."""
+        params = self.trial.method_params if method == self.trial.method else {}
+        return dataclasses.replace(self.trial, method=method, method_params=params,
+                                   **self.methods.get(method, {}))
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -264,10 +285,10 @@ def load_experiment(name: str | Path | None = None) -> Experiment:
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a mapping with keys description, trial, search; "
                           f"found {type(doc).__name__}")
-    unknown = set(doc) - {"description", "trial", "search"}
+    unknown = set(doc) - {"description", "trial", "search", "methods"}
     if unknown:
         raise ConfigError(f"{path}: unknown key {sorted(map(str, unknown))[0]}; "
-                          "valid keys: description, search, trial")
+                          "valid keys: description, methods, search, trial")
     description = doc.get("description", "")
     if not isinstance(description, str):
         raise ConfigError(f"{path}: description must be a string")
@@ -275,8 +296,34 @@ def load_experiment(name: str | Path | None = None) -> Experiment:
     search = build_dataclass(SearchConfig, doc.get("search") or {}, source=str(path),
                              where="search")
     check_objective(trial, search, source=str(path))
+    per_method = _per_method(doc.get("methods"), trial, str(path))
     return Experiment(trial=trial, search=search, description=description.strip(),
-                      source=str(path))
+                      source=str(path), methods=per_method)
+
+
+def _per_method(doc: Any, trial: TrialConfig, source: str) -> dict[str, dict[str, Any]]:
+    """An experiment's ``methods:`` block, checked: known methods, ``PER_METHOD_FIELDS`` only,
+    values a trial accepts."""
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{source}: methods must map a method to its settings, e.g. "
+                          "methods: {vicreg: {base_lr: 0.001}}")
+    out: dict[str, dict[str, Any]] = {}
+    for method, values in doc.items():
+        if str(method) not in methods.available():
+            raise ConfigError(f"{source}: methods.{method}: unknown method; known: "
+                              f"{', '.join(methods.available())}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: methods.{method} must map trial fields to values")
+        for key in values:
+            if key not in PER_METHOD_FIELDS:
+                raise ConfigError(f"{source}: methods.{method}.{key}: not settable per method; "
+                                  f"allowed: {', '.join(PER_METHOD_FIELDS)}")
+        trial_config({**values, "method": str(method), "method_params": {}},
+                     source=f"{source}: methods.{method}", base=trial)
+        out[str(method)] = dict(values)
+    return out
 
 
 def check_objective(trial: TrialConfig, search: SearchConfig, *, source: str) -> None:

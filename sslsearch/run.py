@@ -69,7 +69,8 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     from sslsearch import preflight, sweep, tracking  # torch and Ray: once the flags are read
 
     plan = _resumed_plan(args) if args.resume is not None else _new_plan(args)
-    space = load_space(plan.space_path, plan.exp.trial)  # every file checked before Ray starts
+    # every file checked before Ray starts
+    space = load_space(plan.space_path, plan.exp.trial, plan.exp.methods)
     check_reachable(plan.tracking_uri)
     checked = preflight.check_sweep(plan.exp, space, plan.storage, plan.name, plan.tracking_uri)
     sweepdir.lock(plan.folder, plan.name)  # a second driver on this sweep exits 2

@@ -52,6 +52,13 @@ class SearchSpace:
     # Points evaluated first, in order (Optuna's enqueue_trial, through OptunaSearch's
     # points_to_evaluate): known-good settings to warm-start from, or a fixed design.
     initial: tuple[Mapping[str, Any], ...] = ()
+    # The experiment's per-method settings (Experiment.methods): over ``base`` for that method,
+    # under whatever the space draws or fixes. None (a class attribute) for sweeps pickled before.
+    per_method: Mapping[str, Mapping[str, Any]] | None = None
+
+    def base_for(self, method: str) -> dict[str, Any]:
+        """The experiment's trial defaults for ``method`` (Experiment.trial_for, as a dict)."""
+        return {**self.base, **(self.per_method or {}).get(method, {})}
 
     def dists(self, method: str) -> dict[str, Dist]:
         """The searched (non-constant) parameters of ``method``, keyed as trials name them."""
@@ -79,7 +86,7 @@ class SearchSpace:
         """``method``'s Ray config with nothing drawn: the experiment's settings (``_base``) and
         the space's constants. As it is, the experiment's own configuration (the *defaults*);
         drawn values go over it."""
-        return {"_base": dict(self.base), "method": method,
+        return {"_base": self.base_for(method), "method": method,
                 **{k: v for k, v in self.trial.items() if not isinstance(v, Dist)},
                 **{f"{method}.{k}": v for k, v in self.methods.get(method, {}).items()
                    if not isinstance(v, Dist)}}
@@ -98,12 +105,11 @@ class SearchSpace:
         Every value is returned, drawn ones included: Ray merges the returned dict over the values
         it captured, and for a list-valued choice it captured Optuna's label, not the list.
         """
-        config: dict[str, Any] = {"_base": dict(self.base)}
-
         def value(spec: Dist | Any, name: str) -> Any:
             return spec.suggest(trial, name) if isinstance(spec, Dist) else spec
 
-        method = config["method"] = value(self.method, "method")
+        method = value(self.method, "method")
+        config: dict[str, Any] = {"_base": self.base_for(method), "method": method}
         for key, spec in self.trial.items():
             config[key] = value(spec, key)
         for key, spec in self.methods.get(method, {}).items():
@@ -190,8 +196,10 @@ def _check_field(cls: type, key: str, spec: Dist | Any, src: str, path: str) -> 
                               f"{what}") from None
 
 
-def parse_space(doc: Any, source: str, base: TrialConfig | None = None) -> SearchSpace:
-    """Validate a parsed YAML document; raise :class:`ConfigError` (one line) on any problem."""
+def parse_space(doc: Any, source: str, base: TrialConfig | None = None,
+                per_method: Mapping[str, Mapping[str, Any]] | None = None) -> SearchSpace:
+    """Validate a parsed YAML document; raise :class:`ConfigError` (one line) on any problem.
+    ``base`` and ``per_method``: the experiment's trial and its per-method settings."""
     base = base or TrialConfig()
     if doc is None:
         raise ConfigError(f"{source}: the file is empty; expected keys: method, trial, methods")
@@ -229,7 +237,7 @@ def parse_space(doc: Any, source: str, base: TrialConfig | None = None) -> Searc
     methods_doc = doc.get("methods") or {}
     if not isinstance(methods_doc, Mapping):
         raise ConfigError(f"{source}: methods must map method names to their parameters")
-    per_method: dict[str, dict[str, Any]] = {}
+    params_of: dict[str, dict[str, Any]] = {}
     for name, params in methods_doc.items():
         if name not in names:
             raise ConfigError(f"{source}: methods.{name!s} is not a method this space draws; "
@@ -239,17 +247,18 @@ def parse_space(doc: Any, source: str, base: TrialConfig | None = None) -> Searc
             raise ConfigError(f"{source}: methods.{name} must map parameter names to values")
         cfg_cls = methods.get(name).Config
         valid = {f.name for f in dataclasses.fields(cfg_cls)}
-        per_method[name] = {}
+        params_of[name] = {}
         for key, value in params.items():
             if key not in valid:
                 raise ConfigError(f"{source}: unknown key methods.{name}.{key!s}; valid keys: "
                                   f"{', '.join(sorted(valid))}")
             spec = _parse_entry(value, source, f"methods.{name}.{key}")
             _check_field(cfg_cls, key, spec, source, f"methods.{name}.{key}")
-            per_method[name][key] = spec
+            params_of[name][key] = spec
 
     raw_initial = _parse_initial(doc.get("initial"), source, method, names)
-    space = SearchSpace(source, method, trial, per_method, dataclasses.asdict(base))
+    space = SearchSpace(source, method, trial, params_of, dataclasses.asdict(base),
+                        per_method=dict(per_method or {}))
     _check_values(space)
     for i, point in enumerate(raw_initial):
         if isinstance(point, str):
@@ -281,7 +290,7 @@ def default_point(space: SearchSpace, method: str) -> dict[str, Any]:
     TPE draws that parameter instead: an enqueued value outside the distribution would be a point
     the space itself excludes.
     """
-    base = space.base
+    base = space.base_for(method)
     params = dict(base.get("method_params") or {}) if base.get("method") == method else {}
     defaults = methods.get(method).Config()
     own = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(defaults)}
@@ -329,7 +338,8 @@ def _check_values(space: SearchSpace) -> None:
             trial_from_config({**space.fixed(name), **probe}, source=space.source)
 
 
-def load_space(name: str | Path, base: TrialConfig | None = None) -> SearchSpace:
+def load_space(name: str | Path, base: TrialConfig | None = None,
+               per_method: Mapping[str, Mapping[str, Any]] | None = None) -> SearchSpace:
     """Load a space YAML: a path, or a bare name under ``search_spaces/``."""
     path = resolve_file(name, SPACES_DIR, "space")
-    return parse_space(read_yaml(path), str(path), base)
+    return parse_space(read_yaml(path), str(path), base, per_method)

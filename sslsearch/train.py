@@ -312,12 +312,10 @@ def _trial_from_args(args: argparse.Namespace) -> TrialConfig:
             overrides[flag] = getattr(args, flag)
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir
-    if "method" in overrides and overrides["method"] != exp.trial.method:
-        overrides.setdefault("method_params", {})  # another method: drop the old one's params
+    base = exp.trial_for(overrides.get("method", exp.trial.method))  # its methods: block too
     if params:
-        base_params = overrides.get("method_params", exp.trial.method_params)
-        overrides["method_params"] = {**base_params, **params}
-    return trial_config(overrides, source="command line", base=exp.trial)
+        overrides["method_params"] = {**base.method_params, **params}
+    return trial_config(overrides, source="command line", base=base)
 
 
 def _vs(m: dict[str, float], acc: str, raw: str, init: str | None = None) -> str:

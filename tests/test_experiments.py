@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sslsearch.config import EXPERIMENTS_DIR, load_experiment
+from sslsearch.config import EXPERIMENTS_DIR, TrialConfig, load_experiment
 
 FILES = sorted(EXPERIMENTS_DIR.glob("*.yaml"))
 
@@ -89,3 +89,77 @@ def test_the_peer_recipe_is_issue_15s_and_the_tuned_search_runs_on_the_same_setu
     space = load_space("peer/simclr.yaml", tuned.trial)
     assert not {"batch_size", "epochs", "max_train_samples"} & set(space.dists("simclr"))
     assert space.trial["batch_size"] == 256
+
+
+# ------------------------------------------------------------------------------------------------
+# An experiment's per-method settings (its methods: block)
+
+PER_METHOD = """\
+description: a shared rate, and VICReg's own
+trial: {dataset: digits, method: simclr, base_lr: 0.002, epochs: 2, warmup_epochs: 1}
+methods:
+  vicreg: {base_lr: 0.0005, weight_decay: 0.01}
+"""
+
+
+def _per_method_experiment(tmp_path: Path) -> Path:
+    path = tmp_path / "per_method.yaml"
+    path.write_text(PER_METHOD)
+    return path
+
+
+def test_a_methods_block_sets_that_methods_defaults_and_no_others(tmp_path: Path) -> None:
+    exp = load_experiment(_per_method_experiment(tmp_path))
+    assert exp.trial_for("vicreg").base_lr == 0.0005
+    assert exp.trial_for("vicreg").weight_decay == 0.01
+    assert exp.trial_for("simclr").base_lr == 0.002 and exp.trial_for("byol").base_lr == 0.002
+    assert exp.trial_for("vicreg").method == "vicreg" and exp.trial_for("vicreg").epochs == 2
+
+
+def test_train_takes_the_methods_rate_unless_the_command_line_sets_one(tmp_path: Path) -> None:
+    from sslsearch.train import _parser, _trial_from_args
+
+    path = str(_per_method_experiment(tmp_path))
+
+    def trial(*argv: str) -> TrialConfig:
+        return _trial_from_args(_parser().parse_args(["--experiment", path, *argv]))
+
+    assert trial("--method", "vicreg").base_lr == 0.0005
+    assert trial("--method", "byol").base_lr == 0.002
+    assert trial().base_lr == 0.002  # the experiment's own method, simclr
+    assert trial("--method", "vicreg", "--set", "base_lr=0.001").base_lr == 0.001
+
+
+def test_a_search_uses_the_methods_rate_where_it_does_not_draw_one(tmp_path: Path) -> None:
+    from sslsearch.space import default_point, parse_space, trial_from_config
+
+    exp = load_experiment(_per_method_experiment(tmp_path))
+    fixed = parse_space({"method": {"choice": ["simclr", "vicreg"]}}, "s.yaml", exp.trial,
+                        exp.methods)
+    assert trial_from_config(fixed.fixed("vicreg")).base_lr == 0.0005  # the defaults candidate
+    assert trial_from_config(fixed.fixed("simclr")).base_lr == 0.002
+    drawn = parse_space({"method": "vicreg", "trial": {"base_lr": {"loguniform": [1e-4, 1e-2]}}},
+                        "s.yaml", exp.trial, exp.methods)
+    # the first trial is the defaults: the method's own rate, as a point the space can draw
+    assert default_point(drawn, "vicreg") == {"base_lr": 0.0005}
+    assert trial_from_config({**drawn.fixed("vicreg"), "base_lr": 0.004}).base_lr == 0.004
+
+
+@pytest.mark.parametrize(("block", "field"), [
+    ("methods: {nosuch: {base_lr: 0.1}}", "methods.nosuch"),
+    ("methods: {vicreg: {epochs: 3}}", "methods.vicreg.epochs"),
+    ("methods: {vicreg: {base_lr: -1}}", "base_lr"),
+    ("methods: [vicreg]", "methods"),
+])
+def test_a_bad_methods_block_exits_2_with_one_line_naming_file_and_field(
+        tmp_path: Path, block: str, field: str) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(PER_METHOD.split("methods:")[0] + block + "\n")
+    out = subprocess.run([sys.executable, "-m", "sslsearch.train", "--experiment", str(path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and field in lines[0], out.stderr

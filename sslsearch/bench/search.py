@@ -154,7 +154,7 @@ def plan(args: argparse.Namespace) -> Plan:
     overrides = Overrides(max_concurrent=args.max_concurrent, grace_period=args.grace_period,
                           epochs=args.epochs, data_dir=args.data_dir)
     exp = overrides.apply(load_experiment(args.experiment))
-    space = load_space(space_path, exp.trial)
+    space = load_space(space_path, exp.trial, exp.methods)
     methods = space.method_names
     if args.method is None and len(methods) > 1:
         raise ConfigError(f"--method: {space_path.name} draws {', '.join(methods)}; pick one "
