@@ -37,7 +37,12 @@ from typing import Any
 
 from sslsearch import provenance
 from sslsearch.cli import Overrides, storage_location
-from sslsearch.compare_table import comparison_markdown, method_rows
+from sslsearch.compare_table import (
+    agreement_markdown,
+    comparison_markdown,
+    method_agreement,
+    method_rows,
+)
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
 from sslsearch.confirm import Choice, Confirmation, choose, fresh_seeds
 from sslsearch.confirm_report import markdown as confirm_markdown
@@ -238,9 +243,11 @@ def _write_outputs(c: Comparison, outcome: Outcome, elapsed: float
                                          if t.stage == "search"])
     confirmed = "".join(f"\n# {method}\n\n{confirm_markdown(conf, exp.trial.seed)}"
                         for method, conf in outcome.confirmations.items() if conf is not None)
-    md = (comparison_markdown(info, rows) + (f"\n{correlations}" if correlations else "")
-          + confirmed)
-    doc = {**info, "rows": rows, "trials": [t.to_json() for t in outcome.all_trials()]}
+    agreement = agreement_markdown(rows) if exp.trial.labels else ""
+    md = (comparison_markdown(info, rows) + (f"\n{agreement}" if agreement else "")
+          + (f"\n{correlations}" if correlations else "") + confirmed)
+    doc = {**info, "rows": rows, "trials": [t.to_json() for t in outcome.all_trials()],
+           "label_free_agreement": method_agreement(rows) if exp.trial.labels else []}
     (c.folder / "comparison.md").write_text(md)
     (c.folder / "comparison.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
     outbox.send("log_parent_file", str(c.folder / "comparison.md"))

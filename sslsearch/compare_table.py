@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from sslsearch.config import LABEL_FREE_OBJECTIVES
 from sslsearch.confirm import fmt_interval, fmt_stat, paired, scale, stat
 from sslsearch.methods import uses_labels
 from sslsearch.results import (
@@ -20,6 +21,7 @@ from sslsearch.results import (
     mean_std,
     number,
 )
+from sslsearch.summary import MIN_RANK_PAIRS, spearman
 
 
 def method_rows(search: dict[str, list[TrialRecord]], seeds: dict[str, list[TrialRecord]],
@@ -34,7 +36,8 @@ def method_rows(search: dict[str, list[TrialRecord]], seeds: dict[str, list[Tria
         row: dict[str, Any] = {"method": method,
                                "supervised": bool(runs and uses_labels(runs[0].config))}
         for key in dict.fromkeys(("probe_test_acc", "test_knn_acc", "val_knn_acc",
-                                  "probe_val_acc", metric, *BASELINE_KEYS)):
+                                  "probe_val_acc", metric, *BASELINE_KEYS,
+                                  *LABEL_FREE_OBJECTIVES)):
             mean, std = mean_std([float(t.metrics[key]) for t in runs if key in t.metrics])
             row[key] = {"mean": mean, "std": std, "n": len(runs)}
         # The raw-pixel baseline is one value per split: carried from any trial of the method
@@ -166,6 +169,43 @@ def comparison_markdown(info: dict[str, Any], rows: Sequence[dict[str, Any]]) ->
         "Compute: trial-seconds = sum of the trials' wall time (Ray's time_total_s: training, "
         "kNN monitoring and probe), epochs = pretraining epochs actually run.\n"
         f"\nTotal wall time {info['wall_seconds']:.0f} s.\n")
+
+
+def method_agreement(rows: Sequence[dict[str, Any]], labeled: str = "val_knn_acc"
+                     ) -> list[dict[str, Any]]:
+    """Would a label-free metric have ranked the methods as the labels did? Per metric of
+    :data:`LABEL_FREE_OBJECTIVES`: Spearman's ρ between the methods' confirmed means of it and of
+    ``labeled`` (each method's winner over the shared fresh seeds), over the methods that have
+    both, and the order the metric gives (best first). What :data:`LABEL_FREE_AGREEMENT` quotes."""
+    out = []
+    for free in LABEL_FREE_OBJECTIVES:
+        have = [r for r in rows if r.get(free, {}).get("mean") is not None
+                and r.get(labeled, {}).get("mean") is not None]
+        rho, n = spearman([r[free]["mean"] for r in have], [r[labeled]["mean"] for r in have])
+        order = [r["method"] for r in sorted(have, key=lambda r: -r[free]["mean"])]
+        out.append({"metric": free, "labeled": labeled, "rho": rho, "n": n, "order": order})
+    return out
+
+
+def agreement_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The comparison's section on ranking methods without labels; "" when no run carries a
+    label-free metric."""
+    found = [a for a in method_agreement(rows) if a["n"]]
+    if not found:
+        return ""
+    lines = ["## Ranking the methods without labels", "",
+             "Each method's confirmed winner ranked by a label-free metric of its encoder (mean "
+             "over the fresh seeds) instead of by the validation kNN: Spearman's ρ between the "
+             f"two orders over the methods (fewer than {MIN_RANK_PAIRS}: too few methods). "
+             "Whitening losses (Barlow Twins, VICReg) raise rank by construction, so a high ρ "
+             "across methods is evidence for this data, not a law.", "",
+             "| label-free metric | ρ with val kNN | methods | its top three |",
+             "|---|---|---|---|"]
+    for a in found:
+        rho = ("too few methods" if a["n"] < MIN_RANK_PAIRS
+               else "n/a" if a["rho"] is None else f"{a['rho']:+.2f}")
+        lines.append(f"| {a['metric']} | {rho} | {a['n']} | {', '.join(a['order'][:3])} |")
+    return "\n".join(lines) + "\n"
 
 
 # How far a label-free metric's ranking of methods followed the labels' where labels were there:

@@ -294,3 +294,28 @@ def test_compare_accepts_an_unlabeled_experiment_with_a_label_free_metric(tmp_pa
     argv[argv.index("--experiment") + 1] = str(_experiment(tmp_path, "val_knn_acc"))
     with pytest.raises(ConfigError, match="needs labels"):
         _plan(build_parser().parse_args(argv), argv)
+
+
+def test_a_labeled_comparison_says_how_a_label_free_metric_would_have_ranked_its_methods() -> None:
+    """Five methods whose confirmed RankMe orders them exactly as their val kNN (ρ = +1) and whose
+    α-ReQ reverses the order (ρ = −1); LiDAR was not computed (no row)."""
+    from sslsearch.compare_table import agreement_markdown, method_agreement
+
+    names = ["simclr", "byol", "vicreg", "barlow", "moco"]
+    search = {m: [_t(m, f"{m}0")] for m in names}
+    seeds = {m: [TrialRecord(method=m, trial_id=f"{m}{i}", stage="confirm", params={},
+                             config={"method": m}, status="finished", epochs=[1.0],
+                             val_knn=[0.0], seconds=1.0, seed=i + 1,
+                             metrics={"val_knn_acc": 0.80 - 0.01 * rank + 0.001 * i,
+                                      "rankme": 100.0 - rank, "alpha_req_score": float(rank)})
+                 for i in range(3)] for rank, m in enumerate(names)}
+    rows = method_rows(search, seeds, {m: s[0] for m, s in search.items()})
+    found = {a["metric"]: a for a in method_agreement(rows)}
+    assert found["rankme"]["rho"] == pytest.approx(1.0) and found["rankme"]["n"] == 5
+    assert found["alpha_req_score"]["rho"] == pytest.approx(-1.0)
+    assert found["rankme"]["order"] == names and found["lidar"]["n"] == 0
+    md = agreement_markdown(rows)
+    assert "| rankme | +1.00 | 5 | simclr, byol, vicreg |" in md
+    assert "| alpha_req_score | −1.00 |" in md or "| alpha_req_score | -1.00 |" in md
+    assert "lidar" not in md
+    assert "too few methods" in agreement_markdown(rows[:3])

@@ -150,7 +150,7 @@ def test_defaults_hold_at_batch_256_on_10000_images(method: str) -> None:
     exp = load_experiment("fashion_mnist")
     cfg = trial_config({"method": method, "method_params": {}, "probe": False,
                         "label_free": False, "max_train_samples": 10_000, "batch_size": 256},
-                       base=exp.trial)
+                       base=exp.trial_for(method))  # the experiment's rate for this method
     last = run(cfg)
     assert last["val_knn_acc"] >= last["init_knn_acc"] + 0.02, last
     assert last["val_knn_acc"] > last["raw_knn_acc"], last
