@@ -201,13 +201,15 @@ def _compare_one(c: Comparison, method: str, outcome: Outcome) -> None:
                                    tracking_uri=c.tracking_uri,
                                    mlflow_experiment=c.mlflow_experiment, seed=c.exp.trial.seed,
                                    address=c.address, outbox=str(c.outbox))
-    results = sweep.fit_all(sweep.build_tuner(c.exp, c.space.only(method), settings,
-                                              quiet=c.quiet))
+    # Each method's search starts from its defaults (unless the space names its own first
+    # points): the confirmed answer may then be what the method ships with, never a worse draw.
+    space = c.space.only(method, from_defaults=True)
+    results = sweep.fit_all(sweep.build_tuner(c.exp, space, settings, quiet=c.quiet))
     trials = outcome.search[method] = [record(r, "search", keys) for r in results]
     target = Target(storage=str(c.folder), run_name=f"confirm-{method}", sweep_name=c.name,
                     tracking_uri=c.tracking_uri, mlflow_experiment=c.mlflow_experiment,
                     outbox=c.outbox, quiet=c.quiet)
-    conf, runs = confirm_search(trials, c.space.only(method), c.exp, target, keys)
+    conf, runs = confirm_search(trials, space, c.exp, target, keys)
     choice = outcome.choices[method] = choose(trials, search.metric, search.mode, conf)
     outcome.confirmations[method] = conf
     outcome.best[method] = next((t for t in trials if choice and t.trial_id == choice.trial_id),

@@ -91,12 +91,17 @@ class SearchSpace:
                 **{f"{method}.{k}": v for k, v in self.methods.get(method, {}).items()
                    if not isinstance(v, Dist)}}
 
-    def only(self, method: str) -> SearchSpace:
+    def only(self, method: str, *, from_defaults: bool = False) -> SearchSpace:
         """This space with its method fixed to ``method`` (and only that method's initial
-        points): one method's search in a comparison or a benchmark."""
-        return dataclasses.replace(self, method=method, initial=tuple(
+        points): one method's search in a comparison or a benchmark. ``from_defaults``: a method
+        the space gives no initial point starts from its defaults (``initial: [defaults]``), so
+        that its confirmed answer can be what it ships with."""
+        one = dataclasses.replace(self, method=method, initial=tuple(
             {k: v for k, v in p.items() if k != "method"} for p in self.initial
             if p.get("method", method) == method))
+        if from_defaults and not one.initial:
+            one = dataclasses.replace(one, initial=(default_point(one, method),))
+        return one
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         """Define-by-run: suggest the method, the shared parameters, then that method's own.

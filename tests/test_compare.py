@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 import sslsearch
 from sslsearch.compare_table import method_rows, ranking, ranking_markdown, table_markdown
+from sslsearch.config import TrialConfig
 from sslsearch.results import TrialRecord, mean_std, select_best
 
 ROW = re.compile(r"^\| (\w+) \| (\d+\.\d+) ± (\d+\.\d+) \|")
@@ -132,6 +133,13 @@ def test_each_method_searches_alone_with_its_own_initial_points() -> None:
     config = only(optuna.trial.FixedTrial({"base_lr": 0.001, "simclr.temperature": 0.2}))
     assert config["method"] == "simclr" and config["simclr.temperature"] == 0.2
     assert tuple(space.only("vicreg").initial) == ({"base_lr": 0.001},)
+    # a comparison starts each method from its defaults where the space names no first point
+    bare = parse_space({k: v for k, v in doc.items() if k != "initial"}, "test",
+                       TrialConfig(base_lr=0.002))
+    assert bare.only("simclr").initial == ()
+    assert bare.only("simclr", from_defaults=True).initial == (
+        {"base_lr": 0.002, "simclr.temperature": 0.2},)
+    assert space.only("simclr", from_defaults=True).initial == only.initial  # its own kept
 
 
 BASE = {"raw_knn_acc": 0.40, "raw_test_knn_acc": 0.41, "raw_probe_acc": 0.45,
