@@ -15,6 +15,8 @@ import statistics
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from sslsearch.config import LABEL_FREE_OBJECTIVES
+
 
 def fmt(v: Any) -> str:
     """A value for a Markdown table: floats to 4 significant digits."""
@@ -259,7 +261,8 @@ class TrialRecord:
 
     def to_json(self) -> dict[str, Any]:
         keep = ("val_knn_acc", "probe_val_acc", "probe_test_acc", "test_knn_acc", "epoch",
-                "time_total_s", "effective_rank", "embed_std_ratio", *BASELINE_KEYS)
+                "time_total_s", "effective_rank", "embed_std_ratio", *BASELINE_KEYS,
+                *LABEL_FREE_OBJECTIVES)
         return {"method": self.method, "trial_id": self.trial_id, "stage": self.stage,
                 "seed": self.seed, "status": self.status, "params": self.params,
                 "seconds": self.seconds, "epochs_trained": len(self.epochs),
