@@ -43,8 +43,9 @@ from sslsearch.confirm import Choice, Confirmation, choose, fresh_seeds
 from sslsearch.confirm_report import markdown as confirm_markdown
 from sslsearch.errors import ConfigError
 from sslsearch.outbox import OUTBOX_FILE
+from sslsearch.paths import results_folder
 from sslsearch.results import RAW_KEYS, SELECTION, TrialRecord, record
-from sslsearch.schema import resolve_file, results_folder
+from sslsearch.schema import resolve_file
 from sslsearch.summary import correlation_markdown
 from sslsearch.sweepdir import is_remote
 from sslsearch.tracking_uri import check_reachable, normalize_uri

@@ -26,8 +26,9 @@ from sslsearch.compare import run_compare, trial_keys
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
 from sslsearch.confirm import Choice, choose, parent_record
 from sslsearch.errors import ConfigError, exit_code
+from sslsearch.paths import check_owned, results_folder
 from sslsearch.results import budget, budget_line, record
-from sslsearch.schema import check_owned, resolve_file, results_folder
+from sslsearch.schema import resolve_file
 from sslsearch.space import load_space, trial_from_config
 from sslsearch.summary import summarize
 from sslsearch.tracking_uri import check_reachable, normalize_uri

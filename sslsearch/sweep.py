@@ -29,8 +29,8 @@ from sslsearch.config import Experiment, SearchConfig
 from sslsearch.confirm import CANDIDATE_KEY, DEFAULTS
 from sslsearch.errors import ConfigError
 from sslsearch.outbox import OUTBOX_FILE
+from sslsearch.paths import check_owned
 from sslsearch.results import FINISHED, STOPPED_EARLY, trial_status
-from sslsearch.schema import check_owned
 
 # Sweeps saved before searchers.py existed pickled these as sslsearch.sweep.*: they resolve here.
 from sslsearch.searchers import ConfigList, SSLOptunaSearch, n_startup_trials, optuna_sampler

@@ -378,7 +378,7 @@ def test_best_experiment_says_how_it_was_chosen(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["../outside", "/tmp/abs", "a/b", "..", ".", "", " x", "a\\b"])
 def test_results_folder_refuses_a_name_that_leaves_it(tmp_path: Path, name: str) -> None:
     from sslsearch.errors import ConfigError
-    from sslsearch.schema import results_folder
+    from sslsearch.paths import results_folder
 
     with pytest.raises(ConfigError, match="--name"):
         results_folder(name, tmp_path / "results")

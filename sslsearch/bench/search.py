@@ -68,15 +68,16 @@ from sslsearch.bench.strategies import STRATEGIES, run_name, run_strategy, summa
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
 from sslsearch.confirm import Candidate, fresh_seeds
 from sslsearch.errors import ConfigError, exit_code
+from sslsearch.paths import results_folder
 from sslsearch.results import SELECTION
-from sslsearch.schema import resolve_file, results_folder
+from sslsearch.schema import resolve_file
 from sslsearch.space import SearchSpace
 from sslsearch.sweepdir import is_remote
 from sslsearch.tracking_uri import check_reachable, normalize_uri
 
 
 def validate_name(name: str, storage: Path) -> Path:
-    """``storage / name`` (:func:`sslsearch.schema.results_folder`), and a new one."""
+    """``storage / name`` (:func:`sslsearch.paths.results_folder`), and a new one."""
     folder = results_folder(name, storage)
     if folder.exists():
         raise ConfigError(f"--name {name!r}: {folder} already exists; choose another name")
