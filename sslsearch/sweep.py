@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import sys
 import time
 import uuid
@@ -24,7 +25,6 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 
 from sslsearch import trainable_workers
-from sslsearch.cluster import check_address
 from sslsearch.config import Experiment, SearchConfig
 from sslsearch.confirm import CANDIDATE_KEY, DEFAULTS
 from sslsearch.errors import ConfigError
@@ -113,6 +113,32 @@ def space_digest(text: str) -> str:
 
 def new_sweep_id(space_name: str) -> str:
     return f"{space_name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def check_address(address: str, given: str = "--address", timeout: float = 5.0) -> None:
+    """Refuse (ConfigError, exit 2) in seconds an address where no Ray cluster answers: Ray itself
+    waits minutes for an unreachable head. ``auto`` is the cluster `ray start` recorded on this
+    machine; ``HOST:PORT`` a head's GCS, ``ray://HOST:PORT`` a Ray Client server. Only TCP is
+    tried (the port accepts a connection), before anything else starts."""
+    target = address
+    if address == "auto":
+        record = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
+        if not record.is_file():
+            raise ConfigError(f"{given} auto: no Ray cluster was started on this machine (no "
+                              f"{record}); start one with `ray start --head`, or omit it for a "
+                              "local Ray")
+        target = record.read_text().strip()
+    host, colon, port = target.removeprefix("ray://").rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{given} {address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise ConfigError(f"{given} {address}: no Ray cluster answers at {host}:{port} "
+                          f"({reason} within {timeout:g} s); start it with `ray start --head`, "
+                          "or omit it for a local Ray") from None
 
 
 def init_ray(address: str | None, num_cpus: int | None = None,
