@@ -15,6 +15,10 @@ them listed in ``bad_images.txt`` in the sweep's folder; with ``--skip-bad-image
 same files out (they run the same checks), and the driver records them on the sweep's MLflow run
 (:attr:`Checked.params`, :attr:`Checked.texts`).
 
+Earlier still, as the flags are applied (:meth:`sslsearch.cli.Overrides.apply`),
+:func:`check_labels` looks at an ImageFolder's labels: one without class folders runs unlabeled,
+and a search metric that needs labels is refused.
+
 No Ray, Optuna or MLflow here: it runs before any of them starts.
 """
 
@@ -29,9 +33,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from sslsearch.config import Experiment
+from sslsearch.config import Experiment, check_objective
 from sslsearch.data import MAX_RESIDENT_BYTES
 from sslsearch.data.imagefiles import BAD_IMAGES_FILE, bad_images_text, refuse_bad
+from sslsearch.data.imagefolder import unlabeled_folder
 from sslsearch.data.survey import (
     Shape,
     check_splits,
@@ -227,3 +232,29 @@ def _write_list(path: Path, bad: tuple[tuple[Path, str], ...]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(bad_images_text(list(bad)))
     return path
+
+
+def check_labels(exp: Experiment) -> Experiment:
+    """An ImageFolder without class folders has no labels: the experiment then runs with
+    ``labels: false``, and a search metric that needs labels is refused now, before any trial
+    starts (one line naming the folder and the field). A ``probe_data_dir`` must be a labeled
+    ImageFolder (made absolute: trials chdir into their own folders)."""
+    trial = exp.trial
+    if trial.probe_data_dir is not None:
+        probe_dir = Path(trial.probe_data_dir).expanduser().resolve()
+        if (not (probe_dir / "train").is_dir() or not (probe_dir / "test").is_dir()
+                or unlabeled_folder(probe_dir) is not None):
+            raise ConfigError(f"{exp.source}: trial.probe_data_dir {trial.probe_data_dir}: "
+                              "expected a labeled ImageFolder, train/<class>/* and "
+                              "test/<class>/*")
+        trial = dataclasses.replace(trial, probe_data_dir=str(probe_dir))
+        exp = dataclasses.replace(exp, trial=trial)
+    if trial.dataset != "imagefolder" or trial.data_dir is None or not trial.labels:
+        return exp
+    folder = unlabeled_folder(Path(trial.data_dir))
+    if folder is None:
+        return exp
+    trial = dataclasses.replace(trial, labels=False)
+    check_objective(trial, exp.search,
+                    source=f"{exp.source}: {folder} has no class folders (unlabeled images)")
+    return dataclasses.replace(exp, trial=trial)
