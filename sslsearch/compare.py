@@ -46,21 +46,13 @@ from sslsearch.outbox import OUTBOX_FILE
 from sslsearch.paths import results_folder
 from sslsearch.results import RAW_KEYS, SELECTION, TrialRecord, record
 from sslsearch.schema import resolve_file
+from sslsearch.space import trial_keys
 from sslsearch.summary import correlation_markdown
 from sslsearch.sweepdir import is_remote
 from sslsearch.tracking_uri import check_reachable, normalize_uri
 
 # ------------------------------------------------------------------------------------------------
 # The command
-
-
-def trial_keys(space: Any) -> list[str]:
-    from sslsearch.distributions import Dist
-
-    keys = [k for k, v in space.trial.items() if isinstance(v, Dist)]
-    for method, params in space.methods.items():
-        keys += [f"{method}.{k}" for k, v in params.items() if isinstance(v, Dist)]
-    return keys
 
 
 @dataclasses.dataclass

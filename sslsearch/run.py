@@ -22,14 +22,14 @@ import yaml
 
 from sslsearch import console, provenance, sweepdir
 from sslsearch.cli import Overrides, build_parser, find_resume_folder, storage_location
-from sslsearch.compare import run_compare, trial_keys
+from sslsearch.compare import run_compare
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
 from sslsearch.confirm import Choice, choose, parent_record
 from sslsearch.errors import ConfigError, exit_code
 from sslsearch.paths import check_owned, results_folder
 from sslsearch.results import budget, budget_line, record
 from sslsearch.schema import resolve_file
-from sslsearch.space import load_space, trial_from_config
+from sslsearch.space import load_space, trial_from_config, trial_keys
 from sslsearch.summary import summarize
 from sslsearch.tracking_uri import check_reachable, normalize_uri
 

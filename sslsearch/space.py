@@ -111,6 +111,15 @@ class SearchSpace:
         return config
 
 
+def trial_keys(space: SearchSpace) -> list[str]:
+    """Every parameter ``space`` searches, as a trial's config names it (the shared ones, then
+    ``method.key`` for each method's): what a trial's record keeps of its config."""
+    keys = [k for k, v in space.trial.items() if isinstance(v, Dist)]
+    for method, params in space.methods.items():
+        keys += [f"{method}.{k}" for k, v in params.items() if isinstance(v, Dist)]
+    return keys
+
+
 def trial_from_config(config: Mapping[str, Any], *, source: str = "<trial>") -> TrialConfig:
     """The :class:`TrialConfig` of a suggested config (the inverse of ``SearchSpace.__call__``)."""
     base = dict(config.get("_base", {}))

@@ -51,7 +51,7 @@ class Confirmer:
     def run(self, candidates: Sequence[Candidate], name: str) -> None:
         """Fill each candidate's runs, training only the configurations not confirmed yet."""
         from sslsearch import sweep
-        from sslsearch.compare import trial_keys
+        from sslsearch.space import trial_keys
 
         todo = [c for c in candidates if self._known(c.config) is None]
         if todo:

@@ -102,9 +102,9 @@ def summarize_run(p: Any, strategy: str, seed: int, b: Budget, results: Sequence
                   wall_s: float) -> tuple[dict[str, Any], list[TrialRecord]]:
     """One strategy × budget × search seed: budget spent, best trial by the selection rule (at
     the search's seed), curve, trials; and the trials' records."""
-    from sslsearch.compare import trial_keys
     from sslsearch.results import budget as budget_of
     from sslsearch.results import record, select_best
+    from sslsearch.space import trial_keys
 
     keys = trial_keys(p.space) + (["seed"] if strategy == "default" else [])
     results = trained_trials(results)
