@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sslsearch.networks import Backbone
+    from sslsearch.parts.networks import Backbone
 
 __version__ = "0.1.0"
 __all__ = ["__version__", "load_encoder"]

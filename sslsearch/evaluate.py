@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sslsearch.labelfree import rankme
-from sslsearch.networks import frozen
+from sslsearch.parts.networks import frozen
 
 
 @torch.inference_mode()

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from sslsearch.config import TrialConfig
 from sslsearch.errors import ConfigError
-from sslsearch.networks import Backbone, build_backbone
+from sslsearch.parts.networks import Backbone, build_backbone
 
 WEIGHTS = "encoder.safetensors"
 CONFIG = "config.json"

@@ -287,9 +287,9 @@ def tsne_embedding(encoder_path: Path, max_points: int = 2000, seed: int = 0
     import torch
     from sklearn.manifold import TSNE
 
-    from sslsearch.augment import normalize
     from sslsearch.config import trial_config
     from sslsearch.export import load_encoder, read_config
+    from sslsearch.parts.augment import normalize
     from sslsearch.trial import load_data
 
     doc = read_config(encoder_path)

@@ -4,8 +4,8 @@ Tune trial, in the pattern Ray documents for Train v2.
 The Tune trial's function (:func:`trainable`) builds a ``TorchTrainer`` with N workers (gloo on
 the CPU, NCCL on GPUs), a ``RunConfig`` named after the Tune trial id with ``TuneReportCallback``,
 and calls ``fit()``; each worker (:func:`worker_loop`) runs :func:`sslsearch.train.run` on its
-shard of every global batch (:mod:`sslsearch.distributed`) and calls ``ray.train.report`` after
-every epoch, rank 0's metrics and checkpoint being the ones Tune sees. So, as for one-worker
+shard of every global batch (:mod:`sslsearch.parts.distributed`) and calls ``ray.train.report``
+after every epoch, rank 0's metrics and checkpoint being the ones Tune sees. So, as for one-worker
 trials:
 
 - each epoch reaches Tune once, with an explicit ``epoch`` (ASHA's time attribute; Train v2
@@ -47,8 +47,8 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from sslsearch import train
 from sslsearch.checkpoint import CHECKPOINT, PREVIOUS, load_checkpoint
 from sslsearch.config import SearchConfig
-from sslsearch.distributed import TorchProcessGroup
 from sslsearch.errors import TrialFailure
+from sslsearch.parts.distributed import TorchProcessGroup
 from sslsearch.results import CHECKPOINT_PATH_KEY
 from sslsearch.space import trial_from_config
 from sslsearch.trainable import FAILURE_FILE, NODE_KEY

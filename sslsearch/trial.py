@@ -15,16 +15,16 @@ import torch
 from torch import Tensor, nn
 
 from sslsearch import labelfree, methods
-from sslsearch.augment import AugmentConfig, Augmenter, normalize
 from sslsearch.baselines import INIT_KEY, raw_pixel_baseline
 from sslsearch.config import TrialConfig
 from sslsearch.data import DataBundle, load_dataset_cached
-from sslsearch.distributed import ONE_PROCESS, ProcessGroup, global_batch_norm
 from sslsearch.errors import ConfigError
 from sslsearch.evaluate import accuracy, collapse_diagnostics, extract, knn_predict, linear_probe
 from sslsearch.methods.base import Method, Step, Task
-from sslsearch.networks import build_backbone, frozen, set_requires_grad
-from sslsearch.optim import build_optimizer, scaled_lr
+from sslsearch.parts.augment import AugmentConfig, Augmenter, normalize
+from sslsearch.parts.distributed import ONE_PROCESS, ProcessGroup, global_batch_norm
+from sslsearch.parts.networks import build_backbone, frozen, set_requires_grad
+from sslsearch.parts.optim import build_optimizer, scaled_lr
 
 
 def select_device(name: str) -> torch.device:
@@ -84,7 +84,7 @@ class LiveTrial:
     method: Method
     eval_batch: int
     augmenters: dict[AugmentConfig, Augmenter] = dataclasses.field(default_factory=dict)
-    group: ProcessGroup = ONE_PROCESS  # the trial's workers (sslsearch.distributed)
+    group: ProcessGroup = ONE_PROCESS  # the trial's workers (sslsearch.parts.distributed)
 
     def augmenter(self, aug: AugmentConfig) -> Augmenter:
         """The (compiled, with ``cfg.compile``) augmentation for ``aug``, built once."""
@@ -121,7 +121,7 @@ class LiveTrial:
 
     def autocast(self, bf16: bool | None = None) -> contextlib.AbstractContextManager[Any]:
         """bf16 autocast when ``bf16`` (None: the trial's own :attr:`bf16`); weights, optimiser
-        state and losses stay float32 (:func:`sslsearch.ops.fp32_loss`)."""
+        state and losses stay float32 (:func:`sslsearch.parts.ops.fp32_loss`)."""
         if self.bf16 if bf16 is None else bf16:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
@@ -316,7 +316,7 @@ def setup_trial(cfg: TrialConfig, data: DataBundle, device: torch.device, *,
 
 def distribute(method: Method, group: ProcessGroup) -> Method:
     """``method`` for ``group``'s workers: its BatchNorm layers over the global batch
-    (:class:`~sslsearch.distributed.GlobalBatchNorm`), rank 0's weights and buffers on every
+    (:class:`~sslsearch.parts.distributed.GlobalBatchNorm`), rank 0's weights and buffers on every
     rank, and the method told its group (its forward gathers what its loss needs)."""
     global_batch_norm(method, group)
     group.broadcast_module(method)

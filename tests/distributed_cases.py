@@ -24,9 +24,9 @@ from torch import Tensor
 
 from sslsearch import methods
 from sslsearch.config import TrialConfig
-from sslsearch.distributed import ONE_PROCESS, ProcessGroup, TorchProcessGroup
 from sslsearch.methods.base import Step, Task
-from sslsearch.networks import SmallCNN
+from sslsearch.parts.distributed import ONE_PROCESS, ProcessGroup, TorchProcessGroup
+from sslsearch.parts.networks import SmallCNN
 from sslsearch.trial import LiveTrial, distribute, train_step
 
 WORLD_SIZE = 2
@@ -70,7 +70,7 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 # ------------------------------------------------------------------------------------------------
-# Broken process groups: each breaks one rule of sslsearch.distributed, and the tests require
+# Broken process groups: each breaks one rule of sslsearch.parts.distributed, and the tests require
 # the comparison to FAIL with it.
 
 

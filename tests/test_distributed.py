@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from sslsearch import methods
-from sslsearch.distributed import ONE_PROCESS, ProcessGroup, TorchProcessGroup, spawn
+from sslsearch.parts.distributed import ONE_PROCESS, ProcessGroup, TorchProcessGroup, spawn
 from tests import distributed_cases as cases
 
 RTOL = 1e-9

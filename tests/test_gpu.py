@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from sslsearch.augment import AugmentConfig, Augmenter, augment
 from sslsearch.checkpoint import load_checkpoint
 from sslsearch.config import trial_config
 from sslsearch.data import load_dataset
 from sslsearch.methods.base import Step
+from sslsearch.parts.augment import AugmentConfig, Augmenter, augment
 from sslsearch.train import run
 from sslsearch.trial import (
     augment_configs,

@@ -8,13 +8,13 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from sslsearch.augment import (
-    AugmentConfig,
-)
 from sslsearch.bench.config import SYNTHETIC_SIZE, BenchConfig
 from sslsearch.data import DataBundle, Split
 from sslsearch.errors import ConfigError
 from sslsearch.methods.base import Step
+from sslsearch.parts.augment import (
+    AugmentConfig,
+)
 from sslsearch.trial import (
     LiveTrial,
     augment_configs,

@@ -32,9 +32,9 @@ import torch
 from torch import Tensor
 
 from sslsearch.config import load_experiment, trial_config
-from sslsearch.distributed import ProcessGroup, spawn
 from sslsearch.errors import exit_code
 from sslsearch.methods.base import Step
+from sslsearch.parts.distributed import ProcessGroup, spawn
 from sslsearch.train import Schedule
 from sslsearch.trial import (
     LiveTrial,

@@ -23,7 +23,7 @@ from sslsearch.methods.dare import (
     gaussian_kl,
 )
 from sslsearch.methods.simclr import nt_xent_loss
-from sslsearch.networks import MLPEncoder
+from sslsearch.parts.networks import MLPEncoder
 
 # ----------------------------------------------------------------------------- slow references
 

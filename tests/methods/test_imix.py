@@ -27,7 +27,7 @@ from sslsearch.methods.imix import (
 )
 from sslsearch.methods.moco import moco_loss
 from sslsearch.methods.npair import npair_loss
-from sslsearch.networks import build_backbone
+from sslsearch.parts.networks import build_backbone
 from tests.methods.learning import knn_gain
 
 

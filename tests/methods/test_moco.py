@@ -16,7 +16,7 @@ from sslsearch.errors import ConfigError
 from sslsearch.methods import moco
 from sslsearch.methods.base import Step, Task
 from sslsearch.methods.moco import enqueue, moco_loss
-from sslsearch.networks import build_backbone
+from sslsearch.parts.networks import build_backbone
 
 
 def step_at(i: int, total: int = 100) -> Step:

@@ -19,7 +19,7 @@ from sslsearch.methods.patch_location import (
     patch_pairs,
     scaled_grid,
 )
-from sslsearch.networks import MLPEncoder, ResNet, SmallCNN
+from sslsearch.parts.networks import MLPEncoder, ResNet, SmallCNN
 
 STEP = Step(step=0, total_steps=1, epoch=0, steps_per_epoch=1)
 

@@ -14,8 +14,8 @@ from torch import Tensor
 from sslsearch.checkpoint import load_checkpoint, save_checkpoint
 from sslsearch.methods.base import Step, Task
 from sslsearch.methods.swav import Config, Method, sinkhorn, swav_loss
-from sslsearch.networks import SmallCNN
-from sslsearch.optim import build_optimizer
+from sslsearch.parts.networks import SmallCNN
+from sslsearch.parts.optim import build_optimizer
 
 
 def slow_sinkhorn(scores: Tensor, eps: float, iterations: int) -> list[list[float]]:

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from sslsearch.config import TrialConfig
 from sslsearch.errors import ConfigError
-from sslsearch.imageops import (
+from sslsearch.parts.imageops import (
     blend,
     check_input,
     gaussian_blur,
@@ -314,7 +314,8 @@ def normalize(
 
 
 # --------------------------------------------------------------------------------------------------
-# Crop and flip, colour jitter: the ops that read the config (the others are sslsearch.imageops').
+# Crop and flip, colour jitter: the ops that read the config (the others are
+# sslsearch.parts.imageops').
 
 
 def _crop_flip(
