@@ -184,7 +184,7 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Backbo
 def _try_data(cfg: TrialConfig) -> Any | None:
     """The trial's dataset on the CPU (for its normalisation), or None where it cannot be read
     here (e.g. a cluster whose data lives only on the workers): shapes then come from weights."""
-    from sslsearch.trial import load_data
+    from sslsearch.trial.trial import load_data
 
     try:
         return load_data(cfg, torch.device("cpu"))
@@ -199,8 +199,8 @@ def export_trial(config: Mapping[str, Any], checkpoint: Any, folder: str | Path,
 
     Returns the export folder, or None when the trial left no readable checkpoint.
     """
-    from sslsearch.checkpoint import load_checkpoint
     from sslsearch.space import trial_from_config
+    from sslsearch.trial.checkpoint import load_checkpoint
 
     if checkpoint is None:
         return None

@@ -46,9 +46,9 @@ from sslsearch.data.survey import (
 )
 from sslsearch.distributions import Dist
 from sslsearch.errors import ConfigError
-from sslsearch.labelfree import MIN_SAMPLES
 from sslsearch.space import SearchSpace
 from sslsearch.sweepdir import is_remote
+from sslsearch.trial.labelfree import MIN_SAMPLES
 
 # The trial fields that decide what a trial loads and how much memory its data takes.
 DATA_FIELDS = ("dataset", "data_dir", "download", "labels", "val_fraction", "max_train_samples",

@@ -290,7 +290,7 @@ def tsne_embedding(encoder_path: Path, max_points: int = 2000, seed: int = 0
     from sslsearch.config import trial_config
     from sslsearch.export import load_encoder, read_config
     from sslsearch.parts.augment import normalize
-    from sslsearch.trial import load_data
+    from sslsearch.trial.trial import load_data
 
     doc = read_config(encoder_path)
     cfg = trial_config({**doc["trial"], "device": "cpu"}, source=str(encoder_path))

@@ -26,8 +26,6 @@ import torch
 from torch import Tensor
 
 from sslsearch import methods
-from sslsearch.baselines import INIT_KEY, RAW_KEYS
-from sslsearch.checkpoint import load_checkpoint, save_checkpoint
 from sslsearch.config import TrialConfig, load_experiment, trial_config
 from sslsearch.data import DataBundle
 from sslsearch.errors import ConfigError, TrialFailure, exit_code
@@ -36,7 +34,9 @@ from sslsearch.parts.augment import AugmentConfig
 from sslsearch.parts.distributed import ONE_PROCESS, ProcessGroup
 from sslsearch.parts.optim import lr_at, scaled_lr, set_lr
 from sslsearch.results import delta_points, fmt_delta
-from sslsearch.trial import (
+from sslsearch.trial.baselines import INIT_KEY, RAW_KEYS
+from sslsearch.trial.checkpoint import load_checkpoint, save_checkpoint
+from sslsearch.trial.trial import (
     LiveTrial,
     augment_configs,
     evaluate_epoch,

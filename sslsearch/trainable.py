@@ -20,9 +20,9 @@ import ray
 from ray import tune
 
 from sslsearch import train
-from sslsearch.checkpoint import CHECKPOINT, PREVIOUS
 from sslsearch.errors import TrialFailure
 from sslsearch.space import trial_from_config
+from sslsearch.trial.checkpoint import CHECKPOINT, PREVIOUS
 
 FAILURE_FILE = "failure.json"
 NODE_KEY = "ray_node_id"  # the Ray node a result came from (a hex id; hostnames repeat on one host)

@@ -45,13 +45,13 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from sslsearch import train
-from sslsearch.checkpoint import CHECKPOINT, PREVIOUS, load_checkpoint
 from sslsearch.config import SearchConfig
 from sslsearch.errors import TrialFailure
 from sslsearch.parts.distributed import TorchProcessGroup
 from sslsearch.results import CHECKPOINT_PATH_KEY
 from sslsearch.space import trial_from_config
 from sslsearch.trainable import FAILURE_FILE, NODE_KEY
+from sslsearch.trial.checkpoint import CHECKPOINT, PREVIOUS, load_checkpoint
 
 DRIVER_CPU = 0.01  # the Tune trial's function: it waits in fit() while its workers compute
 TRAIN_RUNS = "train_runs"  # under the sweep's folder: one Ray Train run per trial, by trial id

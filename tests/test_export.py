@@ -12,12 +12,12 @@ import pytest
 import torch
 
 import sslsearch
-from sslsearch.checkpoint import load_checkpoint
 from sslsearch.config import load_experiment
 from sslsearch.errors import ConfigError
 from sslsearch.export import CONFIG, WEIGHTS, export_encoder, read_config
 from sslsearch.train import run
-from sslsearch.trial import build_method, load_data, select_device
+from sslsearch.trial.checkpoint import load_checkpoint
+from sslsearch.trial.trial import build_method, load_data, select_device
 
 
 def _trained(tmp_path: Path, backbone: str = "small_cnn", dataset: str = "digits"

@@ -24,7 +24,7 @@ MAX_DRIVER_FUNCTION_LINES = 60
 DRIVERS = ("run", "compare", "cli", "train", "all_methods", "bench.__main__", "bench.search",
            "bench.search_cli", "bench.selection", "bench.preflight", "bench.workers",
            # the trial loop, which a reader follows step by step too
-           "trial", "checkpoint", "evaluate")
+           "trial.trial", "trial.checkpoint", "trial.evaluation")
 
 
 def _modules() -> dict[str, Path]:

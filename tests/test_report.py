@@ -22,7 +22,7 @@ from sslsearch.report import (
 )
 from sslsearch.results import TrialRecord
 from sslsearch.space import load_space
-from sslsearch.trial import build_method, load_data
+from sslsearch.trial.trial import build_method, load_data
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

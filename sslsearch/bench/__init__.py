@@ -14,7 +14,7 @@ A benchmark, not a test::
 optimiser step, with the method, optimiser and augmentation configs built by
 :mod:`sslsearch.train`'s own helpers) and differ in where the two views come from and, by default,
 in precision: ours runs the training loop's (``--precision auto``: bf16 autocast on CUDA and on
-CPUs with native bf16, :func:`sslsearch.trial.uses_bf16`), the conventional path the public
+CPUs with native bf16, :func:`sslsearch.trial.trial.uses_bf16`), the conventional path the public
 libraries' default (``--conventional-precision library``: autocast on CUDA, float32 on the CPU).
 ``--conventional-precision same`` gives it ours, so that only the data path differs:
 

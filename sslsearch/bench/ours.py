@@ -1,5 +1,5 @@
 """Our path: the dataset resident on the device, both views augmented batched on it, the training
-loop's own step (:func:`sslsearch.trial.train_step`)."""
+loop's own step (:func:`sslsearch.trial.trial.train_step`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from sslsearch.methods.base import Step
 from sslsearch.parts.augment import (
     AugmentConfig,
 )
-from sslsearch.trial import (
+from sslsearch.trial.trial import (
     LiveTrial,
     augment_configs,
     load_data,

@@ -48,7 +48,7 @@ class Method(nn.Module):
     """
 
     supervised: ClassVar[bool] = False  # True: the loss uses class labels (SupCon)
-    group: ProcessGroup = ONE_PROCESS  # set by sslsearch.trial.setup_trial
+    group: ProcessGroup = ONE_PROCESS  # set by sslsearch.trial.trial.setup_trial
 
     def __init__(self, cfg: Any, backbone: Backbone, task: Task) -> None:
         super().__init__()

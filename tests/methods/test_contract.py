@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from sslsearch import methods
-from sslsearch.checkpoint import load_checkpoint, save_checkpoint
 from sslsearch.config import TrialConfig, trial_config
 from sslsearch.data import DataBundle, load_dataset
 from sslsearch.methods.base import Step
 from sslsearch.train import run
-from sslsearch.trial import build_method
+from sslsearch.trial.checkpoint import load_checkpoint, save_checkpoint
+from sslsearch.trial.trial import build_method
 
 ALL = methods.available()
 

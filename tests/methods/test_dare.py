@@ -11,7 +11,6 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from sslsearch.checkpoint import load_checkpoint, save_checkpoint
 from sslsearch.methods.base import Step, Task
 from sslsearch.methods.dare import (
     LOGVAR_MAX,
@@ -24,6 +23,7 @@ from sslsearch.methods.dare import (
 )
 from sslsearch.methods.simclr import nt_xent_loss
 from sslsearch.parts.networks import MLPEncoder
+from sslsearch.trial.checkpoint import load_checkpoint, save_checkpoint
 
 # ----------------------------------------------------------------------------- slow references
 

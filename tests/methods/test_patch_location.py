@@ -243,7 +243,7 @@ def test_views_are_whole_images_unless_crop_views() -> None:
     the whole image, as in the paper), on with ``crop_views``; every other method keeps it."""
     from sslsearch.config import trial_config
     from sslsearch.data import load_dataset
-    from sslsearch.trial import augment_configs, build_method
+    from sslsearch.trial.trial import augment_configs, build_method
 
     data = load_dataset("digits", device=torch.device("cpu"))
     for method, params, expected in [("patch_location", {}, 1.0),

@@ -14,17 +14,24 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sslsearch import labelfree, methods
-from sslsearch.baselines import INIT_KEY, raw_pixel_baseline
+from sslsearch import methods
 from sslsearch.config import TrialConfig
 from sslsearch.data import DataBundle, load_dataset_cached
 from sslsearch.errors import ConfigError
-from sslsearch.evaluate import accuracy, collapse_diagnostics, extract, knn_predict, linear_probe
 from sslsearch.methods.base import Method, Step, Task
 from sslsearch.parts.augment import AugmentConfig, Augmenter, normalize
 from sslsearch.parts.distributed import ONE_PROCESS, ProcessGroup, global_batch_norm
 from sslsearch.parts.networks import build_backbone, frozen, set_requires_grad
 from sslsearch.parts.optim import build_optimizer, scaled_lr
+from sslsearch.trial import labelfree
+from sslsearch.trial.baselines import INIT_KEY, raw_pixel_baseline
+from sslsearch.trial.evaluation import (
+    accuracy,
+    collapse_diagnostics,
+    extract,
+    knn_predict,
+    linear_probe,
+)
 
 
 def select_device(name: str) -> torch.device:
@@ -216,9 +223,9 @@ def label_free_metrics(trial: LiveTrial, augs: tuple[AugmentConfig, AugmentConfi
                        ) -> dict[str, Tensor]:
     """RankMe and α-ReQ of the backbone features of the first ``label_free_samples``
     validation images, LiDAR of ``LIDAR_VIEWS`` augmented views of the first ``LIDAR_IMAGES``
-    (:mod:`sslsearch.labelfree`). On the backbone, not the projector, whose width caps the rank.
-    The views come from a generator seeded by the trial's seed alone, so the metrics draw nothing
-    from the training's random stream (a run with them off trains the same)."""
+    (:mod:`sslsearch.trial.labelfree`). On the backbone, not the projector, whose width caps the
+    rank. The views come from a generator seeded by the trial's seed alone, so the metrics draw
+    nothing from the training's random stream (a run with them off trains the same)."""
     cfg, backbone = trial.cfg, trial.method.backbone
     x, _ = next(trial.data.val.iter_batches(min(cfg.label_free_samples, len(trial.data.val)),
                                             None, shuffle=False, drop_last=False))

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sslsearch.evaluate import accuracy, knn_predict, linear_probe
 from sslsearch.results import INIT_KEY, RAW_KEYS
+from sslsearch.trial.evaluation import accuracy, knn_predict, linear_probe
 
 __all__ = ["INIT_KEY", "MAX_RAW_SIDE", "RAW_KEYS", "raw_features", "raw_pixel_baseline"]
 MAX_RAW_SIDE = 32  # larger images are area-averaged to this side for the raw baseline

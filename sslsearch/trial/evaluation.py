@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sslsearch.labelfree import rankme
 from sslsearch.parts.networks import frozen
+from sslsearch.trial.labelfree import rankme
 
 
 @torch.inference_mode()
@@ -169,7 +169,7 @@ def collapse_diagnostics(z1: Tensor, z2: Tensor | None = None) -> dict[str, Tens
 
     - ``embed_std``: mean over dimensions of the std of L2-normalised embeddings (Jing et al.;
       0 under collapse, about 1/√d when spread); ``embed_std_ratio`` = embed_std·√d (≈ 1 healthy).
-    - ``effective_rank``: RankMe (Garrido et al., 2023) by :func:`sslsearch.labelfree.rankme`,
+    - ``effective_rank``: RankMe (Garrido et al., 2023) by :func:`sslsearch.trial.labelfree.rankme`,
       ``exp(−Σ p_k log p_k)`` with ``p_k = σ_k/‖σ‖₁ + 1e-7`` over the singular values of the
       embedding matrix, **not** centred, as in the paper: 1 under full collapse, ≤ min(N, d).
       (Centred, a constant vector plus tiny noise would read as full rank: centring removes

@@ -12,7 +12,7 @@ Three spectral metrics of frozen (backbone) features, each as its paper defines 
 Conventions (all three): the input is any real tensor; the computation runs in float64 on the
 input's device (on CPU for MPS, which has no float64) under ``inference_mode``, with no host sync
 of its own (no ``.item()``, no boolean indexing, no branch on a value), so a caller pays one sync
-per epoch for all its metrics, as with :func:`sslsearch.evaluate.collapse_diagnostics`. Each
+per epoch for all its metrics, as with :func:`sslsearch.trial.evaluation.collapse_diagnostics`. Each
 returns a 0-dim float64 tensor; ``float(x)`` for logging. Non-finite input (a diverged trial) gives
 NaN, not an exception. Shape errors raise ``ValueError``.
 
