@@ -78,7 +78,6 @@ def test_the_list_of_runs_goes_on_where_it_was(saved: dict[str, Any]) -> None:
 def test_the_callbacks_and_the_folder_namer_load(saved: dict[str, Any]) -> None:
     from sslsearch.sweep import Progress
     from sslsearch.tracking import MLflowTrialCallback
-    from sslsearch.trainable import trainable
     from sslsearch.trainable_workers import PlacementGroupReaper
 
     assert isinstance(saved["progress"], Progress) and saved["progress"].total == 4
@@ -87,4 +86,3 @@ def test_the_callbacks_and_the_folder_namer_load(saved: dict[str, Any]) -> None:
     assert isinstance(saved["reaper"], PlacementGroupReaper)
     trial = SimpleNamespace(config={"method": "simclr"}, trial_id="abc")
     assert saved["dirname"](trial) == "simclr_abc"
-    assert saved["trainable"] is trainable
