@@ -2,7 +2,7 @@
 
 The flags are parsed here and applied by :meth:`Overrides.apply`, which also makes a data folder
 absolute and checks that it exists, and has the pre-flight check an ImageFolder's labels
-(:func:`sslsearch.preflight.check_labels`); nothing else here reads a file. The drivers
+(:func:`sslsearch.search.preflight.check_labels`); nothing else here reads a file. The drivers
 (:mod:`sslsearch.run` for a sweep, :mod:`sslsearch.compare` for ``--compare``) take the parsed
 flags from here, so neither imports the other.
 """
@@ -19,7 +19,7 @@ from typing import Any
 from sslsearch.config import Experiment, SearchConfig, check_objective
 from sslsearch.errors import ConfigError
 from sslsearch.schema import build_dataclass
-from sslsearch.sweepdir import is_remote
+from sslsearch.search.sweepdir import is_remote
 
 DEFAULT_STORAGE = "sslsearch_results"
 
@@ -164,10 +164,10 @@ class Overrides:
     def apply(self, exp: Experiment) -> Experiment:
         """``exp`` with these overrides; a data folder made absolute (trials chdir into their own
         folders) and checked to exist, and its labels checked
-        (:func:`sslsearch.preflight.check_labels`)."""
+        (:func:`sslsearch.search.preflight.check_labels`)."""
         # Imported here: the pre-flight loads torch (through the data loaders); the flags and
         # --help do not need it.
-        from sslsearch.preflight import check_labels
+        from sslsearch.search.preflight import check_labels
 
         search = dict(dataclasses.asdict(exp.search))
         for key in ("num_samples", "max_concurrent", "grace_period", "cpus_per_trial",

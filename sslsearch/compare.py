@@ -10,7 +10,7 @@
    trials first); its top ``--confirm-top`` configurations and the method's defaults are re-run
    with ``--confirm-seeds`` fresh seeds, the same seeds for every method (so differences between
    methods are paired), and the method's winner is the best mean of the search's metric over
-   them (:mod:`sslsearch.confirm`). The test split plays no part in any choice.
+   them (:mod:`sslsearch.search.confirm`). The test split plays no part in any choice.
 3. **Seeds.** The table reports mean ± sample std (ddof 1) over the winner's fresh-seed runs of
    the linear-probe **test** accuracy, the test kNN accuracy and the validation kNN accuracy,
    and the compute each method spent (trial-seconds and epochs, search and confirmation apart).
@@ -39,17 +39,17 @@ from sslsearch import provenance
 from sslsearch.cli import Overrides, storage_location
 from sslsearch.compare_table import comparison_markdown, method_rows
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
-from sslsearch.confirm import Choice, Confirmation, choose, fresh_seeds
 from sslsearch.confirm_report import markdown as confirm_markdown
 from sslsearch.errors import ConfigError
-from sslsearch.outbox import OUTBOX_FILE
 from sslsearch.paths import results_folder
 from sslsearch.results import RAW_KEYS, SELECTION, TrialRecord, record
 from sslsearch.schema import resolve_file
-from sslsearch.space import trial_keys
+from sslsearch.search.confirm import Choice, Confirmation, choose, fresh_seeds
+from sslsearch.search.outbox import OUTBOX_FILE
+from sslsearch.search.space import trial_keys
+from sslsearch.search.sweepdir import is_remote
+from sslsearch.search.tracking_uri import check_reachable, normalize_uri
 from sslsearch.summary import correlation_markdown
-from sslsearch.sweepdir import is_remote
-from sslsearch.tracking_uri import check_reachable, normalize_uri
 
 # ------------------------------------------------------------------------------------------------
 # The command
@@ -62,7 +62,7 @@ class Comparison:
     name: str
     folder: Path
     space_path: Path
-    space: Any  # sslsearch.space.SearchSpace
+    space: Any  # sslsearch.search.space.SearchSpace
     exp: Experiment
     methods: list[str]
     seeds: list[int]
@@ -73,7 +73,7 @@ class Comparison:
     quiet: bool
 
     @property
-    def outbox(self) -> Path:  # the tracking outbox of all its sweeps (sslsearch.outbox)
+    def outbox(self) -> Path:  # the tracking outbox of all its sweeps (sslsearch.search.outbox)
         return self.folder / OUTBOX_FILE
 
 
@@ -95,7 +95,7 @@ class Outcome:
 
 def run_compare(args: argparse.Namespace, argv: list[str]) -> int:
     """``python -m sslsearch.run --compare``: see the module docstring."""
-    from sslsearch import sweep
+    from sslsearch.search import sweep
 
     c = _plan(args, argv)
     sweep.start_ray(c.exp.search, c.address)
@@ -120,8 +120,8 @@ def run_compare(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _plan(args: argparse.Namespace, argv: list[str]) -> Comparison:
     """Every input checked (and the folder made) before any trial starts."""
-    from sslsearch import preflight, sweep
-    from sslsearch.space import load_space
+    from sslsearch.search import preflight, sweep
+    from sslsearch.search.space import load_space
 
     if args.resume is not None:
         raise ConfigError("--compare cannot be resumed; start it again (each method's search "
@@ -160,7 +160,7 @@ def _plan(args: argparse.Namespace, argv: list[str]) -> Comparison:
 
 
 def _log_start(c: Comparison) -> None:
-    from sslsearch import preflight, tracking
+    from sslsearch.search import preflight, tracking
 
     exp, checked = c.exp, preflight.recorded(c.folder)  # the images it left out, if any
     tracking.Tracker(c.tracking_uri, c.mlflow_experiment, c.name).log_sweep(
@@ -178,9 +178,9 @@ def _log_start(c: Comparison) -> None:
 
 def _compare_one(c: Comparison, method: str, outcome: Outcome) -> None:
     """One method: its search, its top configurations confirmed on the comparison's fresh seeds
-    (the same for every method), the winner (:func:`sslsearch.confirm.choose`)."""
-    from sslsearch import sweep
-    from sslsearch.reruns import Target, confirm_search
+    (the same for every method), the winner (:func:`sslsearch.search.confirm.choose`)."""
+    from sslsearch.search import sweep
+    from sslsearch.search.reruns import Target, confirm_search
 
     keys = trial_keys(c.space)
     search = c.exp.search
@@ -212,7 +212,8 @@ def _write_outputs(c: Comparison, outcome: Outcome, elapsed: float
     """comparison.md/.json, the encoders and the report, logged to the parent run; returns the
     Markdown, the method whose encoder is the overall best (None if none was exported) and the
     MLflow link to the runs."""
-    from sslsearch import report, tracking
+    from sslsearch import report
+    from sslsearch.search import tracking
 
     outbox = tracking.sweep_outbox(c.outbox, c.tracking_uri, c.mlflow_experiment, c.name)
     for t in outcome.all_trials():  # once; a no-op when the callbacks logged them

@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sslsearch.confirm import fmt_interval, fmt_stat, paired, scale, stat
 from sslsearch.methods import uses_labels
 from sslsearch.results import (
     BASELINE_KEYS,
@@ -20,6 +19,7 @@ from sslsearch.results import (
     mean_std,
     number,
 )
+from sslsearch.search.confirm import fmt_interval, fmt_stat, paired, scale, stat
 
 
 def method_rows(search: dict[str, list[TrialRecord]], seeds: dict[str, list[TrialRecord]],

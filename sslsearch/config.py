@@ -134,7 +134,7 @@ class SearchConfig:
     # healthy methods 0.12-0.63, SimSiam without stop-gradient 0.035-0.041.
     collapse_rank_ratio: float = 0.06
     reuse_actors: bool = True  # one Ray actor runs trial after trial (README, "Per-trial overhead")
-    # Confirmation on fresh seeds (sslsearch.confirm): after the search, its top confirm_top
+    # Confirmation on fresh seeds (sslsearch.search.confirm): after the search, its top confirm_top
     # configurations and the experiment's own are re-run with confirm_seeds seeds the search
     # never used; the winner is the best mean over them. 3 seeds: the fewest that give an
     # interval; 2 candidates (None: 2, or num_samples when that is fewer): the runner-up is what

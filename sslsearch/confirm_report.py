@@ -3,7 +3,8 @@ printed and logged to MLflow) and its plain sentences, from a ``confirm.Confirma
 
 from __future__ import annotations
 
-from sslsearch.confirm import (
+from sslsearch.results import FINISHED, fmt_delta, number
+from sslsearch.search.confirm import (
     Candidate,
     Confirmation,
     Stat,
@@ -12,7 +13,6 @@ from sslsearch.confirm import (
     scale,
     stat,
 )
-from sslsearch.results import FINISHED, fmt_delta, number
 
 
 def difference_sentence(what: str, s: Stat | None, metric: str) -> str:

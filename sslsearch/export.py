@@ -199,7 +199,7 @@ def export_trial(config: Mapping[str, Any], checkpoint: Any, folder: str | Path,
 
     Returns the export folder, or None when the trial left no readable checkpoint.
     """
-    from sslsearch.space import trial_from_config
+    from sslsearch.search.space import trial_from_config
     from sslsearch.trial.checkpoint import load_checkpoint
 
     if checkpoint is None:

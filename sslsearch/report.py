@@ -32,9 +32,9 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.ticker import MaxNLocator
 
-from sslsearch.distributions import Dist, label
-from sslsearch.optuna_space import param_importances
-from sslsearch.space import SearchSpace
+from sslsearch.search.distributions import Dist, label
+from sslsearch.search.optuna_space import param_importances
+from sslsearch.search.space import SearchSpace
 
 CURVES = "learning_curves.png"
 IMPORTANCE = "param_importance.png"

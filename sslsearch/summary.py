@@ -35,7 +35,7 @@ def summarize(results: Any, metric: str, mode: str, confirmation: Any = None
     selection rule (:func:`sslsearch.results.rank_trials`), each accuracy beside its difference
     to the raw-pixel baseline (and val kNN to the random-init encoder); above it the baselines,
     the budget (:func:`budget_line`) and, when the search was confirmed on fresh seeds
-    (``confirmation``, a :class:`sslsearch.confirm.Confirmation`), its candidates first."""
+    (``confirmation``, a :class:`sslsearch.search.confirm.Confirmation`), its candidates first."""
     results = list(results)
     rows = []
     for r in results:

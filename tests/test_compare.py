@@ -118,7 +118,7 @@ def test_compare_end_to_end(tmp_path: Path) -> None:
 def test_each_method_searches_alone_with_its_own_initial_points() -> None:
     import optuna
 
-    from sslsearch.space import parse_space
+    from sslsearch.search.space import parse_space
 
     doc = {"method": {"choice": ["simclr", "vicreg"]},
            "trial": {"base_lr": {"loguniform": [1.0e-4, 1.0e-2]}},

@@ -71,7 +71,7 @@ def test_the_peer_recipe_is_issue_15s_and_the_tuned_search_runs_on_the_same_setu
     recipe is the conventional one and the tuned side changes nothing of the setup: the same
     subset, network, batch, epochs and kNN, judged on validation kNN (no probe: the sweep then
     exports its best val-kNN trial, the one the README re-runs)."""
-    from sslsearch.space import load_space
+    from sslsearch.search.space import load_space
 
     recipe = load_experiment("peer_simclr_fashion_mnist").trial
     assert (recipe.method_params["temperature"], recipe.optimizer, recipe.momentum,

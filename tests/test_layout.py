@@ -155,9 +155,9 @@ def test_pyproject_ships_every_package_and_the_yaml_files() -> None:
 
 
 def test_one_owner_for_what_a_remote_storage_is() -> None:
-    """Whether ``--storage`` is a URI is ``sweepdir.is_remote``'s to say; a second spelling of the
-    rule (``"://" in storage``) would drift from it."""
-    spelled = [f"{m}:{i}" for m, p in MODULES.items() if m != f"{PACKAGE}.sweepdir"
+    """Whether ``--storage`` is a URI is ``search.sweepdir.is_remote``'s to say; a second spelling
+    of the rule (``"://" in storage``) would drift from it."""
+    spelled = [f"{m}:{i}" for m, p in MODULES.items() if m != f"{PACKAGE}.search.sweepdir"
                for i, line in enumerate(p.read_text().splitlines(), 1)
                if '"://" in' in line and "storage" in line]
-    assert not spelled, f"use sweepdir.is_remote: {spelled}"
+    assert not spelled, f"use search.sweepdir.is_remote: {spelled}"

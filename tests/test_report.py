@@ -21,7 +21,7 @@ from sslsearch.report import (
     write_report,
 )
 from sslsearch.results import TrialRecord
-from sslsearch.space import load_space
+from sslsearch.search.space import load_space
 from sslsearch.trial.trial import build_method, load_data
 
 PNG = b"\x89PNG\r\n\x1a\n"

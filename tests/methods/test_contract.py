@@ -99,7 +99,7 @@ def test_every_method_has_the_six_pieces_a_method_needs() -> None:
     test file, its place in all_methods.yaml and a case in the learning and precision tests;
     this names every piece a method lacks."""
     from sslsearch.config import SPACES_DIR
-    from sslsearch.space import load_space
+    from sslsearch.search.space import load_space
     from tests.methods.test_learning import CASES as LEARNING
     from tests.methods.test_precision import CASES as PRECISION
 

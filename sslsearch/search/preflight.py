@@ -44,10 +44,10 @@ from sslsearch.data.survey import (
     memory_need,
     physical_memory,
 )
-from sslsearch.distributions import Dist
 from sslsearch.errors import ConfigError
-from sslsearch.space import SearchSpace
-from sslsearch.sweepdir import is_remote
+from sslsearch.search.distributions import Dist
+from sslsearch.search.space import SearchSpace
+from sslsearch.search.sweepdir import is_remote
 from sslsearch.trial.labelfree import MIN_SAMPLES
 
 # The trial fields that decide what a trial loads and how much memory its data takes.

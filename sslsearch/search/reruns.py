@@ -1,6 +1,6 @@
-"""Confirmation runs through Tune: a search's candidates (:mod:`sslsearch.confirm` picks them)
-re-run on fresh seeds, as trials of the sweep like any other (the same trainable, the same MLflow
-parent, resumed after a kill like the search)."""
+"""Confirmation runs through Tune: a search's candidates (:mod:`sslsearch.search.confirm` picks
+them) re-run on fresh seeds, as trials of the sweep like any other (the same trainable, the same
+MLflow parent, resumed after a kill like the search)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sslsearch import confirm
 from sslsearch.config import Experiment
 from sslsearch.results import TrialRecord, record, select_best
-from sslsearch.space import SearchSpace
+from sslsearch.search import confirm
+from sslsearch.search.space import SearchSpace
 
 CONFIRM_RUN = "confirm"  # the Tune experiment's folder under the sweep's
 
@@ -40,7 +40,7 @@ def confirm_search(search: Sequence[TrialRecord], space: SearchSpace, exp: Exper
     """The search's top ``confirm_top`` configurations and the experiment's own (of the best
     trial's method), each on ``confirm_seeds`` fresh seeds; the confirmation and Tune's results
     (None and [] when no trial is eligible)."""
-    from sslsearch import sweep
+    from sslsearch.search import sweep
 
     s = exp.search
     best = select_best(search, s.metric, s.mode)

@@ -1,6 +1,6 @@
 """One distribution of a search space (:class:`Dist`): how it draws from an Optuna trial and
-which values it can draw. Parsed from YAML by :mod:`sslsearch.space`; imports no Optuna (its
-``optuna.distributions`` twin is :func:`sslsearch.optuna_space.optuna_distribution`)."""
+which values it can draw. Parsed from YAML by :mod:`sslsearch.search.space`; imports no Optuna (its
+``optuna.distributions`` twin is :func:`sslsearch.search.optuna_space.optuna_distribution`)."""
 
 from __future__ import annotations
 

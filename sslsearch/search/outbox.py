@@ -10,7 +10,7 @@ through, the file is deleted and one line says so. A sweep that ends with record
 says how to replay them: ``python -m sslsearch.run --sync-tracking NAME``.
 
 Records name trials by their Ray trial id, never by MLflow run id (a run created during the
-outage does not exist yet), and every :class:`sslsearch.tracking.Tracker` call they replay is
+outage does not exist yet), and every :class:`sslsearch.search.tracking.Tracker` call they replay is
 idempotent: a child run is found by its tag before one is created, metrics at steps the run
 already has are skipped, tags and artifacts overwrite. So a replay cut short by a crash can be
 run again without duplicating anything.

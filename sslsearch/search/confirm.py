@@ -125,7 +125,7 @@ def same_configuration(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     """Whether two Ray configs train the same trial, seeds aside (a method parameter set to its
     default equals one left out)."""
     from sslsearch import methods
-    from sslsearch.space import trial_from_config
+    from sslsearch.search.space import trial_from_config
 
     def resolved(config: Mapping[str, Any]) -> tuple[Any, Any]:
         cfg = trial_from_config(config)

@@ -49,8 +49,8 @@ from sslsearch.config import SearchConfig
 from sslsearch.errors import TrialFailure
 from sslsearch.parts.distributed import TorchProcessGroup
 from sslsearch.results import CHECKPOINT_PATH_KEY
-from sslsearch.space import trial_from_config
-from sslsearch.trainable import FAILURE_FILE, NODE_KEY
+from sslsearch.search.space import trial_from_config
+from sslsearch.search.trainable import FAILURE_FILE, NODE_KEY
 from sslsearch.trial.checkpoint import CHECKPOINT, PREVIOUS, load_checkpoint
 
 DRIVER_CPU = 0.01  # the Tune trial's function: it waits in fit() while its workers compute

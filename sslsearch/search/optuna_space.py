@@ -1,13 +1,13 @@
-"""What Optuna computes over a search space besides the sweep's TPE (:mod:`sslsearch.searchers`):
-seeded random draws (``bench search``'s random strategy) and fANOVA importances (the report).
-Torch-free and Ray-free; Optuna is imported when called."""
+"""What Optuna computes over a search space besides the sweep's TPE
+(:mod:`sslsearch.search.searchers`): seeded random draws (``bench search``'s random strategy) and
+fANOVA importances (the report). Torch-free and Ray-free; Optuna is imported when called."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sslsearch.distributions import Dist, label
-from sslsearch.space import SearchSpace
+from sslsearch.search.distributions import Dist, label
+from sslsearch.search.space import SearchSpace
 
 
 def optuna_distribution(d: Dist) -> Any:

@@ -21,7 +21,7 @@ from ray import tune
 
 from sslsearch import train
 from sslsearch.errors import TrialFailure
-from sslsearch.space import trial_from_config
+from sslsearch.search.space import trial_from_config
 from sslsearch.trial.checkpoint import CHECKPOINT, PREVIOUS
 
 FAILURE_FILE = "failure.json"

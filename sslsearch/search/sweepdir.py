@@ -9,7 +9,7 @@ kernel drops the lock when its holder dies, however it dies (SIGKILL included), 
 dead driver left behind is taken over, and said so.
 
 A driver killed before Tune first saved its state leaves trial folders that no restore will know
-(a resume starts over, :func:`sslsearch.sweep.has_tune_state`), and MLflow child runs that no
+(a resume starts over, :func:`sslsearch.search.sweep.has_tune_state`), and MLflow child runs that no
 trial will end: :func:`start_over` ends both.
 """
 
@@ -29,8 +29,8 @@ from typing import IO
 from sslsearch.errors import ConfigError
 
 LOCK_FILE = "sslsearch.lock"
-# A Tune trial folder's name (sslsearch.sweep's trial_dirname_creator): the method, then Tune's
-# trial id (8 hex digits from a searcher; 5 and a 5-digit index from a grid).
+# A Tune trial folder's name (sslsearch.search.sweep's trial_dirname_creator): the method, then
+# Tune's trial id (8 hex digits from a searcher; 5 and a 5-digit index from a grid).
 _TRIAL_DIR = re.compile(r"[a-z][a-z0-9_]*_[0-9a-f]{5,8}(_\d{5})?")
 _held: dict[Path, IO[str]] = {}  # the locks this process holds, by sweep folder
 
@@ -84,7 +84,7 @@ def release_all() -> None:
 
 def remove_orphan_trials(folder: Path) -> int:
     """Delete the trial folders in ``folder`` (Tune's: named ``<method>_<trial id>`` by
-    :func:`sslsearch.sweep.build_tuner`, empty until the trial writes, or holding Tune's
+    :func:`sslsearch.search.sweep.build_tuner`, empty until the trial writes, or holding Tune's
     ``params.json``): for a sweep resumed from nothing, whose trials all run again under new ids,
     so no restore will read them. Links are not followed. Returns how many were removed."""
     orphans = [p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()

@@ -20,10 +20,10 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from sslsearch.confirm import CANDIDATE_KEY, STAGE_KEY
-from sslsearch.outbox import Outbox, RetryingClient, is_outage, store_setup_lock
 from sslsearch.results import RAW_KEYS, outcome
-from sslsearch.tracking_uri import runs_link
+from sslsearch.search.confirm import CANDIDATE_KEY, STAGE_KEY
+from sslsearch.search.outbox import Outbox, RetryingClient, is_outage, store_setup_lock
+from sslsearch.search.tracking_uri import runs_link
 
 PARENT = "parent"
 CHILD = "trial"
@@ -124,8 +124,9 @@ class Tracker:
         return [m.key for m in fresh]
 
     def log_parent_selection(self, tags: Mapping[str, str], metrics: Mapping[str, float]) -> None:
-        """The sweep's answer on its run (:func:`sslsearch.confirm.parent_record`): which trial
-        won and how, the confirmed figures. Idempotent: a replay sets the same values again."""
+        """The sweep's answer on its run (:func:`sslsearch.search.confirm.parent_record`): which
+        trial won and how, the confirmed figures. Idempotent: a replay sets the same values
+        again."""
         now = int(time.time() * 1000)
         self.client.log_batch(self.parent_id,
                               metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()
@@ -269,7 +270,7 @@ class Tracker:
 
 
 def sweep_outbox(path: Path, uri: str, experiment: str, sweep_id: str) -> Outbox:
-    """The outbox of a sweep's tracking calls (:mod:`sslsearch.outbox`), replaying to
+    """The outbox of a sweep's tracking calls (:mod:`sslsearch.search.outbox`), replaying to
     ``Tracker(uri, experiment, sweep_id)``."""
     return Outbox(path, {"uri": uri, "experiment": experiment, "sweep_id": sweep_id},
                   lambda: Tracker(uri, experiment, sweep_id))
@@ -287,7 +288,7 @@ def outbox_link(outbox: Outbox) -> str:
 
 def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
     """The trial's parameters as logged: the suggested values plus the experiment's settings."""
-    from sslsearch.space import trial_from_config
+    from sslsearch.search.space import trial_from_config
 
     cfg = trial_from_config(config)
     flat = {k: v for k, v in vars(cfg).items() if k != "method_params"}
@@ -300,8 +301,8 @@ def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
 
 class MLflowTrialCallback(Callback):
     """Driver-side Tune callback: a child run per trial, metrics each epoch, status at the end,
-    every call through the sweep's :class:`~sslsearch.outbox.Outbox` (``outbox``: its file), so
-    a tracking server that goes away does not stop the sweep."""
+    every call through the sweep's :class:`~sslsearch.search.outbox.Outbox` (``outbox``: its file),
+    so a tracking server that goes away does not stop the sweep."""
 
     def __init__(self, uri: str, experiment: str, sweep_id: str, max_epochs: int,
                  outbox: Path) -> None:
@@ -339,7 +340,7 @@ class MLflowTrialCallback(Callback):
 
         import yaml
 
-        from sslsearch.space import trial_from_config
+        from sslsearch.search.space import trial_from_config
 
         cfg = dataclasses.asdict(trial_from_config(trial.config))
         cfg["method_params"] = dict(cfg["method_params"])
@@ -357,7 +358,7 @@ class MLflowTrialCallback(Callback):
             k: v for k, v in result.items()
             if k == "failure_reason" or (k not in _SKIP and isinstance(v, int | float)
                                          and not isinstance(v, bool) and math.isfinite(v))}
-        node = result.get("ray_node_id")  # set by sslsearch.trainable
+        node = result.get("ray_node_id")  # set by sslsearch.search.trainable
         self.outbox.send("trial_result", *self._who(trial), metrics, step,
                          node if isinstance(node, str) else None, str(result.get("node_ip", "")))
 

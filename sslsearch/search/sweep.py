@@ -24,21 +24,22 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 
-from sslsearch import trainable_workers
 from sslsearch.config import Experiment, SearchConfig
-from sslsearch.confirm import CANDIDATE_KEY, DEFAULTS
 from sslsearch.errors import ConfigError
-from sslsearch.outbox import OUTBOX_FILE
 from sslsearch.paths import check_owned
 from sslsearch.results import FINISHED, STOPPED_EARLY, trial_status
+from sslsearch.search import trainable_workers
+from sslsearch.search.confirm import CANDIDATE_KEY, DEFAULTS
+from sslsearch.search.outbox import OUTBOX_FILE
 
-# Sweeps saved before searchers.py existed pickled these as sslsearch.sweep.*: they resolve here.
-from sslsearch.searchers import ConfigList, SSLOptunaSearch, n_startup_trials, optuna_sampler
-from sslsearch.space import SearchSpace
-from sslsearch.stopping import BudgetStopper, CollapseStopper
-from sslsearch.sweepdir import is_remote
-from sslsearch.tracking import MLflowTrialCallback
-from sslsearch.trainable import trainable
+# Sweeps saved before searchers.py existed pickled these as sslsearch.sweep.* (an old name that
+# sslsearch._moved maps to this module): they resolve here.
+from sslsearch.search.searchers import ConfigList, SSLOptunaSearch, n_startup_trials, optuna_sampler
+from sslsearch.search.space import SearchSpace
+from sslsearch.search.stopping import BudgetStopper, CollapseStopper
+from sslsearch.search.sweepdir import is_remote
+from sslsearch.search.tracking import MLflowTrialCallback
+from sslsearch.search.trainable import trainable
 
 SWEEP_FILE = "sslsearch_sweep.json"
 
@@ -94,7 +95,7 @@ class SweepSettings:
     mlflow_experiment: str
     seed: int = 0
     address: str | None = None
-    # The tracking outbox's file (sslsearch.outbox); None: in the sweep's folder, or in the
+    # The tracking outbox's file (sslsearch.search.outbox); None: in the sweep's folder, or in the
     # working directory when the storage is remote.
     outbox: str | None = None
 
@@ -171,7 +172,7 @@ def init_ray(address: str | None, num_cpus: int | None = None,
 
 def start_ray(search: SearchConfig, address: str | None) -> None:
     """:func:`init_ray` sized for ``search``'s trials (a local Ray for trials on several workers
-    advertises a logical CPU more than the cores: :mod:`sslsearch.trainable_workers`)."""
+    advertises a logical CPU more than the cores: :mod:`sslsearch.search.trainable_workers`)."""
     init_ray(address, num_cpus=trainable_workers.local_cpus(search),
              runtime_env=trainable_workers.runtime_env(search))
 

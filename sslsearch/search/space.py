@@ -26,11 +26,11 @@ from typing import Any
 
 from sslsearch import methods
 from sslsearch.config import SPACES_DIR, TrialConfig, trial_config
-
-# Dist was defined here until distributions.py: sweeps pickled before resolve it by this name.
-from sslsearch.distributions import DISTRIBUTIONS, Dist, label, number
 from sslsearch.errors import ConfigError
 from sslsearch.schema import check_value, read_yaml, resolve_file
+
+# Dist was defined here until distributions.py: sweeps pickled before resolve it by this name.
+from sslsearch.search.distributions import DISTRIBUTIONS, Dist, label, number
 
 TOP_KEYS = ("description", "initial", "method", "methods", "trial")
 # Trial fields a space may not set: they are the space's own structure, or per-sweep settings.
