@@ -23,6 +23,6 @@ def load_encoder(path: str | Path, device: Any = "cpu") -> Backbone:
 
     Imported lazily: ``import sslsearch`` (and ``sslsearch.train``) stays torch-only and cheap.
     """
-    from sslsearch.export import load_encoder as _load
+    from sslsearch.reporting.export import load_encoder as _load
 
     return _load(path, device)

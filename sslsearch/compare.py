@@ -21,8 +21,9 @@
    runs: each seed initialises its own encoder) and the difference "vs random init".
 
 Writes ``comparison.md``, ``comparison.json``, the report (``report.md`` + PNG plots, see
-:mod:`sslsearch.report`), one encoder export per method (``encoders/<method>``) and the overall
-best (``best_encoder``) into the comparison's folder, and logs them all to its parent MLflow run.
+:mod:`sslsearch.reporting.report`), one encoder export per method (``encoders/<method>``) and the
+overall best (``best_encoder``) into the comparison's folder, and logs them all to its parent MLflow
+run.
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sslsearch import provenance
 from sslsearch.cli import Overrides, storage_location
-from sslsearch.compare_table import comparison_markdown, method_rows
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
-from sslsearch.confirm_report import markdown as confirm_markdown
 from sslsearch.errors import ConfigError
 from sslsearch.paths import results_folder
+from sslsearch.reporting import provenance
+from sslsearch.reporting.compare_table import comparison_markdown, method_rows
+from sslsearch.reporting.confirm_report import markdown as confirm_markdown
+from sslsearch.reporting.summary import correlation_markdown
 from sslsearch.results import RAW_KEYS, SELECTION, TrialRecord, record
 from sslsearch.schema import resolve_file
 from sslsearch.search.confirm import Choice, Confirmation, choose, fresh_seeds
@@ -49,7 +51,6 @@ from sslsearch.search.outbox import OUTBOX_FILE
 from sslsearch.search.space import trial_keys
 from sslsearch.search.sweepdir import is_remote
 from sslsearch.search.tracking_uri import check_reachable, normalize_uri
-from sslsearch.summary import correlation_markdown
 
 # ------------------------------------------------------------------------------------------------
 # The command
@@ -212,7 +213,7 @@ def _write_outputs(c: Comparison, outcome: Outcome, elapsed: float
     """comparison.md/.json, the encoders and the report, logged to the parent run; returns the
     Markdown, the method whose encoder is the overall best (None if none was exported) and the
     MLflow link to the runs."""
-    from sslsearch import report
+    from sslsearch.reporting import report
     from sslsearch.search import tracking
 
     outbox = tracking.sweep_outbox(c.outbox, c.tracking_uri, c.mlflow_experiment, c.name)
@@ -257,7 +258,7 @@ def _export_encoders(c: Comparison, choices: dict[str, Choice | None], outbox: A
     method whose answer has the best confirmed mean as ``best_encoder``."""
     import shutil
 
-    from sslsearch.export import export_trial
+    from sslsearch.reporting.export import export_trial
 
     exports: dict[str, Path] = {}
     for method, choice in choices.items():

@@ -20,19 +20,20 @@ from typing import Any
 
 import yaml
 
-from sslsearch import console, provenance
+from sslsearch import console
 from sslsearch.cli import Overrides, build_parser, find_resume_folder, storage_location
 from sslsearch.compare import run_compare
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
 from sslsearch.errors import ConfigError, exit_code
 from sslsearch.paths import check_owned, results_folder
+from sslsearch.reporting import provenance
+from sslsearch.reporting.summary import summarize
 from sslsearch.results import budget, budget_line, record
 from sslsearch.schema import resolve_file
 from sslsearch.search import sweepdir
 from sslsearch.search.confirm import Choice, choose, parent_record
 from sslsearch.search.space import load_space, trial_from_config, trial_keys
 from sslsearch.search.tracking_uri import check_reachable, normalize_uri
-from sslsearch.summary import summarize
 
 
 @dataclasses.dataclass
@@ -306,9 +307,10 @@ def _outbox(plan: Plan) -> Any:
 
 
 def _log_best_encoder(outbox: Any, choice: Choice, folder: Path) -> None:
-    """Export the answer's encoder (safetensors weights + config, see ``sslsearch.export``) to
-    ``folder/best_encoder`` and log it to its run's and the sweep's MLflow runs."""
-    from sslsearch.export import export_trial
+    """Export the answer's encoder (safetensors weights + config, see
+    ``sslsearch.reporting.export``) to ``folder/best_encoder`` and log it to its run's and the
+    sweep's MLflow runs."""
+    from sslsearch.reporting.export import export_trial
 
     run = choice.run
     out = export_trial(run.config, run.checkpoint, folder / "best_encoder",

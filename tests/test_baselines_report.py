@@ -17,9 +17,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sslsearch import results, train
+from sslsearch.reporting.summary import summarize
 from sslsearch.results import baseline_line, delta_points, fmt_delta
 from sslsearch.search.tracking import MLflowTrialCallback, Tracker
-from sslsearch.summary import summarize
 from sslsearch.trial import baselines
 
 RAW = {"raw_knn_acc": 0.787, "raw_test_knn_acc": 0.78, "raw_probe_acc": 0.82,

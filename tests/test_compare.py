@@ -16,7 +16,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 import sslsearch
-from sslsearch.compare_table import method_rows, ranking, ranking_markdown, table_markdown
+from sslsearch.reporting.compare_table import method_rows, ranking, ranking_markdown, table_markdown
 from sslsearch.results import TrialRecord, mean_std, select_best
 
 ROW = re.compile(r"^\| (\w+) \| (\d+\.\d+) ± (\d+\.\d+) \|")
@@ -257,7 +257,7 @@ def test_the_ranking_marks_methods_it_cannot_tell_apart() -> None:
 
 def test_a_comparison_without_labels_ranks_by_a_label_free_metric_and_says_how_far_to_trust_it(
         ) -> None:
-    from sslsearch import compare_table
+    from sslsearch.reporting import compare_table
 
     rankme = {"simclr": (41.0, 42.0, 43.0), "vicreg": (30.0, 29.0, 31.0)}
     search = {m: [_t(m, f"{m}0")] for m in rankme}

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from sslsearch import confirm_report
 from sslsearch.config import load_experiment
+from sslsearch.reporting import confirm_report
 from sslsearch.results import (
     FINISHED,
     STOPPED_EARLY,
@@ -91,9 +91,10 @@ RESULTS = [_ray("probe", 0.78, 0.90), _ray("knn", 0.82, 0.80), _ray("asha", 0.95
 def test_every_consumer_names_the_same_winner(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from sslsearch import run, summary
+    from sslsearch import run
     from sslsearch.bench import strategies
     from sslsearch.bench.budget import Budget
+    from sslsearch.reporting import summary
     from sslsearch.search.space import load_space
 
     exp = load_experiment("quick")
@@ -238,7 +239,7 @@ def test_a_candidate_that_is_the_defaults_is_not_run_twice() -> None:
 
 
 def test_summary_lists_the_confirmed_candidates_first() -> None:
-    from sslsearch.summary import summarize
+    from sslsearch.reporting.summary import summarize
 
     conf = _confirmation()
     text, _ = summarize(RESULTS, METRIC, "max", conf)

@@ -14,7 +14,7 @@ import torch
 import sslsearch
 from sslsearch.config import load_experiment
 from sslsearch.errors import ConfigError
-from sslsearch.export import CONFIG, WEIGHTS, export_encoder, read_config
+from sslsearch.reporting.export import CONFIG, WEIGHTS, export_encoder, read_config
 from sslsearch.train import run
 from sslsearch.trial.checkpoint import load_checkpoint
 from sslsearch.trial.trial import build_method, load_data, select_device

@@ -23,8 +23,8 @@ from sslsearch.config import (
     trial_config,
 )
 from sslsearch.data import load_dataset
+from sslsearch.reporting.summary import correlation_markdown, spearman
 from sslsearch.search.tracking import TAG_ROLE
-from sslsearch.summary import correlation_markdown, spearman
 from sslsearch.train import run
 from sslsearch.trial import labelfree
 

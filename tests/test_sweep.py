@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
+from sslsearch.reporting.summary import summarize
 from sslsearch.results import budget, budget_line
 from sslsearch.search.tracking import TAG_ROLE, TAG_TRIAL
-from sslsearch.summary import summarize
 
 # Sweeps small enough for the default suite: digits, a tiny CNN, a few epochs.
 # --no-confirm: confirmation on fresh seeds has its own tests (tests/test_confirm.py).

@@ -59,7 +59,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sslsearch import console, provenance
+from sslsearch import console
 from sslsearch.bench.budget import Budget, runs_for_budget, tpe_trial_cap, within_one_trial
 from sslsearch.bench.headroom import Confirmer, confirm_run, confirmed_row, reference
 from sslsearch.bench.search_cli import build_parser
@@ -68,6 +68,7 @@ from sslsearch.bench.strategies import STRATEGIES, run_name, run_strategy, summa
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
 from sslsearch.errors import ConfigError, exit_code
 from sslsearch.paths import results_folder
+from sslsearch.reporting import provenance
 from sslsearch.results import SELECTION
 from sslsearch.schema import resolve_file
 from sslsearch.search.confirm import Candidate, fresh_seeds

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sslsearch.config import LABEL_FREE_OBJECTIVES
-from sslsearch.confirm_report import markdown
+from sslsearch.reporting.confirm_report import markdown
 from sslsearch.results import (
     INIT_KEY,
     SELECTION,
