@@ -26,7 +26,8 @@ gradients): ``torch.nn.SyncBatchNorm`` runs only on CUDA, and the CPU's gloo pat
 :class:`ProcessGroup` is one process: every collective returns its input and no
 ``torch.distributed`` function is called, so the single-process loop runs exactly as it did.
 :class:`TorchProcessGroup` is the real thing, over an initialised ``torch.distributed`` group
-(gloo on the CPU, NCCL on GPUs); Ray Train sets one up in each worker (sslsearch.workers).
+(gloo on the CPU, NCCL on GPUs); Ray Train sets one up in each worker
+(:mod:`sslsearch.search.trainable_workers`).
 """
 
 from __future__ import annotations

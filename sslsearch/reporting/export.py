@@ -131,7 +131,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
                           ) from None
     if _META_KEY not in meta:
         raise ConfigError(f"{weights}: no {CONFIG} beside it and no sslsearch config in its "
-                          "header; was it written by sslsearch.export_encoder?")
+                          "header; was it written by sslsearch.reporting.export.export_encoder?")
     doc = json.loads(meta[_META_KEY])
     return doc
 
