@@ -5,7 +5,8 @@
 - no private name (``_x``) taken from another module, by ``from m import _x`` or ``m._x``: what a
   module offers others is its public names;
 - no module over ``MAX_MODULE_LINES`` lines, and no function over ``MAX_DRIVER_FUNCTION_LINES`` in
-  the drivers (the command-line entry points, which should read top to bottom).
+  the drivers (the command-line entry points, which should read top to bottom);
+- every module on one of the ``FLOORS`` (issue 32), none importing a floor above its own.
 """
 
 from __future__ import annotations
@@ -85,6 +86,57 @@ def _graph() -> dict[str, set[str]]:
             if target in MODULES and target != module and not target.startswith(f"{module}."):
                 graph[module].add(target)
     return graph
+
+
+# The floors, from the ground up (docs/design.md): a module imports its own floor and the floors
+# below it, never one above. Every module of the package is on exactly one floor; a new module
+# must be given one here (and in docs/design.md), so the plan cannot rot unseen.
+FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # The ground floor: light, no torch. `methods` is the methods' registry (its __init__), which
+    # imports this floor alone; it loads a method's module by name when asked (config reads it).
+    ("ground", ("", "_moved", "config", "schema", "paths", "results", "errors", "console",
+                "methods")),
+    ("parts", ("parts", "parts.*")),
+    ("methods and data", ("methods.*", "data", "data.*")),
+    # The trial and its loop: `train` stays at the top of the package for `python -m
+    # sslsearch.train`, and the search floor's trainables call its `run`.
+    ("trial", ("trial", "trial.*", "train")),
+    ("search", ("search", "search.*")),
+    ("reporting", ("reporting", "reporting.*")),
+    ("commands", ("run", "cli", "compare", "all_methods", "bench", "bench.*")),
+)
+
+
+def _floor(module: str) -> int:
+    """The floor (its index in FLOORS) of ``module``: ``x`` names a module (or a package's
+    __init__), ``x.*`` the modules under package ``x``."""
+    name = module.removeprefix(PACKAGE).removeprefix(".")
+    found = [i for i, (_, patterns) in enumerate(FLOORS) for pattern in patterns
+             if name == pattern or (pattern.endswith(".*") and name.startswith(pattern[:-1]))]
+    assert len(found) == 1, f"{module} is on {len(found)} floors: give it one in FLOORS"
+    return found[0]
+
+
+def test_every_module_is_on_one_floor() -> None:
+    for module in MODULES:
+        _floor(module)
+
+
+def test_no_module_imports_a_floor_above_its_own() -> None:
+    """The import direction: ground ← parts ← methods, data ← trial ← search ← reporting ←
+    commands. A module of the trial floor importing the search, or the search a report, fails."""
+    upward = [f"{module} ({FLOORS[_floor(module)][0]}) imports {target} "
+              f"({FLOORS[_floor(target)][0]})"
+              for module, targets in _graph().items() for target in sorted(targets)
+              if _floor(target) > _floor(module)]
+    assert not upward, "imports of a floor above:\n" + "\n".join(upward)
+
+
+def test_the_floors_go_up_in_the_documented_order() -> None:
+    assert _floor("sslsearch.trial.trial") < _floor("sslsearch.search.sweep")
+    assert _floor("sslsearch.config") < _floor("sslsearch.parts.networks")
+    assert _floor("sslsearch.methods.simclr") > _floor("sslsearch.methods")
+    assert _floor("sslsearch.bench.search") > _floor("sslsearch.reporting.summary")
 
 
 def test_the_scan_sees_the_package() -> None:
