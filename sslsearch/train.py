@@ -30,10 +30,10 @@ from sslsearch.config import TrialConfig, load_experiment, trial_config
 from sslsearch.data import DataBundle
 from sslsearch.errors import ConfigError, TrialFailure, exit_code
 from sslsearch.methods.base import Step
-from sslsearch.parts.augment import AugmentConfig
 from sslsearch.parts.distributed import ONE_PROCESS, ProcessGroup
 from sslsearch.parts.optim import lr_at, scaled_lr, set_lr
 from sslsearch.results import delta_points, fmt_delta
+from sslsearch.trial.augment import AugmentConfig
 from sslsearch.trial.baselines import INIT_KEY, RAW_KEYS
 from sslsearch.trial.checkpoint import load_checkpoint, save_checkpoint
 from sslsearch.trial.trial import (

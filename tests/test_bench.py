@@ -14,7 +14,7 @@ import torch
 from sslsearch.bench import BenchConfig, conventional_transform, run_packing
 from sslsearch.bench.__main__ import main
 from sslsearch.bench.timing import summary as _summary
-from sslsearch.parts.augment import AugmentConfig
+from sslsearch.trial.augment import AugmentConfig
 from sslsearch.trial.trial import uses_bf16
 
 # One intra-op thread: on a loaded 2-core machine two OpenMP threads spin against each other and a

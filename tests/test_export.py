@@ -36,7 +36,7 @@ def _trained(tmp_path: Path, backbone: str = "small_cnn", dataset: str = "digits
 
 
 def _features(encoder: torch.nn.Module, data: object) -> torch.Tensor:
-    from sslsearch.parts.augment import normalize
+    from sslsearch.trial.augment import normalize
 
     x, _ = next(data.test.iter_batches(len(data.test), None, shuffle=False,  # type: ignore[attr-defined]
                                         drop_last=False))

@@ -17,8 +17,8 @@ import torch
 from sslsearch.config import trial_config
 from sslsearch.data import load_dataset
 from sslsearch.methods.base import Step
-from sslsearch.parts.augment import AugmentConfig, Augmenter, augment
 from sslsearch.train import run
+from sslsearch.trial.augment import AugmentConfig, Augmenter, augment
 from sslsearch.trial.checkpoint import load_checkpoint
 from sslsearch.trial.trial import (
     augment_configs,

@@ -20,7 +20,7 @@ libraries' default (``--conventional-precision library``: autocast on CUDA, floa
 
 * **ours**: the dataset is resident on the device as ``uint8``; a batch is an index gather and both
   views are augmented batched, per-sample random, on the device
-  (:func:`sslsearch.parts.augment.augment`); channels_last on every device (the model's layout, so
+  (:func:`sslsearch.trial.augment.augment`); channels_last on every device (the model's layout, so
   both paths' inputs take it); optionally ``torch.compile`` of the backbone.
 * **conventional** (what the public libraries do): a ``Dataset`` hands out PIL images of the same
   uint8 pixels, torchvision ``transforms.v2`` build two views per sample (RandomResizedCrop,

@@ -14,14 +14,14 @@ from sslsearch.bench.config import DRAIN_WAIT_S, PREFETCH_FACTOR
 from sslsearch.bench.ours import Setup, model_step
 from sslsearch.bench.timing import proc_cpu_s
 from sslsearch.data import Split
-from sslsearch.parts.augment import (
+from sslsearch.trial.augment import (
     BRIGHTNESS,
     CONTRAST,
     HUE,
     SATURATION,
     AugmentConfig,
 )
-from sslsearch.parts.imageops import blur_kernel_size
+from sslsearch.trial.imageops import blur_kernel_size
 
 
 def conventional_transform(aug: AugmentConfig, size: int, channels: int,

@@ -12,7 +12,7 @@ from sslsearch.bench.config import SYNTHETIC_SIZE, BenchConfig
 from sslsearch.data import DataBundle, Split
 from sslsearch.errors import ConfigError
 from sslsearch.methods.base import Step
-from sslsearch.parts.augment import (
+from sslsearch.trial.augment import (
     AugmentConfig,
 )
 from sslsearch.trial.trial import (

@@ -288,8 +288,8 @@ def tsne_embedding(encoder_path: Path, max_points: int = 2000, seed: int = 0
     from sklearn.manifold import TSNE
 
     from sslsearch.config import trial_config
-    from sslsearch.parts.augment import normalize
     from sslsearch.reporting.export import load_encoder, read_config
+    from sslsearch.trial.augment import normalize
     from sslsearch.trial.trial import load_data
 
     doc = read_config(encoder_path)

@@ -19,11 +19,11 @@ from sslsearch.config import TrialConfig
 from sslsearch.data import DataBundle, load_dataset_cached
 from sslsearch.errors import ConfigError
 from sslsearch.methods.base import Method, Step, Task
-from sslsearch.parts.augment import AugmentConfig, Augmenter, normalize
 from sslsearch.parts.distributed import ONE_PROCESS, ProcessGroup, global_batch_norm
 from sslsearch.parts.networks import build_backbone, frozen, set_requires_grad
 from sslsearch.parts.optim import build_optimizer, scaled_lr
 from sslsearch.trial import labelfree
+from sslsearch.trial.augment import AugmentConfig, Augmenter, normalize
 from sslsearch.trial.baselines import INIT_KEY, raw_pixel_baseline
 from sslsearch.trial.evaluation import (
     accuracy,

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from sslsearch.config import TrialConfig
 from sslsearch.errors import ConfigError
-from sslsearch.parts.imageops import (
+from sslsearch.trial.imageops import (
     blend,
     check_input,
     gaussian_blur,
@@ -315,7 +315,7 @@ def normalize(
 
 # --------------------------------------------------------------------------------------------------
 # Crop and flip, colour jitter: the ops that read the config (the others are
-# sslsearch.parts.imageops').
+# sslsearch.trial.imageops').
 
 
 def _crop_flip(

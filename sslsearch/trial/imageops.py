@@ -1,4 +1,4 @@
-"""The image ops of the on-device augmentation (:mod:`sslsearch.parts.augment`), batched and
+"""The image ops of the on-device augmentation (:mod:`sslsearch.trial.augment`), batched and
 per-sample: each takes float images in [0, 1] (N x C x H x W) and returns the same shape and
 range, with per-sample parameters as [N] tensors and no host sync."""
 
