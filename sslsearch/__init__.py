@@ -5,11 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sslsearch import _moved
+
 if TYPE_CHECKING:
-    from sslsearch.networks import Backbone
+    from sslsearch.parts.networks import Backbone
 
 __version__ = "0.1.0"
 __all__ = ["__version__", "load_encoder"]
+
+# Sweeps saved before the modules moved into their floors pickled the old names (sslsearch._moved).
+_moved.install()
 
 
 def load_encoder(path: str | Path, device: Any = "cpu") -> Backbone:
@@ -18,6 +23,6 @@ def load_encoder(path: str | Path, device: Any = "cpu") -> Backbone:
 
     Imported lazily: ``import sslsearch`` (and ``sslsearch.train``) stays torch-only and cheap.
     """
-    from sslsearch.export import load_encoder as _load
+    from sslsearch.reporting.export import load_encoder as _load
 
     return _load(path, device)

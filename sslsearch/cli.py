@@ -1,7 +1,10 @@
 """The command line of ``python -m sslsearch.run``: its flags, and how they change an experiment.
 
-Parsing only: the drivers (:mod:`sslsearch.run` for a sweep, :mod:`sslsearch.compare` for
-``--compare``) take the parsed flags from here, so neither imports the other.
+The flags are parsed here and applied by :meth:`Overrides.apply`, which also makes a data folder
+absolute and checks that it exists, and has the pre-flight check an ImageFolder's labels
+(:func:`sslsearch.search.preflight.check_labels`); nothing else here reads a file. The drivers
+(:mod:`sslsearch.run` for a sweep, :mod:`sslsearch.compare` for ``--compare``) take the parsed
+flags from here, so neither imports the other.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 from sslsearch.config import Experiment, SearchConfig, check_objective
 from sslsearch.errors import ConfigError
 from sslsearch.schema import build_dataclass
-from sslsearch.sweepdir import is_remote
+from sslsearch.search.sweepdir import is_remote
 
 DEFAULT_STORAGE = "sslsearch_results"
 
@@ -160,7 +163,12 @@ class Overrides:
 
     def apply(self, exp: Experiment) -> Experiment:
         """``exp`` with these overrides; a data folder made absolute (trials chdir into their own
-        folders) and checked to exist, and its labels checked (:func:`check_labels`)."""
+        folders) and checked to exist, and its labels checked
+        (:func:`sslsearch.search.preflight.check_labels`)."""
+        # Imported here: the pre-flight loads torch (through the data loaders); the flags and
+        # --help do not need it.
+        from sslsearch.search.preflight import check_labels
+
         search = dict(dataclasses.asdict(exp.search))
         for key in ("num_samples", "max_concurrent", "grace_period", "cpus_per_trial",
                     "gpus_per_trial", "workers_per_trial", "confirm", "confirm_top",
@@ -208,33 +216,3 @@ def find_resume_folder(args: argparse.Namespace, storage: str) -> Path:
         raise ConfigError(f"--resume: no sweep found under {storage}")
     folder: Path = candidates[-1].parent
     return folder
-
-
-def check_labels(exp: Experiment) -> Experiment:
-    """An ImageFolder without class folders has no labels: the experiment then runs with
-    ``labels: false``, and a search metric that needs labels is refused now, before any trial
-    starts (one line naming the folder and the field). A ``probe_data_dir`` must be a labeled
-    ImageFolder (made absolute: trials chdir into their own folders)."""
-    trial = exp.trial
-    if trial.probe_data_dir is not None:
-        from sslsearch.data.imagefolder import unlabeled_folder
-
-        probe_dir = Path(trial.probe_data_dir).expanduser().resolve()
-        if (not (probe_dir / "train").is_dir() or not (probe_dir / "test").is_dir()
-                or unlabeled_folder(probe_dir) is not None):
-            raise ConfigError(f"{exp.source}: trial.probe_data_dir {trial.probe_data_dir}: "
-                              "expected a labeled ImageFolder, train/<class>/* and "
-                              "test/<class>/*")
-        trial = dataclasses.replace(trial, probe_data_dir=str(probe_dir))
-        exp = dataclasses.replace(exp, trial=trial)
-    if trial.dataset != "imagefolder" or trial.data_dir is None or not trial.labels:
-        return exp
-    from sslsearch.data.imagefolder import unlabeled_folder
-
-    folder = unlabeled_folder(Path(trial.data_dir))
-    if folder is None:
-        return exp
-    trial = dataclasses.replace(trial, labels=False)
-    check_objective(trial, exp.search,
-                    source=f"{exp.source}: {folder} has no class folders (unlabeled images)")
-    return dataclasses.replace(exp, trial=trial)

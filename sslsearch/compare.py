@@ -10,7 +10,7 @@
    trials first); its top ``--confirm-top`` configurations and the method's defaults are re-run
    with ``--confirm-seeds`` fresh seeds, the same seeds for every method (so differences between
    methods are paired), and the method's winner is the best mean of the search's metric over
-   them (:mod:`sslsearch.confirm`). The test split plays no part in any choice.
+   them (:mod:`sslsearch.search.confirm`). The test split plays no part in any choice.
 3. **Seeds.** The table reports mean ± sample std (ddof 1) over the winner's fresh-seed runs of
    the linear-probe **test** accuracy, the test kNN accuracy and the validation kNN accuracy,
    and the compute each method spent (trial-seconds and epochs, search and confirmation apart).
@@ -21,8 +21,9 @@
    runs: each seed initialises its own encoder) and the difference "vs random init".
 
 Writes ``comparison.md``, ``comparison.json``, the report (``report.md`` + PNG plots, see
-:mod:`sslsearch.report`), one encoder export per method (``encoders/<method>``) and the overall
-best (``best_encoder``) into the comparison's folder, and logs them all to its parent MLflow run.
+:mod:`sslsearch.reporting.report`), one encoder export per method (``encoders/<method>``) and the
+overall best (``best_encoder``) into the comparison's folder, and logs them all to its parent MLflow
+run.
 """
 
 from __future__ import annotations
@@ -35,36 +36,29 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sslsearch import provenance
 from sslsearch.cli import Overrides, storage_location
-from sslsearch.compare_table import (
+from sslsearch.config import SPACES_DIR, Experiment, load_experiment
+from sslsearch.errors import ConfigError
+from sslsearch.paths import results_folder
+from sslsearch.reporting import provenance
+from sslsearch.reporting.compare_table import (
     agreement_markdown,
     comparison_markdown,
     method_agreement,
     method_rows,
 )
-from sslsearch.config import SPACES_DIR, Experiment, load_experiment
-from sslsearch.confirm import Choice, Confirmation, choose, fresh_seeds
-from sslsearch.confirm_report import markdown as confirm_markdown
-from sslsearch.errors import ConfigError
-from sslsearch.outbox import OUTBOX_FILE
+from sslsearch.reporting.confirm_report import markdown as confirm_markdown
+from sslsearch.reporting.summary import correlation_markdown
 from sslsearch.results import RAW_KEYS, SELECTION, TrialRecord, record
-from sslsearch.schema import resolve_file, results_folder
-from sslsearch.summary import correlation_markdown
-from sslsearch.sweepdir import is_remote
-from sslsearch.tracking_uri import check_reachable, normalize_uri
+from sslsearch.schema import resolve_file
+from sslsearch.search.confirm import Choice, Confirmation, choose, fresh_seeds
+from sslsearch.search.outbox import OUTBOX_FILE
+from sslsearch.search.space import trial_keys
+from sslsearch.search.sweepdir import is_remote
+from sslsearch.search.tracking_uri import check_reachable, normalize_uri
 
 # ------------------------------------------------------------------------------------------------
 # The command
-
-
-def trial_keys(space: Any) -> list[str]:
-    from sslsearch.distributions import Dist
-
-    keys = [k for k, v in space.trial.items() if isinstance(v, Dist)]
-    for method, params in space.methods.items():
-        keys += [f"{method}.{k}" for k, v in params.items() if isinstance(v, Dist)]
-    return keys
 
 
 @dataclasses.dataclass
@@ -74,7 +68,7 @@ class Comparison:
     name: str
     folder: Path
     space_path: Path
-    space: Any  # sslsearch.space.SearchSpace
+    space: Any  # sslsearch.search.space.SearchSpace
     exp: Experiment
     methods: list[str]
     seeds: list[int]
@@ -85,7 +79,7 @@ class Comparison:
     quiet: bool
 
     @property
-    def outbox(self) -> Path:  # the tracking outbox of all its sweeps (sslsearch.outbox)
+    def outbox(self) -> Path:  # the tracking outbox of all its sweeps (sslsearch.search.outbox)
         return self.folder / OUTBOX_FILE
 
 
@@ -107,7 +101,7 @@ class Outcome:
 
 def run_compare(args: argparse.Namespace, argv: list[str]) -> int:
     """``python -m sslsearch.run --compare``: see the module docstring."""
-    from sslsearch import sweep
+    from sslsearch.search import sweep
 
     c = _plan(args, argv)
     sweep.start_ray(c.exp.search, c.address)
@@ -132,8 +126,8 @@ def run_compare(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _plan(args: argparse.Namespace, argv: list[str]) -> Comparison:
     """Every input checked (and the folder made) before any trial starts."""
-    from sslsearch import preflight, sweep
-    from sslsearch.space import load_space
+    from sslsearch.search import preflight, sweep
+    from sslsearch.search.space import load_space
 
     if args.resume is not None:
         raise ConfigError("--compare cannot be resumed; start it again (each method's search "
@@ -172,7 +166,7 @@ def _plan(args: argparse.Namespace, argv: list[str]) -> Comparison:
 
 
 def _log_start(c: Comparison) -> None:
-    from sslsearch import preflight, tracking
+    from sslsearch.search import preflight, tracking
 
     exp, checked = c.exp, preflight.recorded(c.folder)  # the images it left out, if any
     tracking.Tracker(c.tracking_uri, c.mlflow_experiment, c.name).log_sweep(
@@ -190,9 +184,9 @@ def _log_start(c: Comparison) -> None:
 
 def _compare_one(c: Comparison, method: str, outcome: Outcome) -> None:
     """One method: its search, its top configurations confirmed on the comparison's fresh seeds
-    (the same for every method), the winner (:func:`sslsearch.confirm.choose`)."""
-    from sslsearch import sweep
-    from sslsearch.reruns import Target, confirm_search
+    (the same for every method), the winner (:func:`sslsearch.search.confirm.choose`)."""
+    from sslsearch.search import sweep
+    from sslsearch.search.reruns import Target, confirm_search
 
     keys = trial_keys(c.space)
     search = c.exp.search
@@ -226,7 +220,8 @@ def _write_outputs(c: Comparison, outcome: Outcome, elapsed: float
     """comparison.md/.json, the encoders and the report, logged to the parent run; returns the
     Markdown, the method whose encoder is the overall best (None if none was exported) and the
     MLflow link to the runs."""
-    from sslsearch import report, tracking
+    from sslsearch.reporting import report
+    from sslsearch.search import tracking
 
     outbox = tracking.sweep_outbox(c.outbox, c.tracking_uri, c.mlflow_experiment, c.name)
     for t in outcome.all_trials():  # once; a no-op when the callbacks logged them
@@ -272,7 +267,7 @@ def _export_encoders(c: Comparison, choices: dict[str, Choice | None], outbox: A
     method whose answer has the best confirmed mean as ``best_encoder``."""
     import shutil
 
-    from sslsearch.export import export_trial
+    from sslsearch.reporting.export import export_trial
 
     exports: dict[str, Path] = {}
     for method, choice in choices.items():

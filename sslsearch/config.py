@@ -82,9 +82,9 @@ class TrialConfig:
     # test/<c>) on which the final linear probe of the encoder is scored (probe_data_val_acc,
     # probe_data_test_acc); it never ranks or selects trials.
     probe_data_dir: str | None = None
-    # RankMe, LiDAR and alpha-ReQ of the backbone's features every epoch (sslsearch.labelfree),
-    # on the first label_free_samples validation images (LiDAR: the first 256 of them, 4 views
-    # each); about 1-2 s an epoch for the small CNN on 2 CPU cores.
+    # RankMe, LiDAR and alpha-ReQ of the backbone's features every epoch
+    # (sslsearch.trial.labelfree), on the first label_free_samples validation images (LiDAR: the
+    # first 256 of them, 4 views each); about 1-2 s an epoch for the small CNN on 2 CPU cores.
     label_free: bool = True
     label_free_samples: int = 1024
     # --- runtime ---
@@ -95,18 +95,18 @@ class TrialConfig:
     deterministic: bool = False  # CUDA: deterministic cuDNN kernels instead of autotuned ones
     # auto: bf16 autocast on CUDA and on CPUs with native bf16 (avx512_bf16 or AMX; about 2.5x
     # there), float32 on other CPUs; bf16: autocast on any device (slower where bf16 is emulated);
-    # fp32: no autocast anywhere. The rule: sslsearch.trial.uses_bf16.
+    # fp32: no autocast anywhere. The rule: sslsearch.trial.trial.uses_bf16.
     precision: str = "auto"
     check_finite_every: int = 50  # steps between non-finite-loss checks (each is one host sync)
     max_host_memory_gb: float | None = None  # a trial whose process grows past this fails: oom
 
 
 # What a search may rank trials by: reported every epoch (ASHA compares trials at each rung), with
-# the mode that makes it better. The label-free ones (sslsearch.labelfree) need no labels.
+# the mode that makes it better. The label-free ones (sslsearch.trial.labelfree) need no labels.
 SEARCH_METRICS = {"val_knn_acc": "max", "train_loss": "min", "rankme": "max", "lidar": "max",
                   "alpha_req_score": "max"}
-# The label-free objectives (sslsearch.labelfree.METRICS' objective keys, named here so that the
-# command imports no torch; a test checks they match), and everything a search without labels
+# The label-free objectives (sslsearch.trial.labelfree.METRICS' objective keys, named here so that
+# the command imports no torch; a test checks they match), and everything a search without labels
 # may rank by.
 LABEL_FREE_OBJECTIVES = ("rankme", "lidar", "alpha_req_score")
 LABEL_FREE_METRICS = (*LABEL_FREE_OBJECTIVES, "train_loss")
@@ -134,7 +134,7 @@ class SearchConfig:
     # healthy methods 0.12-0.63, SimSiam without stop-gradient 0.035-0.041.
     collapse_rank_ratio: float = 0.06
     reuse_actors: bool = True  # one Ray actor runs trial after trial (README, "Per-trial overhead")
-    # Confirmation on fresh seeds (sslsearch.confirm): after the search, its top confirm_top
+    # Confirmation on fresh seeds (sslsearch.search.confirm): after the search, its top confirm_top
     # configurations and the experiment's own are re-run with confirm_seeds seeds the search
     # never used; the winner is the best mean over them. 3 seeds: the fewest that give an
     # interval; 2 candidates (None: 2, or num_samples when that is fewer): the runner-up is what

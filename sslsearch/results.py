@@ -72,7 +72,7 @@ def trial_status(last: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     return FINISHED if done >= planned else STOPPED_EARLY
 
 
-# The baselines every accuracy is reported against (computed by ``sslsearch.baselines`` and
+# The baselines every accuracy is reported against (computed by ``sslsearch.trial.baselines`` and
 # ``sslsearch.train``, which take these names from here): each accuracy's raw-pixel counterpart
 # on the same split, and the trial's own encoder at random initialisation.
 RAW_VS = {"val_knn_acc": "raw_knn_acc", "test_knn_acc": "raw_test_knn_acc",

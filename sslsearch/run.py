@@ -2,7 +2,7 @@
 
     python -m sslsearch.run --space vicreg.yaml
 
-Ray Tune runs the trials (``sslsearch.train`` inside ``sslsearch.trainable``), Optuna's TPE
+Ray Tune runs the trials (``sslsearch.train`` inside ``sslsearch.search.trainable``), Optuna's TPE
 proposes them, ASHA stops poor ones early, and every trial is a child run of the sweep's parent run
 in MLflow. ``--resume`` continues an interrupted sweep. Bad input exits with code 2 and one line.
 """
@@ -20,17 +20,20 @@ from typing import Any
 
 import yaml
 
-from sslsearch import console, provenance, sweepdir
+from sslsearch import console
 from sslsearch.cli import Overrides, build_parser, find_resume_folder, storage_location
-from sslsearch.compare import run_compare, trial_keys
+from sslsearch.compare import run_compare
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
-from sslsearch.confirm import Choice, choose, parent_record
 from sslsearch.errors import ConfigError, exit_code
+from sslsearch.paths import check_owned, results_folder
+from sslsearch.reporting import provenance
+from sslsearch.reporting.summary import summarize
 from sslsearch.results import budget, budget_line, record
-from sslsearch.schema import check_owned, resolve_file, results_folder
-from sslsearch.space import load_space, trial_from_config
-from sslsearch.summary import summarize
-from sslsearch.tracking_uri import check_reachable, normalize_uri
+from sslsearch.schema import resolve_file
+from sslsearch.search import sweepdir
+from sslsearch.search.confirm import Choice, choose, parent_record
+from sslsearch.search.space import load_space, trial_from_config, trial_keys
+from sslsearch.search.tracking_uri import check_reachable, normalize_uri
 
 
 @dataclasses.dataclass
@@ -66,7 +69,11 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
         return sync_tracking(args.sync_tracking, storage_location(args.storage))
     if args.compare:
         return run_compare(args, argv)
-    from sslsearch import preflight, sweep, tracking  # torch and Ray: once the flags are read
+    from sslsearch.search import (  # torch and Ray: once the flags are read
+        preflight,
+        sweep,
+        tracking,
+    )
 
     plan = _resumed_plan(args) if args.resume is not None else _new_plan(args)
     # every file checked before Ray starts
@@ -103,7 +110,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _resumed_plan(args: argparse.Namespace) -> Plan:
     """The plan of an interrupted sweep, from its sweep file (its flags, not today's)."""
-    from sslsearch import sweep
+    from sslsearch.search import sweep
 
     folder = find_resume_folder(args, storage_location(args.storage))
     info = sweep.read_sweep_file(folder)
@@ -129,7 +136,7 @@ def _resumed_plan(args: argparse.Namespace) -> Plan:
 
 
 def _new_plan(args: argparse.Namespace) -> Plan:
-    from sslsearch import sweep
+    from sslsearch.search import sweep
 
     if not args.space:
         raise ConfigError("--space is required (a file under search_spaces/, e.g. "
@@ -146,7 +153,7 @@ def _new_plan(args: argparse.Namespace) -> Plan:
 
 
 def _settings(plan: Plan, address: str | None) -> Any:
-    from sslsearch import sweep
+    from sslsearch.search import sweep
 
     return sweep.SweepSettings(name=plan.name, storage=plan.storage,
                                tracking_uri=plan.tracking_uri,
@@ -156,7 +163,7 @@ def _settings(plan: Plan, address: str | None) -> Any:
 
 def _sweep_record(plan: Plan, args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     """What ``--resume`` needs to continue the sweep as it was started (its sweep file)."""
-    from sslsearch import sweep
+    from sslsearch.search import sweep
 
     exp = plan.exp
     return {"space_path": str(plan.space_path),
@@ -174,7 +181,7 @@ def _log_new_sweep(plan: Plan, args: argparse.Namespace, argv: list[str],
                    checked: Any) -> None:
     """The sweep's parent run in MLflow: its parameters, tags and input files (and the bad
     images the pre-flight left out)."""
-    from sslsearch import sweep, tracking
+    from sslsearch.search import sweep, tracking
 
     exp = plan.exp
     tracker = tracking.Tracker(plan.tracking_uri, plan.mlflow_experiment, plan.name)
@@ -190,9 +197,10 @@ def _log_new_sweep(plan: Plan, args: argparse.Namespace, argv: list[str],
 
 
 def _confirm(plan: Plan, space: Any, results: list[Any], quiet: bool) -> tuple[Any, list[Any]]:
-    """The search's top configurations on fresh seeds (:func:`sslsearch.reruns.confirm_search`),
-    in the sweep's folder (``confirm/``), resumed after a kill like the search."""
-    from sslsearch.reruns import CONFIRM_RUN, Target, confirm_search
+    """The search's top configurations on fresh seeds
+    (:func:`sslsearch.search.reruns.confirm_search`), in the sweep's folder (``confirm/``), resumed
+    after a kill like the search."""
+    from sslsearch.search.reruns import CONFIRM_RUN, Target, confirm_search
 
     keys = trial_keys(space)
     target = Target(storage=f"{plan.storage}/{plan.name}", run_name=CONFIRM_RUN,
@@ -205,10 +213,10 @@ def _confirm(plan: Plan, space: Any, results: list[Any], quiet: bool) -> tuple[A
 
 def _report(plan: Plan, results: list[Any], confirmation: Any, confirm_results: list[Any],
             elapsed: float) -> int:
-    """The summary (MLflow, summary.md, the terminal), the answer (:func:`sslsearch.confirm.
+    """The summary (MLflow, summary.md, the terminal), the answer (:func:`sslsearch.search.confirm.
     choose`) exported as ``best_experiment.yaml`` and ``best_encoder/``, and recorded on the
     sweep's MLflow run."""
-    from sslsearch import tracking
+    from sslsearch.search import tracking
 
     exp, folder = plan.exp, plan.folder
     metric = exp.search.metric
@@ -253,8 +261,8 @@ def sync_tracking(given: str, storage: str) -> int:
     """``--sync-tracking NAME``: replay a sweep's tracking outbox (what it could not log while
     the MLflow server was away) to the server it names; exit 0 when it has all gone through, 1
     when the server is still unreachable (the records stay for another try)."""
-    from sslsearch import tracking
-    from sslsearch.outbox import OUTBOX_FILE, read_target
+    from sslsearch.search import tracking
+    from sslsearch.search.outbox import OUTBOX_FILE, read_target
 
     path = Path(given).expanduser()
     if path.is_dir():
@@ -292,17 +300,18 @@ def export_best(choice: Choice, out: Path, exp: Experiment) -> Path:
 
 
 def _outbox(plan: Plan) -> Any:
-    """The sweep's tracking outbox (:mod:`sslsearch.outbox`), the callback's file."""
-    from sslsearch import tracking
+    """The sweep's tracking outbox (:mod:`sslsearch.search.outbox`), the callback's file."""
+    from sslsearch.search import tracking
 
     return tracking.sweep_outbox(_settings(plan, None).outbox_file, plan.tracking_uri,
                                  plan.mlflow_experiment, plan.name)
 
 
 def _log_best_encoder(outbox: Any, choice: Choice, folder: Path) -> None:
-    """Export the answer's encoder (safetensors weights + config, see ``sslsearch.export``) to
-    ``folder/best_encoder`` and log it to its run's and the sweep's MLflow runs."""
-    from sslsearch.export import export_trial
+    """Export the answer's encoder (safetensors weights + config, see
+    ``sslsearch.reporting.export``) to ``folder/best_encoder`` and log it to its run's and the
+    sweep's MLflow runs."""
+    from sslsearch.reporting.export import export_trial
 
     run = choice.run
     out = export_trial(run.config, run.checkpoint, folder / "best_encoder",

@@ -26,17 +26,17 @@ import torch
 from torch import Tensor
 
 from sslsearch import methods
-from sslsearch.augment import AugmentConfig
-from sslsearch.baselines import INIT_KEY, RAW_KEYS
-from sslsearch.checkpoint import load_checkpoint, save_checkpoint
 from sslsearch.config import TrialConfig, load_experiment, trial_config
 from sslsearch.data import DataBundle
-from sslsearch.distributed import ONE_PROCESS, ProcessGroup
 from sslsearch.errors import ConfigError, TrialFailure, exit_code
 from sslsearch.methods.base import Step
-from sslsearch.optim import lr_at, scaled_lr, set_lr
+from sslsearch.parts.distributed import ONE_PROCESS, ProcessGroup
+from sslsearch.parts.optim import lr_at, scaled_lr, set_lr
 from sslsearch.results import delta_points, fmt_delta
-from sslsearch.trial import (
+from sslsearch.trial.augment import AugmentConfig
+from sslsearch.trial.baselines import INIT_KEY, RAW_KEYS
+from sslsearch.trial.checkpoint import load_checkpoint, save_checkpoint
+from sslsearch.trial.trial import (
     LiveTrial,
     augment_configs,
     evaluate_epoch,
@@ -114,8 +114,8 @@ def run(cfg: TrialConfig, report: ReportFn | None = None,
     uninterrupted run would. Raises :class:`TrialFailure` on a non-finite loss or out-of-memory.
     Returns the last epoch's metrics.
 
-    ``group``: the trial's workers (:mod:`sslsearch.distributed`), each running this function on
-    its shard of every global batch; rank 0 alone evaluates, probes and writes the checkpoint,
+    ``group``: the trial's workers (:mod:`sslsearch.parts.distributed`), each running this function
+    on its shard of every global batch; rank 0 alone evaluates, probes and writes the checkpoint,
     and every rank gets its metrics (``report(metrics, None)`` on the others). Every rank stops
     together, with the same :class:`TrialFailure`.
     """

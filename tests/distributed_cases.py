@@ -3,7 +3,7 @@
 Each case is a method (or a variant whose distributed path differs) on a tiny float64 model: a
 width-4 small CNN on 16 px one-channel images, heads of 8-16 units. :func:`run_case` takes
 :data:`STEPS` SGD steps on fixed global batches of :data:`GLOBAL_BATCH` rows, through
-``sslsearch.trial.train_step`` (the loop's own step: forward, backward, gradient averaging,
+``sslsearch.trial.trial.train_step`` (the loop's own step: forward, backward, gradient averaging,
 optimiser, ``after_step``), either as one process on the whole batch or as one of
 :data:`WORLD_SIZE` workers on its shard, and returns the first step's loss and gradients and the
 state after the last step. float64, so that rounding (≈ 1e-16) is far below the tolerance and
@@ -24,10 +24,10 @@ from torch import Tensor
 
 from sslsearch import methods
 from sslsearch.config import TrialConfig
-from sslsearch.distributed import ONE_PROCESS, ProcessGroup, TorchProcessGroup
 from sslsearch.methods.base import Step, Task
-from sslsearch.networks import SmallCNN
-from sslsearch.trial import LiveTrial, distribute, train_step
+from sslsearch.parts.distributed import ONE_PROCESS, ProcessGroup, TorchProcessGroup
+from sslsearch.parts.networks import SmallCNN
+from sslsearch.trial.trial import LiveTrial, distribute, train_step
 
 WORLD_SIZE = 2
 ROWS = 8  # per worker
@@ -70,7 +70,7 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 # ------------------------------------------------------------------------------------------------
-# Broken process groups: each breaks one rule of sslsearch.distributed, and the tests require
+# Broken process groups: each breaks one rule of sslsearch.parts.distributed, and the tests require
 # the comparison to FAIL with it.
 
 
@@ -187,8 +187,8 @@ def worker_main(group: TorchProcessGroup, path: str, loop: dict[str, Any]) -> No
 def run_loop(group: ProcessGroup, settings: dict[str, Any]) -> dict[str, Any]:
     """``sslsearch.train.run`` as ``group``'s worker: its metrics and final checkpoint."""
     from sslsearch import train
-    from sslsearch.checkpoint import load_checkpoint
     from sslsearch.config import trial_config
+    from sslsearch.trial.checkpoint import load_checkpoint
 
     folder = Path(settings["folder"]) / f"rank{group.rank}"
     cfg = trial_config(settings["trial"])

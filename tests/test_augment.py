@@ -1,4 +1,5 @@
-"""Tests for sslsearch.augment: per-sample randomness, determinism, each op against its formula."""
+"""Tests for sslsearch.trial.augment: per-sample randomness, determinism, each op against its
+formula."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Any
 import pytest
 import torch
 
-from sslsearch.augment import AugmentConfig, apply_params, augment, normalize, sample_params
 from sslsearch.errors import ConfigError
+from sslsearch.trial.augment import AugmentConfig, apply_params, augment, normalize, sample_params
 
 MEAN3, STD3 = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
 # mean 0, std 1: the output is v/255 itself, so ranges and formulas can be checked in [0, 1].

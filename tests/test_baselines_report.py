@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sslsearch import baselines, results, train
+from sslsearch import results, train
+from sslsearch.reporting.summary import summarize
 from sslsearch.results import baseline_line, delta_points, fmt_delta
-from sslsearch.summary import summarize
-from sslsearch.tracking import MLflowTrialCallback, Tracker
+from sslsearch.search.tracking import MLflowTrialCallback, Tracker
+from sslsearch.trial import baselines
 
 RAW = {"raw_knn_acc": 0.787, "raw_test_knn_acc": 0.78, "raw_probe_acc": 0.82,
        "raw_probe_test_acc": 0.86}

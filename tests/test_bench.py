@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from sslsearch.augment import AugmentConfig
 from sslsearch.bench import BenchConfig, conventional_transform, run_packing
 from sslsearch.bench.__main__ import main
 from sslsearch.bench.timing import summary as _summary
-from sslsearch.trial import uses_bf16
+from sslsearch.trial.augment import AugmentConfig
+from sslsearch.trial.trial import uses_bf16
 
 # One intra-op thread: on a loaded 2-core machine two OpenMP threads spin against each other and a
 # step takes ten times longer.

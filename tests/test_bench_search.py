@@ -14,16 +14,16 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from sslsearch import stopping, sweep
 from sslsearch.bench import budget as bench_budget
 from sslsearch.bench import headroom, strategies
 from sslsearch.bench import search as bs
 from sslsearch.bench import search_report as rep
 from sslsearch.config import load_experiment
-from sslsearch.optuna_space import random_points
 from sslsearch.results import FINISHED
-from sslsearch.searchers import n_startup_trials
-from sslsearch.space import load_space, trial_from_config
+from sslsearch.search import stopping, sweep
+from sslsearch.search.optuna_space import random_points
+from sslsearch.search.searchers import n_startup_trials
+from sslsearch.search.space import load_space, trial_from_config
 
 # ------------------------------------------------------------------------------------------------
 # The budget: pure functions
@@ -165,7 +165,7 @@ def test_a_budgeted_search_sizes_tpes_start_up_from_the_budget(tmp_path: Path) -
 
 
 def test_the_budget_stop_goes_in_front_of_the_sweeps_own_stopper(tmp_path: Path) -> None:
-    """Through the Tuner that sslsearch.sweep.build_tuner makes (no Ray started)."""
+    """Through the Tuner that sslsearch.search.sweep.build_tuner makes (no Ray started)."""
     from sslsearch.config import load_experiment
 
     exp = load_experiment("quick")

@@ -27,7 +27,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from sslsearch.tracking import TAG_NODE, TAG_NODES, TAG_TRIAL
+from sslsearch.search.tracking import TAG_NODE, TAG_NODES, TAG_TRIAL
 from tests.test_sweep import assert_complete_sweep, mlflow_server, runs
 
 __all__ = ["mlflow_server"]  # a fixture: imported for pytest, used by name below

@@ -16,8 +16,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 import sslsearch
-from sslsearch.compare_table import method_rows, ranking, ranking_markdown, table_markdown
 from sslsearch.config import TrialConfig
+from sslsearch.reporting.compare_table import method_rows, ranking, ranking_markdown, table_markdown
 from sslsearch.results import TrialRecord, mean_std, select_best
 
 ROW = re.compile(r"^\| (\w+) \| (\d+\.\d+) ± (\d+\.\d+) \|")
@@ -119,7 +119,7 @@ def test_compare_end_to_end(tmp_path: Path) -> None:
 def test_each_method_searches_alone_with_its_own_initial_points() -> None:
     import optuna
 
-    from sslsearch.space import parse_space
+    from sslsearch.search.space import parse_space
 
     doc = {"method": {"choice": ["simclr", "vicreg"]},
            "trial": {"base_lr": {"loguniform": [1.0e-4, 1.0e-2]}},
@@ -265,7 +265,7 @@ def test_the_ranking_marks_methods_it_cannot_tell_apart() -> None:
 
 def test_a_comparison_without_labels_ranks_by_a_label_free_metric_and_says_how_far_to_trust_it(
         ) -> None:
-    from sslsearch import compare_table
+    from sslsearch.reporting import compare_table
 
     rankme = {"simclr": (41.0, 42.0, 43.0), "vicreg": (30.0, 29.0, 31.0)}
     search = {m: [_t(m, f"{m}0")] for m in rankme}
@@ -307,7 +307,7 @@ def test_compare_accepts_an_unlabeled_experiment_with_a_label_free_metric(tmp_pa
 def test_a_labeled_comparison_says_how_a_label_free_metric_would_have_ranked_its_methods() -> None:
     """Five methods whose confirmed RankMe orders them exactly as their val kNN (ρ = +1) and whose
     α-ReQ reverses the order (ρ = −1); LiDAR was not computed (no row)."""
-    from sslsearch.compare_table import agreement_markdown, method_agreement
+    from sslsearch.reporting.compare_table import agreement_markdown, method_agreement
 
     names = ["simclr", "byol", "vicreg", "barlow", "moco"]
     search = {m: [_t(m, f"{m}0")] for m in names}

@@ -13,9 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from sslsearch import confirm, confirm_report
 from sslsearch.config import load_experiment
-from sslsearch.confirm import Candidate, Confirmation, choose, fresh_seeds, paired, stat, t975
+from sslsearch.reporting import confirm_report
 from sslsearch.results import (
     FINISHED,
     STOPPED_EARLY,
@@ -24,6 +23,16 @@ from sslsearch.results import (
     rank_trials,
     record,
     select_best,
+)
+from sslsearch.search import confirm
+from sslsearch.search.confirm import (
+    Candidate,
+    Confirmation,
+    choose,
+    fresh_seeds,
+    paired,
+    stat,
+    t975,
 )
 
 METRIC = "val_knn_acc"
@@ -82,10 +91,11 @@ RESULTS = [_ray("probe", 0.78, 0.90), _ray("knn", 0.82, 0.80), _ray("asha", 0.95
 def test_every_consumer_names_the_same_winner(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from sslsearch import run, summary
+    from sslsearch import run
     from sslsearch.bench import strategies
     from sslsearch.bench.budget import Budget
-    from sslsearch.space import load_space
+    from sslsearch.reporting import summary
+    from sslsearch.search.space import load_space
 
     exp = load_experiment("quick")
     records = [record(r, "search") for r in RESULTS]
@@ -205,7 +215,7 @@ def test_differences_inside_the_noise_are_said_to_be_so() -> None:
 
 
 def test_a_candidate_that_is_the_defaults_is_not_run_twice() -> None:
-    from sslsearch.space import load_space
+    from sslsearch.search.space import load_space
 
     exp = load_experiment("quick")
     space = load_space("simclr.yaml", exp.trial)
@@ -229,7 +239,7 @@ def test_a_candidate_that_is_the_defaults_is_not_run_twice() -> None:
 
 
 def test_summary_lists_the_confirmed_candidates_first() -> None:
-    from sslsearch.summary import summarize
+    from sslsearch.reporting.summary import summarize
 
     conf = _confirmation()
     text, _ = summarize(RESULTS, METRIC, "max", conf)
@@ -239,7 +249,7 @@ def test_summary_lists_the_confirmed_candidates_first() -> None:
 def test_the_config_list_proposes_each_config_once_across_a_resume(tmp_path: Path) -> None:
     from ray.tune.search import Searcher
 
-    from sslsearch.searchers import ConfigList
+    from sslsearch.search.searchers import ConfigList
 
     configs = [{"method": "simclr", "seed": s, "_base": {"epochs": 2}} for s in (1, 2, 3)]
     first = ConfigList(configs, METRIC, "max")
@@ -298,8 +308,8 @@ def test_bad_confirmation_flags_exit_2_with_one_line(args: list[str], named: str
 def test_resume_with_other_confirmation_flags_is_refused(
         tmp_path: Path, flags: list[str], named: str, capsys: pytest.CaptureFixture[str]) -> None:
     from sslsearch.run import main
-    from sslsearch.space import load_space
-    from sslsearch.sweep import space_digest, write_sweep_file
+    from sslsearch.search.space import load_space
+    from sslsearch.search.sweep import space_digest, write_sweep_file
 
     space = load_space("simclr").source
     folder = tmp_path / "results" / "old"

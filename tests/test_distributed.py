@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from sslsearch import methods
-from sslsearch.distributed import ONE_PROCESS, ProcessGroup, TorchProcessGroup, spawn
+from sslsearch.parts.distributed import ONE_PROCESS, ProcessGroup, TorchProcessGroup, spawn
 from tests import distributed_cases as cases
 
 RTOL = 1e-9
@@ -97,8 +97,8 @@ def test_the_training_loop_on_two_workers_equals_one_process(workers: dict[str, 
     the whole batch, lr of the global batch, rank 0 evaluating and checkpointing, random states
     synchronised after it) ends where one process ends, to float32 rounding over 8 steps."""
     from sslsearch import train
-    from sslsearch.checkpoint import load_checkpoint
     from sslsearch.config import trial_config
+    from sslsearch.trial.checkpoint import load_checkpoint
 
     folder = workers["folder"] / "one"
     ref = train.run(trial_config(LOOP), checkpoint_dir=folder)

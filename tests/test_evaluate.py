@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from sslsearch.evaluate import collapse_diagnostics, knn_predict, linear_probe
+from sslsearch.trial.evaluation import collapse_diagnostics, knn_predict, linear_probe
 
 
 def test_knn_weighted_vote_by_hand() -> None:

@@ -71,7 +71,7 @@ def test_the_peer_recipe_is_issue_15s_and_the_tuned_search_runs_on_the_same_setu
     recipe is the conventional one and the tuned side changes nothing of the setup: the same
     subset, network, batch, epochs and kNN, judged on validation kNN (no probe: the sweep then
     exports its best val-kNN trial, the one the README re-runs)."""
-    from sslsearch.space import load_space
+    from sslsearch.search.space import load_space
 
     recipe = load_experiment("peer_simclr_fashion_mnist").trial
     assert (recipe.method_params["temperature"], recipe.optimizer, recipe.momentum,
@@ -131,7 +131,7 @@ def test_train_takes_the_methods_rate_unless_the_command_line_sets_one(tmp_path:
 
 
 def test_a_search_uses_the_methods_rate_where_it_does_not_draw_one(tmp_path: Path) -> None:
-    from sslsearch.space import default_point, parse_space, trial_from_config
+    from sslsearch.search.space import default_point, parse_space, trial_from_config
 
     exp = load_experiment(_per_method_experiment(tmp_path))
     fixed = parse_space({"method": {"choice": ["simclr", "vicreg"]}}, "s.yaml", exp.trial,

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 import sslsearch
-from sslsearch.checkpoint import load_checkpoint
 from sslsearch.config import load_experiment
 from sslsearch.errors import ConfigError
-from sslsearch.export import CONFIG, WEIGHTS, export_encoder, read_config
+from sslsearch.reporting.export import CONFIG, WEIGHTS, export_encoder, read_config
 from sslsearch.train import run
-from sslsearch.trial import build_method, load_data, select_device
+from sslsearch.trial.checkpoint import load_checkpoint
+from sslsearch.trial.trial import build_method, load_data, select_device
 
 
 def _trained(tmp_path: Path, backbone: str = "small_cnn", dataset: str = "digits"
@@ -36,7 +36,7 @@ def _trained(tmp_path: Path, backbone: str = "small_cnn", dataset: str = "digits
 
 
 def _features(encoder: torch.nn.Module, data: object) -> torch.Tensor:
-    from sslsearch.augment import normalize
+    from sslsearch.trial.augment import normalize
 
     x, _ = next(data.test.iter_batches(len(data.test), None, shuffle=False,  # type: ignore[attr-defined]
                                         drop_last=False))
@@ -92,7 +92,7 @@ def test_resnet_export_rebuilds_the_right_stem_from_weights_alone(tmp_path: Path
                                                                    image_size: int) -> None:
     """Without the dataset at hand, the ResNet stem (CIFAR 3×3 or ImageNet 7×7) is read off the
     weights, and the rebuilt encoder computes the same features."""
-    from sslsearch.networks import build_backbone
+    from sslsearch.parts.networks import build_backbone
 
     torch.manual_seed(0)
     net = build_backbone("resnet18", in_channels=3, image_size=image_size).eval()

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sslsearch.space import load_space
+from sslsearch.search.space import load_space
 from tests.test_sweep import assert_complete_sweep, sslsearch_run
 
 SPACE = """
@@ -84,7 +84,7 @@ def test_diverging_and_collapsing_trials_end_with_their_reason(tmp_path: Path) -
 
 
 def _fake_sweep(folder: Path, space: Path) -> None:
-    from sslsearch.sweep import space_digest, write_sweep_file
+    from sslsearch.search.sweep import space_digest, write_sweep_file
 
     write_sweep_file(folder, {"space_path": str(space), "space_digest":
                               space_digest(space.read_text())})
@@ -97,7 +97,7 @@ def test_resume_refuses_world_writable_and_foreign_folders(tmp_path: Path) -> No
     import pytest
 
     from sslsearch.errors import ConfigError
-    from sslsearch.sweep import read_sweep_file
+    from sslsearch.search.sweep import read_sweep_file
 
     space = tmp_path / "s.yaml"
     space.write_text("method: simclr\n")
@@ -135,7 +135,7 @@ def test_resume_with_another_space_is_refused(tmp_path: Path) -> None:
 KILLER = """
 import os, signal, sys
 from pathlib import Path
-import sslsearch.sweep as sweep
+import sslsearch.search.sweep as sweep
 from sslsearch.run import main
 
 folder = Path(sys.argv[1])
@@ -242,7 +242,7 @@ def test_chaos_five_sigkills_at_seeded_random_moments_resume_to_the_calm_result(
     import sys
     import time
 
-    from sslsearch.sweep import has_tune_state
+    from sslsearch.search.sweep import has_tune_state
 
     args = ["--space", "simclr", "--num-samples", "4", "--epochs", "3", "--max-concurrent", "1",
             "--grace-period", "3", "--storage", "results", "--quiet", "--seed", "3",
@@ -287,7 +287,7 @@ def test_a_sweep_killed_before_tunes_first_save_is_started_over_not_restored(
         tmp_path: Path) -> None:
     """``Tuner.restore`` of a folder with ``tuner.pkl`` but no ``experiment_state-*.json`` runs
     Tune's default of one sample (the chaos test saw 1 trial of 4): the resume must start over."""
-    from sslsearch.sweep import has_tune_state
+    from sslsearch.search.sweep import has_tune_state
 
     (tmp_path / "tuner.pkl").write_bytes(b"")
     assert not has_tune_state(tmp_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sslsearch.fewlabel import draw, few_label_probes, markdown, setting_name
+from sslsearch.trial.fewlabel import draw, few_label_probes, markdown, setting_name
 
 
 def _labels() -> torch.Tensor:

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from sslsearch.augment import AugmentConfig, Augmenter, augment
-from sslsearch.checkpoint import load_checkpoint
 from sslsearch.config import trial_config
 from sslsearch.data import load_dataset
 from sslsearch.methods.base import Step
 from sslsearch.train import run
-from sslsearch.trial import (
+from sslsearch.trial.augment import AugmentConfig, Augmenter, augment
+from sslsearch.trial.checkpoint import load_checkpoint
+from sslsearch.trial.trial import (
     augment_configs,
     setup_trial,
     train_batches,

@@ -68,7 +68,7 @@ def test_a_truncated_or_pickled_checkpoint_falls_back_to_the_previous_one_and_sa
         tmp_path: Path) -> None:
     import pickle
 
-    from sslsearch.checkpoint import CHECKPOINT, PREVIOUS, load_checkpoint, save_checkpoint
+    from sslsearch.trial.checkpoint import CHECKPOINT, PREVIOUS, load_checkpoint, save_checkpoint
 
     save_checkpoint(tmp_path, _state(1.0))
     save_checkpoint(tmp_path, _state(2.0))
@@ -96,8 +96,8 @@ def test_a_checkpoint_that_cannot_be_written_fails_the_trial_with_reason_storage
 
     import torch
 
-    from sslsearch import checkpoint
     from sslsearch.errors import TrialFailure
+    from sslsearch.trial import checkpoint
 
     checkpoint.save_checkpoint(tmp_path, _state(1.0))
     before = (tmp_path / checkpoint.CHECKPOINT).read_bytes()

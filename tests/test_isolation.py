@@ -13,20 +13,23 @@ def test_train_imports_no_ray_optuna_mlflow() -> None:
 
 
 def test_only_the_glue_modules_import_ray_optuna_mlflow() -> None:
-    """Ray and Optuna live in the search floor's glue modules, named here once (docs/design.md
-    points here): the sweep (run, sweep), its searchers and stoppers (searchers, stopping), the
-    Tune and Train trainables (trainable, trainable_workers), the space and its Optuna side (space,
-    optuna_space) and tracking; MLflow in tracking alone. Everything else, the training loop
-    first, runs with torch alone."""
+    """Ray and Optuna live in the search floor's glue modules (``sslsearch/search/``), named here
+    once (docs/design.md points here): the sweep (``search/sweep``; the commands start Ray through
+    it), its searchers and stoppers (``search/searchers``, ``search/stopping``), the Tune and
+    Train trainables (``search/trainable``, ``search/trainable_workers``), the space and its Optuna
+    side (``search/space``, ``search/optuna_space``) and ``search/tracking``; MLflow in
+    ``search/tracking`` alone. Everything else, the trial floor first, runs with torch alone."""
     import ast
     from pathlib import Path
 
     import sslsearch
 
-    allowed = {"ray": {"run", "sweep", "searchers", "stopping", "trainable", "trainable_workers",
-                       "space", "tracking"},
-               "optuna": {"sweep", "searchers", "space", "optuna_space", "tracking"},
-               "mlflow": {"tracking"}}
+    glue = {"sweep", "searchers", "stopping", "trainable", "trainable_workers", "space",
+            "optuna_space", "tracking"}
+    allowed = {"ray": {f"search/{m}" for m in glue - {"optuna_space"}},
+               "optuna": {f"search/{m}" for m in ("sweep", "searchers", "space", "optuna_space",
+                                                  "tracking")},
+               "mlflow": {"search/tracking"}}
     seen: dict[str, set[str]] = {lib: set() for lib in allowed}
     root = Path(sslsearch.__file__).parent
     for path in root.rglob("*.py"):

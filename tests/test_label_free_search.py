@@ -16,7 +16,6 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from sslsearch import labelfree
 from sslsearch.config import (
     LABEL_FREE_METRICS,
     LABEL_FREE_OBJECTIVES,
@@ -24,9 +23,10 @@ from sslsearch.config import (
     trial_config,
 )
 from sslsearch.data import load_dataset
-from sslsearch.summary import correlation_markdown, spearman
-from sslsearch.tracking import TAG_ROLE
+from sslsearch.reporting.summary import correlation_markdown, spearman
+from sslsearch.search.tracking import TAG_ROLE
 from sslsearch.train import run
+from sslsearch.trial import labelfree
 
 TINY = {"dataset": "digits", "backbone": "small_cnn", "backbone_width": 8, "epochs": 1,
         "batch_size": 128, "device": "cpu", "knn_k": 10, "probe": False, "crop_min_scale": 0.5}

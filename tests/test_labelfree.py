@@ -1,4 +1,5 @@
-"""Label-free metrics (sslsearch.labelfree): hand-computed values, collapse, invariances, shapes."""
+"""Label-free metrics (sslsearch.trial.labelfree): hand-computed values, collapse, invariances,
+shapes."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sslsearch.labelfree import (
+from sslsearch.trial.labelfree import (
     EPS,
     LIDAR_DELTA,
     METRICS,

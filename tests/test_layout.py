@@ -5,7 +5,8 @@
 - no private name (``_x``) taken from another module, by ``from m import _x`` or ``m._x``: what a
   module offers others is its public names;
 - no module over ``MAX_MODULE_LINES`` lines, and no function over ``MAX_DRIVER_FUNCTION_LINES`` in
-  the drivers (the command-line entry points, which should read top to bottom).
+  the drivers (the command-line entry points, which should read top to bottom);
+- every module on one of the ``FLOORS`` (issue 32), none importing a floor above its own.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ MAX_DRIVER_FUNCTION_LINES = 60
 DRIVERS = ("run", "compare", "cli", "train", "all_methods", "bench.__main__", "bench.search",
            "bench.search_cli", "bench.selection", "bench.preflight", "bench.workers",
            # the trial loop, which a reader follows step by step too
-           "trial", "checkpoint", "evaluate")
+           "trial.trial", "trial.checkpoint", "trial.evaluation")
 
 
 def _modules() -> dict[str, Path]:
@@ -85,6 +86,57 @@ def _graph() -> dict[str, set[str]]:
             if target in MODULES and target != module and not target.startswith(f"{module}."):
                 graph[module].add(target)
     return graph
+
+
+# The floors, from the ground up (docs/design.md): a module imports its own floor and the floors
+# below it, never one above. Every module of the package is on exactly one floor; a new module
+# must be given one here (and in docs/design.md), so the plan cannot rot unseen.
+FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # The ground floor: light, no torch. `methods` is the methods' registry (its __init__), which
+    # imports this floor alone; it loads a method's module by name when asked (config reads it).
+    ("ground", ("", "_moved", "config", "schema", "paths", "results", "errors", "console",
+                "methods")),
+    ("parts", ("parts", "parts.*")),
+    ("methods and data", ("methods.*", "data", "data.*")),
+    # The trial and its loop: `train` stays at the top of the package for `python -m
+    # sslsearch.train`, and the search floor's trainables call its `run`.
+    ("trial", ("trial", "trial.*", "train")),
+    ("search", ("search", "search.*")),
+    ("reporting", ("reporting", "reporting.*")),
+    ("commands", ("run", "cli", "compare", "all_methods", "bench", "bench.*")),
+)
+
+
+def _floor(module: str) -> int:
+    """The floor (its index in FLOORS) of ``module``: ``x`` names a module (or a package's
+    __init__), ``x.*`` the modules under package ``x``."""
+    name = module.removeprefix(PACKAGE).removeprefix(".")
+    found = [i for i, (_, patterns) in enumerate(FLOORS) for pattern in patterns
+             if name == pattern or (pattern.endswith(".*") and name.startswith(pattern[:-1]))]
+    assert len(found) == 1, f"{module} is on {len(found)} floors: give it one in FLOORS"
+    return found[0]
+
+
+def test_every_module_is_on_one_floor() -> None:
+    for module in MODULES:
+        _floor(module)
+
+
+def test_no_module_imports_a_floor_above_its_own() -> None:
+    """The import direction: ground ← parts ← methods, data ← trial ← search ← reporting ←
+    commands. A module of the trial floor importing the search, or the search a report, fails."""
+    upward = [f"{module} ({FLOORS[_floor(module)][0]}) imports {target} "
+              f"({FLOORS[_floor(target)][0]})"
+              for module, targets in _graph().items() for target in sorted(targets)
+              if _floor(target) > _floor(module)]
+    assert not upward, "imports of a floor above:\n" + "\n".join(upward)
+
+
+def test_the_floors_go_up_in_the_documented_order() -> None:
+    assert _floor("sslsearch.trial.trial") < _floor("sslsearch.search.sweep")
+    assert _floor("sslsearch.config") < _floor("sslsearch.parts.networks")
+    assert _floor("sslsearch.methods.simclr") > _floor("sslsearch.methods")
+    assert _floor("sslsearch.bench.search") > _floor("sslsearch.reporting.summary")
 
 
 def test_the_scan_sees_the_package() -> None:
@@ -155,9 +207,9 @@ def test_pyproject_ships_every_package_and_the_yaml_files() -> None:
 
 
 def test_one_owner_for_what_a_remote_storage_is() -> None:
-    """Whether ``--storage`` is a URI is ``sweepdir.is_remote``'s to say; a second spelling of the
-    rule (``"://" in storage``) would drift from it."""
-    spelled = [f"{m}:{i}" for m, p in MODULES.items() if m != f"{PACKAGE}.sweepdir"
+    """Whether ``--storage`` is a URI is ``search.sweepdir.is_remote``'s to say; a second spelling
+    of the rule (``"://" in storage``) would drift from it."""
+    spelled = [f"{m}:{i}" for m, p in MODULES.items() if m != f"{PACKAGE}.search.sweepdir"
                for i, line in enumerate(p.read_text().splitlines(), 1)
                if '"://" in' in line and "storage" in line]
-    assert not spelled, f"use sweepdir.is_remote: {spelled}"
+    assert not spelled, f"use search.sweepdir.is_remote: {spelled}"

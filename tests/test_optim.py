@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from sslsearch.errors import ConfigError
-from sslsearch.optim import LARS, build_optimizer, lr_at, param_groups, scaled_lr, set_lr
+from sslsearch.parts.optim import LARS, build_optimizer, lr_at, param_groups, scaled_lr, set_lr
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "lars"])
@@ -30,7 +30,7 @@ def test_a_trial_peaks_at_the_rate_its_rule_gives() -> None:
     (AdamW at batch 64: base_lr itself; SGD: a quarter of it; a batch capped by the data: the
     cap's rate); an unknown lr_scaling is refused naming the field."""
     from sslsearch.config import trial_config
-    from sslsearch.distributed import ONE_PROCESS
+    from sslsearch.parts.distributed import ONE_PROCESS
     from sslsearch.train import Schedule
 
     for optimizer, scaling, n_train, want in (("adamw", "auto", 1000, 4e-3),

@@ -1,8 +1,8 @@
 """A tracking server that goes away: the outbox keeps every call on disk, in order, and replays it.
 
-The fast tests drive :class:`sslsearch.outbox.Outbox` against a fake tracker and a whole sweep
-against an MLflow client that raises the error MLflow raises when its server is down; the slow one
-stops and restarts a real ``mlflow server`` under a running sweep.
+The fast tests drive :class:`sslsearch.search.outbox.Outbox` against a fake tracker and a whole
+sweep against an MLflow client that raises the error MLflow raises when its server is down; the slow
+one stops and restarts a real ``mlflow server`` under a running sweep.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from sslsearch.errors import ConfigError
-from sslsearch.outbox import OPS, OUTBOX_FILE, Outbox, is_outage
-from sslsearch.tracking import Tracker
+from sslsearch.search.outbox import OPS, OUTBOX_FILE, Outbox, is_outage
+from sslsearch.search.tracking import Tracker
 from tests.test_sweep import assert_complete_sweep, runs
 
 # What MlflowClient raises when nothing listens at the server's port (MLflow 3, after its retries).
@@ -175,9 +175,9 @@ FLAKY = """
 import sys
 from pathlib import Path
 from mlflow.exceptions import MlflowException
-import sslsearch.outbox as outbox
-import sslsearch.sweep as sweep
-import sslsearch.tracking as tracking
+import sslsearch.search.outbox as outbox
+import sslsearch.search.sweep as sweep
+import sslsearch.search.tracking as tracking
 from sslsearch.run import main
 
 down = Path(sys.argv[1])

@@ -23,14 +23,14 @@ import torch
 import yaml
 from PIL import Image
 
-from sslsearch import preflight, sweepdir
 from sslsearch.config import load_experiment
 from sslsearch.data import load_dataset
 from sslsearch.data.assemble import Options, split_sizes, train_val_indices
 from sslsearch.data.imagefiles import list_labeled
 from sslsearch.errors import ConfigError
 from sslsearch.run import main
-from sslsearch.space import load_space
+from sslsearch.search import preflight, sweepdir
+from sslsearch.search.space import load_space
 
 # ----------------------------------------------------------------------------- fixtures
 
@@ -334,7 +334,7 @@ def test_not_a_data_set_a_file_as_storage_and_no_resources_exit_2(
 HOLDER = """
 import sys, time
 from pathlib import Path
-from sslsearch import sweepdir
+from sslsearch.search import sweepdir
 sweepdir.lock(Path(sys.argv[1]), "k")
 print("locked", flush=True)
 time.sleep(120)
@@ -345,7 +345,7 @@ def test_a_second_driver_on_a_running_sweep_exits_2_naming_it(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A driver (here a stand-in holding the sweep's lock) runs sweep k: a second sweep named k,
     and a --resume of k, are refused naming its pid; once it is gone its lock is taken over."""
-    from sslsearch.sweep import space_digest, write_sweep_file
+    from sslsearch.search.sweep import space_digest, write_sweep_file
 
     folder = tmp_path / "results" / "k"
     space = load_space("simclr").source
@@ -378,7 +378,7 @@ def test_the_orphans_of_a_kill_before_tunes_first_save_are_ended_on_resume(
     ended when the resumed sweep starts over: closed KILLED and lost, soft-deleted, removed."""
     from mlflow.tracking import MlflowClient
 
-    from sslsearch.tracking import Tracker
+    from sslsearch.search.tracking import Tracker
 
     uri, folder = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "results" / "k"
     tracker = Tracker(uri, "sslsearch", "k")
@@ -399,7 +399,7 @@ def test_the_orphans_of_a_kill_before_tunes_first_save_are_ended_on_resume(
 
 
 def test_the_preflight_imports_no_ray_optuna_or_mlflow() -> None:
-    code = ("import sys, sslsearch.preflight, sslsearch.sweepdir\n"
+    code = ("import sys, sslsearch.search.preflight, sslsearch.search.sweepdir\n"
             "print(','.join(m for m in ('ray', 'optuna', 'mlflow') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
@@ -481,7 +481,7 @@ def test_a_second_resume_while_the_first_driver_runs_is_refused(tmp_path: Path) 
 EARLY_KILLER = """
 import os, signal, sys
 from pathlib import Path
-import sslsearch.sweep as sweep
+import sslsearch.search.sweep as sweep
 from sslsearch.run import main
 
 class KillAtStart(sweep.Progress):
@@ -505,7 +505,7 @@ def test_a_driver_killed_before_tunes_first_save_resumes_with_its_orphans_ended(
     import contextlib
     import signal
 
-    from sslsearch.sweep import has_tune_state
+    from sslsearch.search.sweep import has_tune_state
 
     script = tmp_path / "killer.py"
     script.write_text(EARLY_KILLER)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from sslsearch.provenance import PACKAGES, sweep_tags
+from sslsearch.reporting.provenance import PACKAGES, sweep_tags
 
 
 def test_versions_of_what_ran_and_the_commit() -> None:

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from sslsearch.config import load_experiment
-from sslsearch.export import export_encoder
-from sslsearch.report import (
+from sslsearch.reporting.export import export_encoder
+from sslsearch.reporting.report import (
     CURVES,
     IMPORTANCE,
     PARALLEL,
@@ -21,8 +21,8 @@ from sslsearch.report import (
     write_report,
 )
 from sslsearch.results import TrialRecord
-from sslsearch.space import load_space
-from sslsearch.trial import build_method, load_data
+from sslsearch.search.space import load_space
+from sslsearch.trial.trial import build_method, load_data
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -110,7 +110,7 @@ def test_write_report_degrades_without_trials_or_encoder(tmp_path: Path) -> None
 def test_learning_curves_draw_the_raw_pixel_and_random_init_baselines() -> None:
     import matplotlib.pyplot as plt
 
-    from sslsearch.report import learning_curves_figure
+    from sslsearch.reporting.report import learning_curves_figure
 
     trials = [_trial(m, i, stage="seed") for m in ("simclr", "vicreg") for i in range(2)]
     best = {m: _trial(m, 3) for m in ("simclr", "vicreg")}

@@ -17,8 +17,8 @@ from sslsearch.config import SPACES_DIR, load_experiment, trial_config
 from sslsearch.errors import ConfigError
 from sslsearch.results import FINISHED, STOPPED_EARLY, configured_epochs, trial_status
 from sslsearch.run import main
-from sslsearch.searchers import n_startup_trials, optuna_sampler
-from sslsearch.space import (
+from sslsearch.search.searchers import n_startup_trials, optuna_sampler
+from sslsearch.search.space import (
     Dist,
     load_space,
     parse_space,

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
+from sslsearch.reporting.summary import summarize
 from sslsearch.results import budget, budget_line
-from sslsearch.summary import summarize
-from sslsearch.tracking import TAG_ROLE, TAG_TRIAL
+from sslsearch.search.tracking import TAG_ROLE, TAG_TRIAL
 
 # Sweeps small enough for the default suite: digits, a tiny CNN, a few epochs.
 # --no-confirm: confirmation on fresh seeds has its own tests (tests/test_confirm.py).
@@ -269,7 +269,7 @@ def test_budget_with_searched_epochs_sums_each_trials_own() -> None:
 
 def test_progress_line_says_finished_for_a_trial_without_probe(
         capsys: pytest.CaptureFixture[str]) -> None:
-    from sslsearch.sweep import Progress
+    from sslsearch.search.sweep import Progress
 
     progress = Progress("val_knn_acc", total=3, per_epoch=False)
     config = {"_base": BASE, "method": "simclr"}
@@ -288,7 +288,7 @@ def test_progress_line_says_finished_for_a_trial_without_probe(
 
 
 def test_mlflow_outcome_is_trial_status_against_the_trials_own_epochs() -> None:
-    from sslsearch.tracking import outcome
+    from sslsearch.search.tracking import outcome
 
     exp = {"epochs": 3, "probe": True}
     completed = ("FINISHED", {"trial_status": "completed"})
@@ -318,7 +318,7 @@ def test_mlflow_child_runs_end_as_trial_status_says(tmp_path: Path) -> None:
     searched epochs 2 of 2 and probe: false 3 of 3 are completed; 3 of a searched 6 is not. A
     RUNNING run Ray has no result for (Tune never saved its trial, so the resumed sweep re-ran
     its slot under another id) is closed as lost and soft-deleted: no fifth trial."""
-    from sslsearch.tracking import MLflowTrialCallback
+    from sslsearch.search.tracking import MLflowTrialCallback
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     callback = MLflowTrialCallback(uri, "sslsearch", "sweep-x", max_epochs=3,
@@ -357,9 +357,9 @@ def test_best_experiment_says_how_it_was_chosen(tmp_path: Path) -> None:
     import yaml
 
     from sslsearch.config import load_experiment
-    from sslsearch.confirm import choose
     from sslsearch.results import record
     from sslsearch.run import export_best
+    from sslsearch.search.confirm import choose
 
     exp = load_experiment("quick")
     out = tmp_path / "sweep" / "best_experiment.yaml"
@@ -378,7 +378,7 @@ def test_best_experiment_says_how_it_was_chosen(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["../outside", "/tmp/abs", "a/b", "..", ".", "", " x", "a\\b"])
 def test_results_folder_refuses_a_name_that_leaves_it(tmp_path: Path, name: str) -> None:
     from sslsearch.errors import ConfigError
-    from sslsearch.schema import results_folder
+    from sslsearch.paths import results_folder
 
     with pytest.raises(ConfigError, match="--name"):
         results_folder(name, tmp_path / "results")

@@ -19,8 +19,8 @@ import pytest
 from optuna.trial import TrialState
 
 from sslsearch.config import TrialConfig
-from sslsearch.searchers import SSLOptunaSearch, optuna_sampler
-from sslsearch.space import SearchSpace, parse_space
+from sslsearch.search.searchers import SSLOptunaSearch, optuna_sampler
+from sslsearch.search.space import SearchSpace, parse_space
 
 EPOCHS = 4
 METRIC = "val_knn_acc"

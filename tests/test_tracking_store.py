@@ -12,7 +12,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from sslsearch.outbox import RetryingClient
+from sslsearch.search.outbox import RetryingClient
 
 
 class _Flaky:
@@ -55,7 +55,7 @@ def test_the_client_pickles() -> None:
 
 WRITER = """
 import sys
-from sslsearch.tracking import Tracker
+from sslsearch.search.tracking import Tracker
 tracker = Tracker(sys.argv[1], "sslsearch", sys.argv[2])
 for trial in range(6):
     run_id = tracker.child(f"t{trial}", f"simclr-t{trial}", {"base_lr": 0.001 * trial})

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from sslsearch.checkpoint import load_checkpoint, save_checkpoint
 from sslsearch.config import trial_config
 from sslsearch.data import load_dataset
 from sslsearch.errors import ConfigError, TrialFailure
 from sslsearch.methods.base import Step
 from sslsearch.train import main, run
-from sslsearch.trial import (
+from sslsearch.trial.checkpoint import load_checkpoint, save_checkpoint
+from sslsearch.trial.trial import (
     cpu_has_native_bf16,
     setup_trial,
     train_step,
@@ -70,7 +70,7 @@ def test_precision_on_cpu(precision: str, conv_dtype: torch.dtype) -> None:
 def test_precision_rule(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     # One rule (trial.uses_bf16): auto autocasts on CUDA always and on the CPU only where bf16 is
     # native (emulated bf16 is slower than float32); bf16 and fp32 mean what they say anywhere.
-    monkeypatch.setattr("sslsearch.trial.cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr("sslsearch.trial.trial.cpu_has_native_bf16", lambda: native)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert uses_bf16("auto", cpu) is native
     assert uses_bf16("auto", cuda) is True

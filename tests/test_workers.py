@@ -11,11 +11,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from sslsearch import sweep, trainable_workers
 from sslsearch.cli import Overrides, build_parser
 from sslsearch.config import SearchConfig, load_experiment
 from sslsearch.errors import ConfigError
 from sslsearch.results import FolderCheckpoint, result_checkpoint
+from sslsearch.search import sweep, trainable_workers
 
 
 def test_the_flag_sets_the_experiments_field_and_one_is_the_default() -> None:

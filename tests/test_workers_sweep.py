@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from sslsearch.tracking import TAG_TRIAL
-from sslsearch.trainable_workers import TRAIN_RUNS, WORKER_NODES_KEY
+from sslsearch.search.tracking import TAG_TRIAL
+from sslsearch.search.trainable_workers import TRAIN_RUNS, WORKER_NODES_KEY
 from tests.test_cluster import _children, _kill
 from tests.test_sweep import assert_complete_sweep
 

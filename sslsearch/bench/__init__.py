@@ -14,14 +14,14 @@ A benchmark, not a test::
 optimiser step, with the method, optimiser and augmentation configs built by
 :mod:`sslsearch.train`'s own helpers) and differ in where the two views come from and, by default,
 in precision: ours runs the training loop's (``--precision auto``: bf16 autocast on CUDA and on
-CPUs with native bf16, :func:`sslsearch.trial.uses_bf16`), the conventional path the public
+CPUs with native bf16, :func:`sslsearch.trial.trial.uses_bf16`), the conventional path the public
 libraries' default (``--conventional-precision library``: autocast on CUDA, float32 on the CPU).
 ``--conventional-precision same`` gives it ours, so that only the data path differs:
 
 * **ours**: the dataset is resident on the device as ``uint8``; a batch is an index gather and both
-  views are augmented batched, per-sample random, on the device (:func:`sslsearch.augment.augment`);
-  channels_last on every device (the model's layout, so both paths' inputs take it); optionally
-  ``torch.compile`` of the backbone.
+  views are augmented batched, per-sample random, on the device
+  (:func:`sslsearch.trial.augment.augment`); channels_last on every device (the model's layout, so
+  both paths' inputs take it); optionally ``torch.compile`` of the backbone.
 * **conventional** (what the public libraries do): a ``Dataset`` hands out PIL images of the same
   uint8 pixels, torchvision ``transforms.v2`` build two views per sample (RandomResizedCrop,
   flip, ColorJitter with p = 0.8, RandomGrayscale, blur/solarise where our config has them,

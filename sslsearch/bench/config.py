@@ -9,7 +9,7 @@ from typing import Any
 from sslsearch.config import TrialConfig, trial_config
 from sslsearch.data import DATASETS
 from sslsearch.errors import ConfigError
-from sslsearch.networks import BACKBONES
+from sslsearch.parts.networks import BACKBONES
 
 # On a CPU shared with other work, OpenMP threads that spin-wait at every barrier can make a step
 # several times slower (seen: 4.5x for the small CNN on 2 busy cores); passive waiting avoids it.

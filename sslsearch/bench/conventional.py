@@ -10,18 +10,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sslsearch.augment import (
+from sslsearch.bench.config import DRAIN_WAIT_S, PREFETCH_FACTOR
+from sslsearch.bench.ours import Setup, model_step
+from sslsearch.bench.timing import proc_cpu_s
+from sslsearch.data import Split
+from sslsearch.trial.augment import (
     BRIGHTNESS,
     CONTRAST,
     HUE,
     SATURATION,
     AugmentConfig,
 )
-from sslsearch.bench.config import DRAIN_WAIT_S, PREFETCH_FACTOR
-from sslsearch.bench.ours import Setup, model_step
-from sslsearch.bench.timing import proc_cpu_s
-from sslsearch.data import Split
-from sslsearch.imageops import blur_kernel_size
+from sslsearch.trial.imageops import blur_kernel_size
 
 
 def conventional_transform(aug: AugmentConfig, size: int, channels: int,

@@ -1,7 +1,7 @@
 """How much was there to find? The search benchmark's confirmations (:mod:`sslsearch.bench.search`).
 
 - Every strategy run's answer is confirmed as the sweep confirms its own
-  (:mod:`sslsearch.confirm`): its top K configurations on the benchmark's fresh seeds, the
+  (:mod:`sslsearch.search.confirm`): its top K configurations on the benchmark's fresh seeds, the
   winner by its mean. The default strategy's answer is the default configuration itself.
 - The **reference**: a large random search (``--reference-trials``, every trial to its last
   epoch), its top ``--reference-top`` confirmed on the same fresh seeds: the best configuration the
@@ -23,10 +23,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from sslsearch import confirm
 from sslsearch.bench.search_report import drop_checkpoints
-from sslsearch.confirm import Candidate, Confirmation, Stat
 from sslsearch.results import TrialRecord, number, record
+from sslsearch.search import confirm
+from sslsearch.search.confirm import Candidate, Confirmation, Stat
 
 
 def _stat_json(s: Stat | None) -> dict[str, Any] | None:
@@ -50,8 +50,8 @@ class Confirmer:
 
     def run(self, candidates: Sequence[Candidate], name: str) -> None:
         """Fill each candidate's runs, training only the configurations not confirmed yet."""
-        from sslsearch import sweep
-        from sslsearch.compare import trial_keys
+        from sslsearch.search import sweep
+        from sslsearch.search.space import trial_keys
 
         todo = [c for c in candidates if self._known(c.config) is None]
         if todo:

@@ -1,5 +1,5 @@
 """Our path: the dataset resident on the device, both views augmented batched on it, the training
-loop's own step (:func:`sslsearch.trial.train_step`)."""
+loop's own step (:func:`sslsearch.trial.trial.train_step`)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from sslsearch.augment import (
-    AugmentConfig,
-)
 from sslsearch.bench.config import SYNTHETIC_SIZE, BenchConfig
 from sslsearch.data import DataBundle, Split
 from sslsearch.errors import ConfigError
 from sslsearch.methods.base import Step
-from sslsearch.trial import (
+from sslsearch.trial.augment import (
+    AugmentConfig,
+)
+from sslsearch.trial.trial import (
     LiveTrial,
     augment_configs,
     load_data,

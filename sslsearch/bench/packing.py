@@ -18,7 +18,7 @@ import torch
 from sslsearch.bench.config import BenchConfig
 from sslsearch.bench.ours import OursPath, setup
 from sslsearch.bench.timing import device_name, sync, time_phases
-from sslsearch.trial import select_device
+from sslsearch.trial.trial import select_device
 
 
 def run_child(bc: BenchConfig) -> int:

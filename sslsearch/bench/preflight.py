@@ -7,7 +7,7 @@ warm after the first pass, as on a sweep's second start; state that when quoting
 * **listing**: :func:`sslsearch.data.imagefiles.list_labeled` of both splits (what the loader and
   the pre-flight share), beside torchvision's ``ImageFolder`` listing of the same folder;
 * **survey**: the header and tail checks of every file (:func:`sslsearch.data.imagefiles.survey`);
-* **pre-flight**: :func:`sslsearch.preflight.check_sweep` of an experiment on the folder, as
+* **pre-flight**: :func:`sslsearch.search.preflight.check_sweep` of an experiment on the folder, as
   ``python -m sslsearch.run`` calls it (listing + survey + split and memory checks);
 * **quick**: the same call for the default experiment (``quick``, digits: nothing to read),
   which every default sweep pays;
@@ -85,7 +85,7 @@ def measure(root: Path, repeats: int, decode_sample: int) -> dict[str, list[floa
 
     from sslsearch.config import load_experiment, trial_config
     from sslsearch.data.imagefiles import list_labeled, survey
-    from sslsearch.preflight import check_sweep
+    from sslsearch.search.preflight import check_sweep
 
     exp = load_experiment()
     on_folder = dataclasses.replace(exp, trial=trial_config(

@@ -11,14 +11,14 @@ actually trained, summed over trials; ``--budget``, or ``--budget-trials`` × th
 
 * ``default``: the method's default configuration (the experiment's trial settings, the space's
   constants, no searched parameter) trained ``budget // epochs`` times with different seeds
-  (``--seeds``), through :func:`sslsearch.sweep.build_runs_tuner` (no searcher, no ASHA);
+  (``--seeds``), through :func:`sslsearch.search.sweep.build_runs_tuner` (no searcher, no ASHA);
 * ``random``: the space's ``initial:`` points (as TPE evaluates them first), then configurations
   drawn up front by Optuna's seeded ``RandomSampler`` from the space, each run to its last epoch
   (ASHA's grace period set to the epochs, so it stops nothing) through
-  :func:`sslsearch.sweep.build_tuner` as points to evaluate, until the trained trial-epochs
+  :func:`sslsearch.search.sweep.build_tuner` as points to evaluate, until the trained trial-epochs
   reach the budget (a trial that collapses leaves its epochs to the next draw);
 * ``tpe_asha``: the product's search as ``python -m sslsearch.run`` runs it
-  (:func:`sslsearch.sweep.build_tuner`: seeded TPE, ASHA, the collapse stopper), which keeps
+  (:func:`sslsearch.search.sweep.build_tuner`: seeded TPE, ASHA, the collapse stopper), which keeps
   proposing trials until its trained trial-epochs reach the budget: ASHA's savings buy more
   trials. Trials still running then are stopped (they count as stopped early).
 
@@ -59,24 +59,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sslsearch import console, provenance
+from sslsearch import console
 from sslsearch.bench.budget import Budget, runs_for_budget, tpe_trial_cap, within_one_trial
 from sslsearch.bench.headroom import Confirmer, confirm_run, confirmed_row, reference
 from sslsearch.bench.search_cli import build_parser
 from sslsearch.bench.search_report import RESULTS_MD, aggregate, pct, write_results
 from sslsearch.bench.strategies import STRATEGIES, run_name, run_strategy, summarize_run
 from sslsearch.config import SPACES_DIR, Experiment, load_experiment
-from sslsearch.confirm import Candidate, fresh_seeds
 from sslsearch.errors import ConfigError, exit_code
+from sslsearch.paths import results_folder
+from sslsearch.reporting import provenance
 from sslsearch.results import SELECTION
-from sslsearch.schema import resolve_file, results_folder
-from sslsearch.space import SearchSpace
-from sslsearch.sweepdir import is_remote
-from sslsearch.tracking_uri import check_reachable, normalize_uri
+from sslsearch.schema import resolve_file
+from sslsearch.search.confirm import Candidate, fresh_seeds
+from sslsearch.search.space import SearchSpace
+from sslsearch.search.sweepdir import is_remote
+from sslsearch.search.tracking_uri import check_reachable, normalize_uri
 
 
 def validate_name(name: str, storage: Path) -> Path:
-    """``storage / name`` (:func:`sslsearch.schema.results_folder`), and a new one."""
+    """``storage / name`` (:func:`sslsearch.paths.results_folder`), and a new one."""
     folder = results_folder(name, storage)
     if folder.exists():
         raise ConfigError(f"--name {name!r}: {folder} already exists; choose another name")
@@ -146,9 +148,9 @@ def _budgets(args: argparse.Namespace, exp: Experiment) -> tuple[Budget, ...]:
 
 def plan(args: argparse.Namespace) -> Plan:
     """Validate the command line and the files; :class:`ConfigError` (one line) on bad input."""
-    from sslsearch import preflight, sweep
     from sslsearch.cli import Overrides
-    from sslsearch.space import load_space
+    from sslsearch.search import preflight, sweep
+    from sslsearch.search.space import load_space
 
     space_path = resolve_file(args.space, SPACES_DIR, "space")
     overrides = Overrides(max_concurrent=args.max_concurrent, grace_period=args.grace_period,
@@ -230,7 +232,7 @@ def _reference(p: Plan, confirmer: Confirmer, defaults: Candidate, done: Progres
 
 
 def run(p: Plan, argv: Sequence[str]) -> int:
-    from sslsearch import sweep
+    from sslsearch.search import sweep
 
     command = command_line(argv)
     _log_start(p, command)
@@ -289,7 +291,7 @@ def _info(p: Plan, command: str, elapsed: float, confirmer: Confirmer, defaults:
 
 
 def _log_start(p: Plan, command: str) -> None:
-    from sslsearch import tracking
+    from sslsearch.search import tracking
 
     tracker = tracking.Tracker(p.tracking_uri, p.mlflow_experiment, p.name)
     budgets = ",".join(str(b.trials) for b in p.budgets)
@@ -314,7 +316,7 @@ def _log_end(p: Plan, summary: Sequence[dict[str, Any]], written: Sequence[Path]
              done: Progress) -> str:
     """Stages, baselines, the strategies' means and the report files on the parent run; returns
     the MLflow link to the runs."""
-    from sslsearch import tracking
+    from sslsearch.search import tracking
 
     tracker = tracking.Tracker(p.tracking_uri, p.mlflow_experiment, p.name)  # fresh after fits
     for trial_id, stage in done.stages.items():

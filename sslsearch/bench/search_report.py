@@ -206,7 +206,7 @@ def plot_best_so_far(runs: Sequence[dict[str, Any]], strategies: Sequence[str], 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sslsearch.report import style_curve_axes
+    from sslsearch.reporting.report import style_curve_axes
 
     cmap = plt.get_cmap("tab10")
     fig, ax = plt.subplots(figsize=(7.5, 4.5))

@@ -9,7 +9,7 @@ there). Each repeat draws the true means, then one search at one seed, and compa
 
 * **one seed**: the best trial of the search by the selection rule
   (:func:`sslsearch.results.select_best`), reported at its search value;
-* **confirmed**: the product's procedure (:mod:`sslsearch.confirm`): the top ``--top`` trials
+* **confirmed**: the product's procedure (:mod:`sslsearch.search.confirm`): the top ``--top`` trials
   re-run on ``--seeds`` fresh seeds, the winner by its mean, reported at that mean;
 
 through the same code the sweep runs, on :class:`~sslsearch.results.TrialRecord` objects. Per
@@ -32,9 +32,9 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from sslsearch.cli import positive_int
-from sslsearch.confirm import Candidate, Confirmation, plan
 from sslsearch.errors import ConfigError, exit_code
 from sslsearch.results import FINISHED, TrialRecord, select_best
+from sslsearch.search.confirm import Candidate, Confirmation, plan
 
 METRIC = "val_knn_acc"
 

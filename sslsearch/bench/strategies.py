@@ -13,9 +13,9 @@ from typing import Any
 from sslsearch.bench.budget import Budget, best_so_far, within_one_trial
 from sslsearch.bench.search_report import drop_checkpoints
 from sslsearch.config import Experiment
-from sslsearch.optuna_space import random_points
 from sslsearch.results import FINISHED, TrialRecord
-from sslsearch.space import SearchSpace
+from sslsearch.search.optuna_space import random_points
+from sslsearch.search.space import SearchSpace
 
 STRATEGIES = ("default", "random", "tpe_asha")
 
@@ -40,7 +40,7 @@ def run_name(strategy: str, b: Budget, seed: int) -> str:
 
 def run_strategy(p: Any, strategy: str, seed: int, b: Budget) -> tuple[list[Any], float]:
     """One strategy for one search seed and budget ``b``: its Ray results and wall time."""
-    from sslsearch import sweep
+    from sslsearch.search import sweep
 
     exp, space = _for_seed(p, seed)
     name = run_name(strategy, b, seed)
@@ -102,9 +102,9 @@ def summarize_run(p: Any, strategy: str, seed: int, b: Budget, results: Sequence
                   wall_s: float) -> tuple[dict[str, Any], list[TrialRecord]]:
     """One strategy × budget × search seed: budget spent, best trial by the selection rule (at
     the search's seed), curve, trials; and the trials' records."""
-    from sslsearch.compare import trial_keys
     from sslsearch.results import budget as budget_of
     from sslsearch.results import record, select_best
+    from sslsearch.search.space import trial_keys
 
     keys = trial_keys(p.space) + (["seed"] if strategy == "default" else [])
     results = trained_trials(results)

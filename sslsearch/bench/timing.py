@@ -14,7 +14,7 @@ import torch
 from sslsearch.bench.config import PEAK_TFLOPS, BenchConfig
 from sslsearch.data import DataBundle
 from sslsearch.methods.base import Step
-from sslsearch.trial import build_method
+from sslsearch.trial.trial import build_method
 
 # ------------------------------------------------------------------------------------------------
 # Timing.

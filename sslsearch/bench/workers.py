@@ -4,11 +4,11 @@ workers (``--workers-per-trial``), in images per second of the global batch.
 Each configuration ``NxT`` (N workers of T intra-op threads each) runs in N fresh processes
 joined by a local gloo group (no Ray: the processes Ray Train would start, without its start-up),
 each running the training loop's own pieces: its shard of every global batch, both views
-augmented for the whole batch and cut to its rows, :func:`sslsearch.trial.train_step` (gradients
-averaged over the workers, BatchNorm over the global batch). The default compares one worker on
-one thread and on every core with the cores split among two workers. After ``--warmup`` untimed
-steps, ``--steps`` timed steps; the time is the slowest worker's (they wait for each other at
-every collective anyway). ``--rounds`` rounds alternate the configurations; the report gives each
+augmented for the whole batch and cut to its rows, :func:`sslsearch.trial.trial.train_step`
+(gradients averaged over the workers, BatchNorm over the global batch). The default compares one
+worker on one thread and on every core with the cores split among two workers. After ``--warmup``
+untimed steps, ``--steps`` timed steps; the time is the slowest worker's (they wait for each other
+at every collective anyway). ``--rounds`` rounds alternate the configurations; the report gives each
 one's median and its ratio to the fastest one-worker configuration.
 
 On one CPU, N workers do the same arithmetic as one on N times fewer threads, plus the
@@ -32,11 +32,11 @@ import torch
 from torch import Tensor
 
 from sslsearch.config import load_experiment, trial_config
-from sslsearch.distributed import ProcessGroup, spawn
 from sslsearch.errors import exit_code
 from sslsearch.methods.base import Step
+from sslsearch.parts.distributed import ProcessGroup, spawn
 from sslsearch.train import Schedule
-from sslsearch.trial import (
+from sslsearch.trial.trial import (
     LiveTrial,
     augment_configs,
     load_data,

@@ -1,5 +1,5 @@
 """An ImageFolder's files, listed and checked without decoding them: the one listing the loader
-(:mod:`sslsearch.data.imagefolder`) and the driver's pre-flight (:mod:`sslsearch.preflight`)
+(:mod:`sslsearch.data.imagefolder`) and the driver's pre-flight (:mod:`sslsearch.search.preflight`)
 share, so both see the same images under the same labels.
 
 Listing. Class folders are the sub-folders of ``train/`` (and ``test/``), sorted by name; a class's

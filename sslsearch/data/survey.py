@@ -1,7 +1,7 @@
 """What a dataset holds, read from its headers and its file listing (no image is decoded), and
-what its splits need. The driver's pre-flight (:mod:`sslsearch.preflight`) surveys every dataset a
-sweep can draw before any trial starts; the ImageFolder loader lists, checks and counts through
-the same functions, so a folder the pre-flight passes is the folder the trials load.
+what its splits need. The driver's pre-flight (:mod:`sslsearch.search.preflight`) surveys every
+dataset a sweep can draw before any trial starts; the ImageFolder loader lists, checks and counts
+through the same functions, so a folder the pre-flight passes is the folder the trials load.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ from torch import Tensor
 
 from sslsearch.methods.base import Method as BaseMethod
 from sslsearch.methods.base import Step, Task
-from sslsearch.networks import Backbone, mlp
-from sslsearch.ops import fp32_loss, off_diagonal
+from sslsearch.parts.networks import Backbone, mlp
+from sslsearch.parts.ops import fp32_loss, off_diagonal
 
 # BatchNorm1d's default ε: the official code standardises with ``nn.BatchNorm1d(affine=False)``.
 BN_EPS = 1e-5
@@ -50,7 +50,7 @@ def barlow_twins_terms(z1: Tensor, z2: Tensor, lambda_offdiag: float,
         L = on_diag + λ · off_diag
 
     Returns ``(loss, on_diag, off_diag)`` (the unweighted terms). Computed in float32 (float64
-    kept) with autocast off (:func:`sslsearch.ops.fp32_loss`).
+    kept) with autocast off (:func:`sslsearch.parts.ops.fp32_loss`).
     """
     n = z1.shape[0]
     z1 = (z1 - z1.mean(dim=0)) / torch.sqrt(z1.var(dim=0, unbiased=False) + eps)  # z1: N x d
@@ -72,7 +72,7 @@ class Method(BaseMethod):
 
     Several workers: the standardisation and the cross-correlation C need the statistics of the
     GLOBAL batch, so the embeddings of every worker are gathered with their gradients and every
-    worker computes the same global loss (:mod:`sslsearch.distributed`); the projector's
+    worker computes the same global loss (:mod:`sslsearch.parts.distributed`); the projector's
     BatchNorm sees the global batch (the official code's SyncBatchNorm).
     """
 

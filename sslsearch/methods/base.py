@@ -12,8 +12,8 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from sslsearch.distributed import ONE_PROCESS, ProcessGroup
-from sslsearch.networks import Backbone, mlp
+from sslsearch.parts.distributed import ONE_PROCESS, ProcessGroup
+from sslsearch.parts.networks import Backbone, mlp
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,13 +42,13 @@ class Task:
 class Method(nn.Module):
     """Base class: ``backbone`` is the encoder ``f`` whose features are evaluated.
 
-    ``group`` is the trial's process group (:mod:`sslsearch.distributed`): one process unless the
-    trial runs on several workers, each forwarding its shard of the global batch. Each method's
+    ``group`` is the trial's process group (:mod:`sslsearch.parts.distributed`): one process unless
+    the trial runs on several workers, each forwarding its shard of the global batch. Each method's
     docstring says what it gathers from the other workers and why.
     """
 
     supervised: ClassVar[bool] = False  # True: the loss uses class labels (SupCon)
-    group: ProcessGroup = ONE_PROCESS  # set by sslsearch.trial.setup_trial
+    group: ProcessGroup = ONE_PROCESS  # set by sslsearch.trial.trial.setup_trial
 
     def __init__(self, cfg: Any, backbone: Backbone, task: Task) -> None:
         super().__init__()

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sslsearch import ops
 from sslsearch.methods.base import Method as BaseMethod
 from sslsearch.methods.base import Step, Task
-from sslsearch.networks import Backbone, mlp
+from sslsearch.parts import ops
+from sslsearch.parts.networks import Backbone, mlp
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +41,7 @@ def byol_loss(p: Tensor, z_target: Tensor) -> Tensor:
     The method symmetrises it: ``L = ℓ(h(z₁), z̃₂) + ℓ(h(z₂), z̃₁)`` (each term in [0, 4]). The
     gradient is not stopped here: the caller passes a ``z_target`` made without gradient (the EMA
     target under ``torch.no_grad``). Computed in float32 (float64 kept) with autocast off
-    (:func:`sslsearch.ops.fp32_loss`): half-precision inputs are upcast.
+    (:func:`sslsearch.parts.ops.fp32_loss`): half-precision inputs are upcast.
     """
     p = F.normalize(p, dim=1)  # p: N x d
     z = F.normalize(z_target, dim=1)  # z: N x d

@@ -54,8 +54,8 @@ from torch import Tensor, nn
 from sslsearch.methods.base import Method as BaseMethod
 from sslsearch.methods.base import Step, Task
 from sslsearch.methods.dae import decode, input_width, make_decoder, random_entries
-from sslsearch.networks import Backbone
-from sslsearch.ops import fp32_loss
+from sslsearch.parts.networks import Backbone
+from sslsearch.parts.ops import fp32_loss
 
 MASKS = ("central", "random_blocks", "random_pixels")
 BLOCKS_PER_SIDE = 4  # a random block's side is a quarter of the image's: 1/16 of the area
@@ -178,7 +178,7 @@ def masked_mse(x: Tensor, x_hat: Tensor, mask: Tensor) -> Tensor:
     N × C × H × W or N × F), ``mask``: M̂, boolean or 0/1, of the same shape or N × 1 × H × W (a
     pixel's channels together). Σ M̂ counts entries after broadcasting over the channels: a
     dropped pixel of a 3-channel image is 3 entries. An empty mask gives 0. Computed in float32
-    (float64 kept) with autocast off (:func:`sslsearch.ops.fp32_loss`).
+    (float64 kept) with autocast off (:func:`sslsearch.parts.ops.fp32_loss`).
     """
     m = mask.to(x.dtype).expand_as(x)
     return ((x - x_hat).pow(2) * m).sum() / m.sum().clamp_min(1)
@@ -194,7 +194,7 @@ def context_encoder_loss(x: Tensor, x_hat: Tensor, mask: Tensor, adv_weight: flo
     the non-saturating generator loss on the discriminator's logits for the M inpainted images
     x̄ (λ_rec = 1 − λ_adv: the paper's 0.999 / 0.001). Without ``fake_logits`` it is L_rec alone
     (``adv_weight`` is then ignored). Computed in float32 (float64 kept) with autocast off
-    (:func:`sslsearch.ops.fp32_loss`).
+    (:func:`sslsearch.parts.ops.fp32_loss`).
     """
     rec = masked_mse(x, x_hat, mask)
     if fake_logits is None:
@@ -207,7 +207,7 @@ def discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
     """The discriminator's GAN loss, ``L_D = 1/M Σ_i [softplus(−D(x_i)) + softplus(D(x̄_i))]``,
     i.e. ``−log σ(D(x)) − log(1 − σ(D(x̄)))`` averaged over the M real images x and the M
     inpainted ones x̄ (pass the latter detached: L_D must not train the encoder-decoder).
-    Computed in float32 (float64 kept) with autocast off (:func:`sslsearch.ops.fp32_loss`).
+    Computed in float32 (float64 kept) with autocast off (:func:`sslsearch.parts.ops.fp32_loss`).
     """
     return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
 

@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sslsearch.distributed import ONE_PROCESS, ProcessGroup, rows_like
 from sslsearch.methods.base import Method as BaseMethod
 from sslsearch.methods.base import Step, Task
-from sslsearch.networks import Backbone, SmallCNN, mlp
-from sslsearch.ops import fp32_loss
+from sslsearch.parts.distributed import ONE_PROCESS, ProcessGroup, rows_like
+from sslsearch.parts.networks import Backbone, SmallCNN, mlp
+from sslsearch.parts.ops import fp32_loss
 
 NOISES = ("gaussian", "masking", "salt_pepper")
 
@@ -109,7 +109,7 @@ def dae_loss(x: Tensor, x_hat: Tensor) -> Tensor:
 
     ``x`` is the clean input, ``x̂ = D(f(x̃))`` the reconstruction from its corrupted copy, P the
     entries per sample (C·H·W pixels, or F features): the mean squared error over every entry.
-    Computed in float32 (float64 kept) with autocast off (:func:`sslsearch.ops.fp32_loss`).
+    Computed in float32 (float64 kept) with autocast off (:func:`sslsearch.parts.ops.fp32_loss`).
     """
     return (x - x_hat).pow(2).mean()
 

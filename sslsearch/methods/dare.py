@@ -14,13 +14,13 @@ import math
 import torch
 from torch import Tensor
 
-from sslsearch import ops
-from sslsearch.distributed import rows_like
 from sslsearch.methods.base import Method as BaseMethod
 from sslsearch.methods.base import Step, Task, check_temperature
 from sslsearch.methods.simclr import nt_xent_loss
-from sslsearch.networks import Backbone, mlp
-from sslsearch.ops import fp32_loss
+from sslsearch.parts import ops
+from sslsearch.parts.distributed import rows_like
+from sslsearch.parts.networks import Backbone, mlp
+from sslsearch.parts.ops import fp32_loss
 
 CONTRASTIVE = ("decoupled", "ntxent")
 
@@ -64,7 +64,7 @@ def gaussian_kl(mu1: Tensor, logvar1: Tensor, mu2: Tensor, logvar2: Tensor) -> T
     Returns the mean of ``KL_n`` over the batch (per-sample sums, batch mean: the value of a single
     sample's KL, independent of N). Variances enter as log-variances, and ratios are formed as
     ``exp(logvar₁ − logvar₂)``, so no σ² is exponentiated on its own. Computed in float32 (float64
-    kept) with autocast off (:func:`sslsearch.ops.fp32_loss`).
+    kept) with autocast off (:func:`sslsearch.parts.ops.fp32_loss`).
     """
     ratio = torch.exp(logvar1 - logvar2)  # σ₁²/σ₂²: N x d
     mahalanobis = (mu2 - mu1).pow(2) * torch.exp(-logvar2)  # (μ₂ − μ₁)²/σ₂²: N x d
@@ -105,7 +105,7 @@ def gaussian_jsd(mu1: Tensor, logvar1: Tensor, mu2: Tensor, logvar2: Tensor) -> 
     log 2, log((μ₁ − μ₂)²/4))``, without exponentiating a variance on its own; the squared spread
     is floored at the dtype's smallest normal number before its log, so equal means give
     ``log σ_m² = log((σ₁² + σ₂²)/2)`` and a zero (not NaN) gradient through the spread. Computed
-    in float32 (float64 kept) with autocast off (:func:`sslsearch.ops.fp32_loss`).
+    in float32 (float64 kept) with autocast off (:func:`sslsearch.parts.ops.fp32_loss`).
     """
     mu_m = 0.5 * (mu1 + mu2)  # N x d
     log_avg_var = torch.logaddexp(logvar1, logvar2) - math.log(2.0)  # log((σ₁² + σ₂²)/2): N x d
@@ -146,7 +146,7 @@ def decoupled_contrastive_loss(z1: Tensor, z2: Tensor, temperature: float) -> Te
     Unlike NT-Xent the loss is not bounded below by 0: it tends to ``log(N−1) − 1/τ`` when the
     positives align and the negatives are orthogonal. N must be ≥ 2: with N = 1 the denominator is
     empty (log 0) and the loss is +∞, so a ``ValueError`` is raised. Computed in float32 (float64
-    kept) with autocast off (:func:`sslsearch.ops.fp32_loss`).
+    kept) with autocast off (:func:`sslsearch.parts.ops.fp32_loss`).
     """
     n = z1.shape[0]
     if n < 2:
@@ -168,7 +168,7 @@ def dare_loss(z1: Tensor, z2: Tensor, mu1: Tensor, logvar1: Tensor, mu2: Tensor,
     (``contrastive="decoupled"``) or SimCLR's :func:`~sslsearch.methods.simclr.nt_xent_loss`
     (``"ntxent"``); the JSD is :func:`gaussian_jsd`. Returns ``(total, contrastive term,
     jsd term)``, the terms unweighted. Computed in float32 (float64 kept) with autocast off
-    (:func:`sslsearch.ops.fp32_loss`).
+    (:func:`sslsearch.parts.ops.fp32_loss`).
     """
     if contrastive == "decoupled":
         con = decoupled_contrastive_loss(z1, z2, temperature)
@@ -187,8 +187,8 @@ class Method(BaseMethod):
     Several workers: the noise ε is drawn for the GLOBAL batch and each worker keeps its rows
     (sample i gets the same ε whatever the number of workers); μ, log σ² and the samples z of
     every worker are gathered with their gradients, so the contrastive term's negatives are the
-    global batch's, and every worker computes the same global loss (:mod:`sslsearch.distributed`);
-    BatchNorm sees the global batch.
+    global batch's, and every worker computes the same global loss
+    (:mod:`sslsearch.parts.distributed`); BatchNorm sees the global batch.
     """
 
     def __init__(self, cfg: Config, backbone: Backbone, task: Task) -> None:

@@ -27,13 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sslsearch import ops
 from sslsearch.methods.base import Method as BaseMethod
 from sslsearch.methods.base import Step, Task, check_temperature
 from sslsearch.methods.byol import byol_loss
 from sslsearch.methods.moco import enqueue
 from sslsearch.methods.npair import npair_loss
-from sslsearch.networks import Backbone, mlp
+from sslsearch.parts import ops
+from sslsearch.parts.networks import Backbone, mlp
 
 BASES = ("npair", "moco", "byol")
 
@@ -179,8 +179,8 @@ class Method(BaseMethod):
     from another worker) and keeps its own rows of the mixed view; the queries and keys of every
     worker are gathered (queries with their gradients), so the virtual labels, the N-pair
     negatives and BYOL's permuted targets are the global batch's, and every worker computes the
-    same global loss (:mod:`sslsearch.distributed`). MoCo's queue receives every worker's keys;
-    the EMA encoders are identical on every worker; BatchNorm sees the global batch.
+    same global loss (:mod:`sslsearch.parts.distributed`). MoCo's queue receives every worker's
+    keys; the EMA encoders are identical on every worker; BatchNorm sees the global batch.
     """
 
     queue: Tensor

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sslsearch import ops
 from sslsearch.methods.base import Method as BaseMethod
 from sslsearch.methods.base import Step, Task, check_temperature
-from sslsearch.networks import Backbone, mlp
+from sslsearch.parts import ops
+from sslsearch.parts.networks import Backbone, mlp
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +52,7 @@ def moco_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> Tensor
 
     i.e. cross-entropy over the logits ``[q·k₊, q·queue]/τ`` with target 0. ``q`` and ``k`` are
     L2-normalised here; the keys and the queue take no gradient (detached here). Computed in
-    float32 (float64 kept) with autocast off (:func:`sslsearch.ops.fp32_loss`).
+    float32 (float64 kept) with autocast off (:func:`sslsearch.parts.ops.fp32_loss`).
     """
     q = F.normalize(q, dim=1)  # q: N x d
     k = F.normalize(k.detach(), dim=1)  # k: N x d

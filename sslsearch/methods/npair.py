@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sslsearch import ops
 from sslsearch.methods.base import ProjectedMethod, Step, check_temperature
-from sslsearch.ops import fp32_loss, soft_cross_entropy
+from sslsearch.parts import ops
+from sslsearch.parts.ops import fp32_loss, soft_cross_entropy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +45,7 @@ def npair_loss(z1: Tensor, z2: Tensor, temperature: float, targets: Tensor | Non
 
     ``targets`` (N × N) defaults to the identity: ``v_i`` is one-hot on ``i``, its index in the
     batch. One direction only (view 1 anchors against view 2); the method symmetrises. Computed
-    in float32 (float64 kept) with autocast off (:func:`sslsearch.ops.fp32_loss`).
+    in float32 (float64 kept) with autocast off (:func:`sslsearch.parts.ops.fp32_loss`).
     """
     n = z1.shape[0]
     f = F.normalize(z1, dim=1)  # f: N x d
@@ -64,7 +64,7 @@ class Method(ProjectedMethod):
 
     Several workers: both views' projections are gathered with their gradients, so every anchor
     is classified among the N embeddings of the GLOBAL batch, and every worker computes the same
-    global loss (:mod:`sslsearch.distributed`); BatchNorm sees the global batch.
+    global loss (:mod:`sslsearch.parts.distributed`); BatchNorm sees the global batch.
     """
 
     def forward(self, x1: Tensor, x2: Tensor, y: Tensor, step: Step) -> dict[str, Tensor]:

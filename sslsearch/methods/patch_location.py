@@ -83,11 +83,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sslsearch.distributed import ONE_PROCESS, ProcessGroup
 from sslsearch.methods.base import Method as BaseMethod
 from sslsearch.methods.base import Step, Task
-from sslsearch.networks import Backbone, mlp
-from sslsearch.ops import fp32_loss
+from sslsearch.parts.distributed import ONE_PROCESS, ProcessGroup
+from sslsearch.parts.networks import Backbone, mlp
+from sslsearch.parts.ops import fp32_loss
 
 NUM_POSITIONS = 8
 REFERENCE_SIZE = 28  # the side (px) in which cell_size, gap and jitter are given
@@ -252,7 +252,7 @@ def patch_location_loss(logits: Tensor, labels: Tensor) -> Tensor:
 
     ``logits``: M × 8 head outputs for M pairs of patches, ``labels``: the position ``k_i`` ∈ 0..7
     of patch 2 relative to patch 1 (reading order, the module docstring's picture). Computed in
-    float32 (float64 kept) with autocast off (:func:`sslsearch.ops.fp32_loss`).
+    float32 (float64 kept) with autocast off (:func:`sslsearch.parts.ops.fp32_loss`).
     """
     return F.cross_entropy(logits, labels)
 

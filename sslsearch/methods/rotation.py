@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sslsearch.distributed import ONE_PROCESS, ProcessGroup
 from sslsearch.methods.base import Method as BaseMethod
 from sslsearch.methods.base import Step, Task
-from sslsearch.networks import Backbone, mlp
-from sslsearch.ops import fp32_loss
+from sslsearch.parts.distributed import ONE_PROCESS, ProcessGroup
+from sslsearch.parts.networks import Backbone, mlp
+from sslsearch.parts.ops import fp32_loss
 
 NUM_ROTATIONS = 4  # 0°, 90°, 180°, 270°: label k means a turn of k·90° counter-clockwise
 
@@ -93,7 +93,7 @@ def rotation_loss(logits: Tensor, labels: Tensor) -> Tensor:
 
     ``logits``: M × 4 head outputs for M rotated images, ``labels``: their angles ``k_i`` ∈ {0, 1,
     2, 3} (turns of ``k_i·90°``). Computed in float32 (float64 kept) with autocast off
-    (:func:`sslsearch.ops.fp32_loss`).
+    (:func:`sslsearch.parts.ops.fp32_loss`).
     """
     return F.cross_entropy(logits, labels)
 

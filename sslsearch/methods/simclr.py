@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sslsearch.methods.base import ProjectedMethod, Step, check_temperature
-from sslsearch.ops import fp32_loss
+from sslsearch.parts.ops import fp32_loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +33,7 @@ def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
         ℓ(i) = −log( exp(s_{i,j(i)}/τ) / Σ_{k≠i} exp(s_ik/τ) ),   L = 1/(2N) Σ_i ℓ(i)
 
     The denominator holds the positive and the 2N−2 negatives; the anchor itself is left out.
-    Computed in float32 (float64 kept) with autocast off (:func:`sslsearch.ops.fp32_loss`).
+    Computed in float32 (float64 kept) with autocast off (:func:`sslsearch.parts.ops.fp32_loss`).
     """
     n = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2]), dim=1)  # z: 2N x d
@@ -47,7 +47,7 @@ def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
 class Method(ProjectedMethod):
     """SimCLR. Several workers: the projections of every worker are gathered with their
     gradients, so each anchor's denominator holds the 2N − 2 negatives of the GLOBAL batch, and
-    every worker computes the same global loss (:mod:`sslsearch.distributed`, rules 1-2); the
+    every worker computes the same global loss (:mod:`sslsearch.parts.distributed`, rules 1-2); the
     projector's and the backbone's BatchNorm see the global batch (SimCLR's global BN)."""
 
     def forward(self, x1: Tensor, x2: Tensor, y: Tensor, step: Step) -> dict[str, Tensor]:

@@ -11,8 +11,8 @@ from torch import Tensor
 
 from sslsearch.methods.base import Method as BaseMethod
 from sslsearch.methods.base import Step, Task
-from sslsearch.networks import Backbone, mlp
-from sslsearch.ops import fp32_loss
+from sslsearch.parts.networks import Backbone, mlp
+from sslsearch.parts.ops import fp32_loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +55,7 @@ def simsiam_loss(p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor,
     ``sg`` (stop-gradient) is applied here: ``z₁``, ``z₂`` are detached, so the encoder receives
     gradient only through the predictions. ``L`` lies in [−1, 1]. ``stop_gradient=False`` drops
     ``sg`` (the paper's collapsing ablation). Computed in float32 (float64 kept) with autocast
-    off (:func:`sslsearch.ops.fp32_loss`).
+    off (:func:`sslsearch.parts.ops.fp32_loss`).
     """
     if stop_gradient:
         z1, z2 = z1.detach(), z2.detach()

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sslsearch.methods.base import ProjectedMethod, Step, check_temperature
-from sslsearch.ops import fp32_loss
+from sslsearch.parts.ops import fp32_loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +40,7 @@ def supcon_loss(z1: Tensor, z2: Tensor, labels: Tensor, temperature: float) -> T
 
     With all labels distinct ``P(i)`` is the other view alone and this is SimCLR's NT-Xent. The
     official code also multiplies by ``τ/τ_base`` (τ_base = 0.07); not here. Computed in float32
-    (float64 kept) with autocast off (:func:`sslsearch.ops.fp32_loss`).
+    (float64 kept) with autocast off (:func:`sslsearch.parts.ops.fp32_loss`).
     """
     n = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2]), dim=1)  # z: 2N x d
@@ -60,8 +60,8 @@ class Method(ProjectedMethod):
 
     Several workers: the projections (with their gradients) and the labels of every worker are
     gathered, so the positives and negatives of each anchor are those of the GLOBAL batch, and
-    every worker computes the same global loss (:mod:`sslsearch.distributed`); BatchNorm sees the
-    global batch.
+    every worker computes the same global loss (:mod:`sslsearch.parts.distributed`); BatchNorm sees
+    the global batch.
     """
 
     supervised: ClassVar[bool] = True

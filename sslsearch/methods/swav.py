@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sslsearch import ops
 from sslsearch.methods.base import Method as BaseMethod
 from sslsearch.methods.base import Step, Task, check_temperature
-from sslsearch.networks import Backbone, mlp
+from sslsearch.parts import ops
+from sslsearch.parts.networks import Backbone, mlp
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +56,8 @@ class Config:
 @torch.no_grad()
 def sinkhorn(scores: Tensor, epsilon: float, iterations: int = 3) -> Tensor:
     """Sinkhorn-Knopp codes of SwAV for ``scores`` (B × K, ``z·c_k``), detached, in float32
-    (float64 kept) with autocast off (:func:`sslsearch.ops.fp32_loss`: the codes are the loss's
-    targets, and ``scores/ε`` with ε = 0.05 magnifies bf16's rounding).
+    (float64 kept) with autocast off (:func:`sslsearch.parts.ops.fp32_loss`: the codes are the
+    loss's targets, and ``scores/ε`` with ε = 0.05 magnifies bf16's rounding).
 
     The official algorithm (``distributed_sinkhorn`` of main_swav.py) on one device::
 
@@ -95,7 +95,7 @@ def swav_loss(scores_t: Tensor, scores_s: Tensor, q_t: Tensor, q_s: Tensor,
     code logs and differentiates the MEAN of the two terms (it divides by the number of crop
     pairs), i.e. half this value: the same optimum, gradients twice as large here (immaterial for
     AdamW; for SGD/LARS the same as doubling the learning rate). Computed in float32 (float64
-    kept) with autocast off (:func:`sslsearch.ops.fp32_loss`).
+    kept) with autocast off (:func:`sslsearch.parts.ops.fp32_loss`).
     """
     loss_t = ops.soft_cross_entropy(scores_t / temperature, q_s.detach())  # predict q_s from z_t
     loss_s = ops.soft_cross_entropy(scores_s / temperature, q_t.detach())  # predict q_t from z_s
@@ -122,8 +122,8 @@ class Method(BaseMethod):
     Several workers: Sinkhorn's equal partition is over the GLOBAL batch (the official
     ``distributed_sinkhorn`` all-reduces its sums), so the projections of every worker are
     gathered with their gradients and every worker computes the same codes and the same global
-    loss (:mod:`sslsearch.distributed`); the queue receives the global batch, so it is identical on
-    every worker; the projector's BatchNorm sees the global batch.
+    loss (:mod:`sslsearch.parts.distributed`); the queue receives the global batch, so it is
+    identical on every worker; the projector's BatchNorm sees the global batch.
     """
 
     queue: Tensor

@@ -17,8 +17,8 @@ from torch import Tensor
 
 from sslsearch.methods.base import Method as BaseMethod
 from sslsearch.methods.base import Step, Task
-from sslsearch.networks import Backbone, mlp
-from sslsearch.ops import fp32_loss
+from sslsearch.parts.networks import Backbone, mlp
+from sslsearch.parts.ops import fp32_loss
 
 MININGS = ("hardest", "semihard")
 
@@ -61,7 +61,7 @@ def triplet_loss(z1: Tensor, z2: Tensor, margin: float, labels: Tensor | None = 
 
     An anchor without any negative (one class in the batch) contributes 0. Any other ``mining``
     raises ValueError. Computed in float32 (float64 kept) with autocast off
-    (:func:`sslsearch.ops.fp32_loss`).
+    (:func:`sslsearch.parts.ops.fp32_loss`).
     """
     if mining not in MININGS:
         raise ValueError(f"mining must be one of {', '.join(MININGS)}, found {mining!r}")
@@ -92,8 +92,8 @@ class Method(BaseMethod):
 
     Several workers: the projections (with their gradients) and labels of every worker are
     gathered, so each anchor's hardest or semi-hard negative is mined from the GLOBAL batch, and
-    every worker computes the same global loss (:mod:`sslsearch.distributed`); BatchNorm sees the
-    global batch.
+    every worker computes the same global loss (:mod:`sslsearch.parts.distributed`); BatchNorm sees
+    the global batch.
     """
 
     def __init__(self, cfg: Config, backbone: Backbone, task: Task) -> None:

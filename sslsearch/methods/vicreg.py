@@ -11,8 +11,8 @@ from torch import Tensor
 
 from sslsearch.methods.base import Method as BaseMethod
 from sslsearch.methods.base import Step, Task
-from sslsearch.networks import Backbone, mlp
-from sslsearch.ops import fp32_loss, off_diagonal
+from sslsearch.parts.networks import Backbone, mlp
+from sslsearch.parts.ops import fp32_loss, off_diagonal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +40,7 @@ def vicreg_loss(z1: Tensor, z2: Tensor, sim_coeff: float = 25.0, std_coeff: floa
 
     Returns ``(loss, repr_loss, std_loss, cov_loss)`` (the unweighted terms, as the official code
     names them). Computed in float32 (float64 kept) with autocast off
-    (:func:`sslsearch.ops.fp32_loss`).
+    (:func:`sslsearch.parts.ops.fp32_loss`).
     """
     n, d = z1.shape
     repr_loss = F.mse_loss(z1, z2)
@@ -59,7 +59,7 @@ def vicreg_loss(z1: Tensor, z2: Tensor, sim_coeff: float = 25.0, std_coeff: floa
 class Method(BaseMethod):
     """VICReg. Several workers: the variance and covariance terms need the statistics of the
     GLOBAL batch, so the embeddings of every worker are gathered with their gradients and every
-    worker computes the same global loss (:mod:`sslsearch.distributed`; the official code
+    worker computes the same global loss (:mod:`sslsearch.parts.distributed`; the official code
     gathers too); the expander's BatchNorm sees the global batch (its SyncBatchNorm)."""
 
     def __init__(self, cfg: Config, backbone: Backbone, task: Task) -> None:

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sslsearch.checkpoint import load_checkpoint, save_checkpoint
 from sslsearch.methods.base import Step, Task
 from sslsearch.methods.byol import Config, Method, byol_loss
-from sslsearch.networks import MLPEncoder
+from sslsearch.parts.networks import MLPEncoder
+from sslsearch.trial.checkpoint import load_checkpoint, save_checkpoint
 
 
 def slow_byol(p: torch.Tensor, z: torch.Tensor) -> float:

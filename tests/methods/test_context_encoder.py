@@ -18,7 +18,7 @@ from sslsearch.methods.context_encoder import (
     discriminator_loss,
     masked_mse,
 )
-from sslsearch.networks import MLPEncoder, ResNet, SmallCNN
+from sslsearch.parts.networks import MLPEncoder, ResNet, SmallCNN
 
 STEP = Step(step=0, total_steps=1, epoch=0, steps_per_epoch=1)
 

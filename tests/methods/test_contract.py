@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from sslsearch import methods
-from sslsearch.checkpoint import load_checkpoint, save_checkpoint
 from sslsearch.config import TrialConfig, trial_config
 from sslsearch.data import DataBundle, load_dataset
 from sslsearch.methods.base import Step
 from sslsearch.train import run
-from sslsearch.trial import build_method
+from sslsearch.trial.checkpoint import load_checkpoint, save_checkpoint
+from sslsearch.trial.trial import build_method
 
 ALL = methods.available()
 
@@ -99,7 +99,7 @@ def test_every_method_has_the_six_pieces_a_method_needs() -> None:
     test file, its place in all_methods.yaml and a case in the learning and precision tests;
     this names every piece a method lacks."""
     from sslsearch.config import SPACES_DIR
-    from sslsearch.space import load_space
+    from sslsearch.search.space import load_space
     from tests.methods.test_learning import CASES as LEARNING
     from tests.methods.test_precision import CASES as PRECISION
 

@@ -7,7 +7,7 @@ from sslsearch.errors import ConfigError
 from sslsearch.methods import method_config
 from sslsearch.methods.base import Step, Task
 from sslsearch.methods.dae import Config, Method, corrupt, dae_loss
-from sslsearch.networks import MLPEncoder, ResNet, SmallCNN
+from sslsearch.parts.networks import MLPEncoder, ResNet, SmallCNN
 
 STEP = Step(step=0, total_steps=1, epoch=0, steps_per_epoch=1)
 

@@ -11,7 +11,6 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from sslsearch.checkpoint import load_checkpoint, save_checkpoint
 from sslsearch.methods.base import Step, Task
 from sslsearch.methods.dare import (
     LOGVAR_MAX,
@@ -23,7 +22,8 @@ from sslsearch.methods.dare import (
     gaussian_kl,
 )
 from sslsearch.methods.simclr import nt_xent_loss
-from sslsearch.networks import MLPEncoder
+from sslsearch.parts.networks import MLPEncoder
+from sslsearch.trial.checkpoint import load_checkpoint, save_checkpoint
 
 # ----------------------------------------------------------------------------- slow references
 

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from scipy import stats
 
 from sslsearch import methods
-from sslsearch.checkpoint import load_checkpoint, save_checkpoint
 from sslsearch.errors import ConfigError
 from sslsearch.methods import imix
 from sslsearch.methods.base import Step, Task
@@ -27,7 +26,8 @@ from sslsearch.methods.imix import (
 )
 from sslsearch.methods.moco import moco_loss
 from sslsearch.methods.npair import npair_loss
-from sslsearch.networks import build_backbone
+from sslsearch.parts.networks import build_backbone
+from sslsearch.trial.checkpoint import load_checkpoint, save_checkpoint
 from tests.methods.learning import knn_gain
 
 

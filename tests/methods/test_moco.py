@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslsearch import methods
-from sslsearch.checkpoint import load_checkpoint, save_checkpoint
 from sslsearch.errors import ConfigError
 from sslsearch.methods import moco
 from sslsearch.methods.base import Step, Task
 from sslsearch.methods.moco import enqueue, moco_loss
-from sslsearch.networks import build_backbone
+from sslsearch.parts.networks import build_backbone
+from sslsearch.trial.checkpoint import load_checkpoint, save_checkpoint
 
 
 def step_at(i: int, total: int = 100) -> Step:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from sslsearch.methods import npair
 from sslsearch.methods.base import Step, Task
 from sslsearch.methods.npair import npair_loss
-from sslsearch.networks import build_backbone
+from sslsearch.parts.networks import build_backbone
 
 STEP = Step(step=0, total_steps=10, epoch=0, steps_per_epoch=10)
 

@@ -19,7 +19,7 @@ from sslsearch.methods.patch_location import (
     patch_pairs,
     scaled_grid,
 )
-from sslsearch.networks import MLPEncoder, ResNet, SmallCNN
+from sslsearch.parts.networks import MLPEncoder, ResNet, SmallCNN
 
 STEP = Step(step=0, total_steps=1, epoch=0, steps_per_epoch=1)
 
@@ -243,7 +243,7 @@ def test_views_are_whole_images_unless_crop_views() -> None:
     the whole image, as in the paper), on with ``crop_views``; every other method keeps it."""
     from sslsearch.config import trial_config
     from sslsearch.data import load_dataset
-    from sslsearch.trial import augment_configs, build_method
+    from sslsearch.trial.trial import augment_configs, build_method
 
     data = load_dataset("digits", device=torch.device("cpu"))
     for method, params, expected in [("patch_location", {}, 1.0),

@@ -1,4 +1,4 @@
-"""Every loss computes in float32 under bf16 autocast (``sslsearch.ops.fp32_loss``).
+"""Every loss computes in float32 under bf16 autocast (``sslsearch.parts.ops.fp32_loss``).
 
 Under autocast a matmul of float32 inputs still runs in bf16, so a loss is checked the only way
 that catches it: the same float32 inputs, once plainly and once inside
@@ -19,9 +19,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sslsearch import methods, ops
+from sslsearch import methods
 from sslsearch.methods.base import Step, Task
-from sslsearch.networks import MLPEncoder
+from sslsearch.parts import ops
+from sslsearch.parts.networks import MLPEncoder
 
 N, D, K = 32, 64, 48  # batch, embedding width, prototypes / queue length
 
@@ -52,7 +53,7 @@ def _sinkhorn_codes(g: torch.Generator) -> torch.Tensor:
 
 # name -> cases: (case id, inputs from a generator). Every loss at a small τ, where bf16 hurts most.
 CASES: dict[str, list[tuple[str, Callable[[torch.Generator], Args]]]] = {
-    "sslsearch.ops.soft_cross_entropy": [
+    "sslsearch.parts.ops.soft_cross_entropy": [
         ("mixed", lambda g: ((_z(g, N, N) / 0.1, _mixed(g)), {})),
     ],
     "sslsearch.methods.simclr.nt_xent_loss": [
@@ -183,7 +184,7 @@ def test_every_registered_loss_has_a_case_here() -> None:
 def test_every_method_module_registers_a_loss(method: str) -> None:
     module = f"{methods.__name__}.{method}."
     assert any(name.startswith(module) for name in _registered()), (
-        f"{method}: decorate its loss with sslsearch.ops.fp32_loss")
+        f"{method}: decorate its loss with sslsearch.parts.ops.fp32_loss")
 
 
 # ------------------------------------------------------------------------------- the decorator

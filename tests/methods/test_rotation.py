@@ -9,7 +9,7 @@ from sslsearch.errors import ConfigError
 from sslsearch.methods import method_config
 from sslsearch.methods.base import Step, Task
 from sslsearch.methods.rotation import Config, Method, rotate, rotated_copies, rotation_loss
-from sslsearch.networks import MLPEncoder, SmallCNN
+from sslsearch.parts.networks import MLPEncoder, SmallCNN
 
 # A 3×3 image with values 0..8 and its counter-clockwise turns, written out by hand.
 IMAGE = [[0, 1, 2],

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from sslsearch.checkpoint import load_checkpoint, save_checkpoint
-from sslsearch.evaluate import collapse_diagnostics
 from sslsearch.methods.base import Step, Task
 from sslsearch.methods.simsiam import Config, Method, simsiam_loss
-from sslsearch.networks import MLPEncoder
+from sslsearch.parts.networks import MLPEncoder
+from sslsearch.trial.checkpoint import load_checkpoint, save_checkpoint
+from sslsearch.trial.evaluation import collapse_diagnostics
 
 
 def slow_simsiam(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> float:
@@ -193,8 +193,8 @@ def test_fix_pred_lr_keeps_the_predictor_at_the_peak_rate(fix_pred_lr: bool) -> 
     # rate, except the predictor's when fix_pred_lr is on.
     from sslsearch.config import trial_config
     from sslsearch.data import load_dataset
-    from sslsearch.optim import set_lr
-    from sslsearch.trial import setup_trial, trial_optimizer
+    from sslsearch.parts.optim import set_lr
+    from sslsearch.trial.trial import setup_trial, trial_optimizer
 
     cfg = trial_config({"method": "simsiam", "dataset": "digits", "backbone": "small_cnn",
                         "device": "cpu", "method_params": {"fix_pred_lr": fix_pred_lr}})

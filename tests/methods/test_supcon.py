@@ -10,7 +10,7 @@ from sslsearch.methods import supcon
 from sslsearch.methods.base import Step, Task
 from sslsearch.methods.simclr import nt_xent_loss
 from sslsearch.methods.supcon import Config, Method, supcon_loss
-from sslsearch.networks import MLPEncoder
+from sslsearch.parts.networks import MLPEncoder
 
 
 def slow_supcon(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, tau: float) -> float:

@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import Tensor
 
-from sslsearch.checkpoint import load_checkpoint, save_checkpoint
 from sslsearch.methods.base import Step, Task
 from sslsearch.methods.swav import Config, Method, sinkhorn, swav_loss
-from sslsearch.networks import SmallCNN
-from sslsearch.optim import build_optimizer
+from sslsearch.parts.networks import SmallCNN
+from sslsearch.parts.optim import build_optimizer
+from sslsearch.trial.checkpoint import load_checkpoint, save_checkpoint
 
 
 def slow_sinkhorn(scores: Tensor, eps: float, iterations: int) -> list[list[float]]:

@@ -8,7 +8,7 @@ import torch
 from sslsearch.methods.base import Method as BaseMethod
 from sslsearch.methods.base import Step, Task
 from sslsearch.methods.triplet import Config, Method, triplet_loss
-from sslsearch.networks import MLPEncoder
+from sslsearch.parts.networks import MLPEncoder
 
 
 def slow_triplet(z1: torch.Tensor, z2: torch.Tensor, margin: float,
