@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sslsearch.config import DEFAULT_EXPERIMENT, load_experiment
 from sslsearch.data import DATASETS, Split, load_dataset
 from sslsearch.data.embedded import EMBEDDED_DIR, N_TEST, N_TRAIN
 from sslsearch.data.survey import check_splits, dataset_shape
@@ -56,6 +57,13 @@ def test_the_pre_flight_reads_its_class_counts() -> None:
     # One training image: nine classes get none, and the pre-flight says so.
     with pytest.raises(ConfigError, match=r"fashion_mnist_small: class '\d' has 400 images: 0 "):
         check_splits(shape, True, 0.25, 1)
+
+
+def test_the_default_experiment_runs_on_it_and_quick_stays_digits() -> None:
+    default = load_experiment()
+    assert default.source == str(load_experiment(DEFAULT_EXPERIMENT).source)
+    assert default.trial.dataset == "fashion_mnist_small" and default.trial.data_dir is None
+    assert load_experiment("quick").trial.dataset == "digits"
 
 
 @needs_fashion_mnist()
