@@ -76,3 +76,25 @@ def test_regenerating_from_debians_files_gives_the_shipped_subset(
     for name in IDX_FILES:  # the content; the gzip bytes also match where zlib is the same
         assert gzip.decompress((tmp_path / name).read_bytes()) == gzip.decompress(
             (EMBEDDED_DIR / name).read_bytes()), name
+
+
+@pytest.mark.slow  # the README's main job, shortened: 3 trials of 1 epoch, the best confirmed twice
+def test_the_main_job_runs_on_the_default_experiment_with_clean_output(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "sslsearch.run", "--space", "vicreg.yaml",
+                          "--num-samples", "3", "--epochs", "1", "--grace-period", "1",
+                          "--confirm-top", "1", "--confirm-seeds", "2", "--name", "main",
+                          "--storage", "results"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-3000:]
+    assert "experiment fashion_small.yaml" in out.stdout
+    for chatter in ("Token authentication is enabled", "Creating initial MLflow database",
+                    "A new study created", " INFO "):  # third-party lines (sslsearch.console)
+        assert chatter not in text, chatter
+    summary = (tmp_path / "results" / "main" / "summary.md").read_text()
+    assert "None" not in summary and "None" not in out.stdout
+    assert "too few trials (3)" in summary  # 3 pairs: no rank correlation printed
+    assert "raw pixels (standardised) val kNN 0." in summary
