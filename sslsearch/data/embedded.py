@@ -2,7 +2,7 @@
 sample of Fashion-MNIST shipped inside the package, so the default experiment needs neither a
 download nor a data_dir.
 
-It lives in ``sslsearch/data/embedded/fashion_mnist_small/`` as the four gzip'd idx files of the
+It lives in ``sslsearch/data/fashion-mnist-small/`` as the four gzip'd idx files of the
 official layout, read by :func:`~sslsearch.data.formats.read_fashion_mnist` (the full dataset's
 reader), beside Fashion-MNIST's MIT licence (``LICENSE``) and a ``README.md`` saying what was
 drawn: :func:`subset`, :data:`N_TRAIN` training and :data:`N_TEST` test images per
@@ -19,7 +19,8 @@ import torch
 from sslsearch.data.assemble import Raw, stratified_pick
 from sslsearch.data.formats import read_fashion_mnist
 
-EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded" / "fashion_mnist_small"
+# A folder name Python cannot import (the hyphens), so setuptools ships it as plain package data.
+EMBEDDED_DIR = Path(__file__).resolve().parent / "fashion-mnist-small"
 N_TRAIN = 4000  # 400 a class: the training images, val_fraction of them held out for validation
 N_TEST = 1000  # 100 a class: the test split
 SEED = 0
