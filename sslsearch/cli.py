@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sslsearch.config import Experiment, SearchConfig, check_objective
+from sslsearch.config import DEFAULT_EXPERIMENT, Experiment, SearchConfig, check_objective
 from sslsearch.errors import ConfigError
 from sslsearch.schema import build_dataclass
 from sslsearch.search.sweepdir import is_remote
@@ -59,9 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", metavar="YAML",
                    help="search space: a path, or a name under search_spaces/ (e.g. vicreg.yaml, "
                         "all_methods); required unless --resume")
-    p.add_argument("--experiment", default="quick", metavar="YAML",
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, metavar="YAML",
                    help="experiment (the fixed setup): a path, or a name under experiments/; "
-                        "default: quick")
+                        f"default: {DEFAULT_EXPERIMENT} (the embedded Fashion-MNIST subset)")
     p.add_argument("--num-samples", type=positive_int, metavar="N",
                    help="trials to run; default: the experiment's search.num_samples")
     p.add_argument("--max-concurrent", type=positive_int, metavar="N",

@@ -28,6 +28,9 @@ def _shipped(folder: str) -> Path:
 
 EXPERIMENTS_DIR = _shipped("experiments")
 SPACES_DIR = _shipped("search_spaces")
+# The experiment a command runs when none is named: the embedded Fashion-MNIST subset, where
+# pretraining visibly helps (experiments/fashion_small.yaml); quick.yaml (digits) is the smoke set.
+DEFAULT_EXPERIMENT = "fashion_small"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,8 +280,9 @@ def trial_config(values: Mapping[str, Any], *, source: str = "<trial>",
 
 
 def load_experiment(name: str | Path | None = None) -> Experiment:
-    """Load ``experiments/<name>.yaml`` (default ``quick``) or a path to an experiment YAML."""
-    path = resolve_file(name or "quick", EXPERIMENTS_DIR, "experiment")
+    """Load ``experiments/<name>.yaml`` (default :data:`DEFAULT_EXPERIMENT`) or a path to an
+    experiment YAML."""
+    path = resolve_file(name or DEFAULT_EXPERIMENT, EXPERIMENTS_DIR, "experiment")
     doc = read_yaml(path)
     if doc is None:
         raise ConfigError(f"{path}: the file is empty; expected keys: description, trial, search")

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from sslsearch import methods
-from sslsearch.config import TrialConfig, load_experiment, trial_config
+from sslsearch.config import DEFAULT_EXPERIMENT, TrialConfig, load_experiment, trial_config
 from sslsearch.data import DataBundle
 from sslsearch.errors import ConfigError, TrialFailure, exit_code
 from sslsearch.methods.base import Step
@@ -278,7 +278,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sslsearch.train",
         description="Run one pretrain-then-probe trial and print one line per epoch.")
-    parser.add_argument("--experiment", default="quick",
+    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
                         help="experiment YAML (a path, or a name under experiments/; "
                              "default: %(default)s)")
     parser.add_argument("--method", help="SSL method (default: the experiment's); one of: "

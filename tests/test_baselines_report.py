@@ -100,6 +100,8 @@ def test_summary_reports_baselines_and_signed_deltas() -> None:
     stop = every["stop"]
     assert (stop["val_vs_raw"], stop["val_vs_init"]) == ("−8.7", "−6.0")
     assert stop["probe_val_vs_raw"] == "" and stop["probe_test_vs_raw"] == ""
+    assert stop["probe_val"] == stop["probe_test"] == ""  # empty cells, never "None"
+    assert "None" not in text
     old = every["old"]
     assert old["val_vs_raw"] == old["val_vs_init"] == old["probe_test_vs_raw"] == "n/a"
     assert every["nan"]["val_vs_raw"] == "n/a"

@@ -89,7 +89,8 @@ def _finish(proc: subprocess.Popen[str], timeout: float) -> str:
 
 def test_sweep_runs_its_trials_on_several_nodes_of_a_cluster(
         tmp_path: Path, cluster: Any, mlflow_server: str) -> None:
-    proc = _sweep(["--space", "vicreg.yaml", "--num-samples", "2", "--epochs", "2",
+    proc = _sweep(["--space", "vicreg.yaml", "--experiment", "quick", "--num-samples", "2",
+                   "--epochs", "2",
                    "--max-concurrent", "2", "--quiet", "--no-confirm", "--name", "on-cluster",
                    "--storage", str(tmp_path / "shared"), "--tracking-uri", mlflow_server,
                    "--address", "auto"], tmp_path)  # the cluster this machine started last
@@ -113,7 +114,8 @@ def test_trial_on_a_lost_node_resumes_from_its_checkpoint_on_another_node(
     epochs = 4
     # Through RAY_ADDRESS this time; grace period = epochs: ASHA stops nothing, every trial runs
     # all its epochs. FailureConfig(max_failures=1) of the quick experiment allows the retry.
-    proc = _sweep(["--space", "vicreg.yaml", "--num-samples", "2", "--epochs", str(epochs),
+    proc = _sweep(["--space", "vicreg.yaml", "--experiment", "quick", "--num-samples", "2",
+                   "--epochs", str(epochs),
                    "--grace-period", str(epochs), "--max-concurrent", "2", "--quiet",
                    "--no-confirm", "--name", "lost-node", "--storage", str(tmp_path / "shared"),
                    "--tracking-uri", mlflow_server], tmp_path,

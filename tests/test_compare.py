@@ -81,8 +81,9 @@ def test_compare_end_to_end(tmp_path: Path) -> None:
     t0 = time.time()
     proc = subprocess.run(
         [sys.executable, "-m", "sslsearch.run", "--space", "all_methods.yaml", "--compare",
-         "--methods", "simclr,npair", "--num-samples", "1", "--epochs", "2", "--confirm-seeds", "2",
-         "--max-concurrent", "2", "--quiet", "--name", "cmp", "--tracking-uri", uri],
+         "--experiment", "quick", "--methods", "simclr,npair", "--num-samples", "1", "--epochs",
+         "2", "--confirm-seeds", "2", "--max-concurrent", "2", "--quiet", "--name", "cmp",
+         "--tracking-uri", uri],
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     folder = tmp_path / "sslsearch_results" / "cmp"

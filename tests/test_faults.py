@@ -52,7 +52,8 @@ def test_initial_points_must_name_drawn_parameters(tmp_path: Path) -> None:
 
 def test_diverging_and_collapsing_trials_end_with_their_reason(tmp_path: Path) -> None:
     (tmp_path / "faults.yaml").write_text(SPACE)
-    out = sslsearch_run(["--space", "faults.yaml", "--num-samples", "8", "--epochs", "4",
+    out = sslsearch_run(["--space", "faults.yaml", "--experiment", "quick", "--num-samples", "8",
+                         "--epochs", "4",
                          "--grace-period", "4", "--max-concurrent", "2", "--name", "faults",
                          "--storage", "results", "--quiet", "--no-confirm"], tmp_path, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -175,9 +176,9 @@ def test_driver_killed_in_the_search_and_in_the_confirmation_resumes_with_nothin
     script = tmp_path / "killer.py"
     script.write_text(KILLER)
     points = "search:5,confirm:2"
-    args = ["--space", "simclr", "--num-samples", "4", "--epochs", "3", "--max-concurrent", "2",
-            "--grace-period", "3", "--name", "k", "--storage", "results", "--quiet",
-            "--confirm-top", "2", "--confirm-seeds", "2"]
+    args = ["--space", "simclr", "--experiment", "quick", "--num-samples", "4", "--epochs", "3",
+            "--max-concurrent", "2", "--grace-period", "3", "--name", "k", "--storage", "results",
+            "--quiet", "--confirm-top", "2", "--confirm-seeds", "2"]
     resume = ["--resume", "k", "--storage", "results", "--quiet"]
     for marker, command in (("killed-search-5", args), ("killed-confirm-2", resume)):
         proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), points, *command],
@@ -244,9 +245,9 @@ def test_chaos_five_sigkills_at_seeded_random_moments_resume_to_the_calm_result(
 
     from sslsearch.search.sweep import has_tune_state
 
-    args = ["--space", "simclr", "--num-samples", "4", "--epochs", "3", "--max-concurrent", "1",
-            "--grace-period", "3", "--storage", "results", "--quiet", "--seed", "3",
-            "--no-confirm"]
+    args = ["--space", "simclr", "--experiment", "quick", "--num-samples", "4", "--epochs", "3",
+            "--max-concurrent", "1", "--grace-period", "3", "--storage", "results", "--quiet",
+            "--seed", "3", "--no-confirm"]
     calm = sslsearch_run([*args, "--name", "calm", "--tracking-uri", "calm.db"], tmp_path,
                          timeout=600)
     assert calm.returncode == 0, calm.stdout[-3000:] + calm.stderr[-3000:]

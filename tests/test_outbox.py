@@ -223,7 +223,8 @@ def test_a_sweep_outlives_its_tracking_server_and_replays_everything(tmp_path: P
     script, marker = tmp_path / "flaky.py", tmp_path / "down.marker"
     script.write_text(FLAKY)
     out = subprocess.run(
-        [sys.executable, str(script), str(marker), "--space", "simclr", "--num-samples", "2",
+        [sys.executable, str(script), str(marker), "--space", "simclr", "--experiment", "quick",
+         "--num-samples", "2",
          "--epochs", "3", "--max-concurrent", "1", "--grace-period", "3", "--name", "out",
          "--storage", "results", "--quiet", "--no-confirm"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300)
@@ -276,7 +277,8 @@ def test_a_real_mlflow_server_stopped_mid_sweep_and_restarted(tmp_path: Path) ->
     server, uri = start_mlflow_server(tmp_path)
     env = {**os.environ, "SSLSEARCH_TRACKING_RETRY_S": "2"}
     sweep = subprocess.Popen(
-        [sys.executable, "-m", "sslsearch.run", "--space", "simclr", "--num-samples", "3",
+        [sys.executable, "-m", "sslsearch.run", "--space", "simclr", "--experiment", "quick",
+         "--num-samples", "3",
          "--epochs", "4", "--max-concurrent", "1", "--grace-period", "4", "--name", "real",
          "--storage", "results", "--tracking-uri", uri, "--quiet", "--no-confirm"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)

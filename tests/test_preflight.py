@@ -421,9 +421,9 @@ def test_a_storage_folder_that_cannot_be_made_or_written_is_refused(tmp_path: Pa
 
 def _sweep(cwd: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "sslsearch.run", "--space", "simclr",
-                             "--num-samples", "2", "--epochs", "2", "--grace-period", "2",
-                             "--max-concurrent", "1", "--storage", "results", "--quiet",
-                             "--no-confirm", *args],
+                             "--experiment", "quick", "--num-samples", "2", "--epochs", "2",
+                             "--grace-period", "2", "--max-concurrent", "1", "--storage",
+                             "results", "--quiet", "--no-confirm", *args],
                             cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -509,9 +509,9 @@ def test_a_driver_killed_before_tunes_first_save_resumes_with_its_orphans_ended(
 
     script = tmp_path / "killer.py"
     script.write_text(EARLY_KILLER)
-    args = ["--space", "simclr", "--num-samples", "2", "--epochs", "2", "--grace-period", "2",
-            "--max-concurrent", "1", "--name", "k", "--storage", "results", "--quiet",
-            "--no-confirm"]
+    args = ["--space", "simclr", "--experiment", "quick", "--num-samples", "2", "--epochs", "2",
+            "--grace-period", "2", "--max-concurrent", "1", "--name", "k", "--storage", "results",
+            "--quiet", "--no-confirm"]
     first = subprocess.Popen([sys.executable, str(script), *args], cwd=tmp_path,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)

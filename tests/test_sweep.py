@@ -25,9 +25,10 @@ from sslsearch.reporting.summary import summarize
 from sslsearch.results import budget, budget_line
 from sslsearch.search.tracking import TAG_ROLE, TAG_TRIAL
 
-# Sweeps small enough for the default suite: digits, a tiny CNN, a few epochs.
+# Sweeps small enough for the default suite: digits (quick.yaml), a tiny CNN, a few epochs.
 # --no-confirm: confirmation on fresh seeds has its own tests (tests/test_confirm.py).
-SMALL = ["--num-samples", "4", "--epochs", "3", "--max-concurrent", "2", "--quiet", "--no-confirm"]
+SMALL = ["--experiment", "quick", "--num-samples", "4", "--epochs", "3", "--max-concurrent", "2",
+         "--quiet", "--no-confirm"]
 
 
 def sslsearch_run(args: list[str], cwd: Path, timeout: float = 300
@@ -176,7 +177,8 @@ def test_default_sqlite_sweep_asha_stops_some(tmp_path: Path) -> None:
 
     space = tmp_path / "simclr_asha.yaml"
     space.write_text((SPACES_DIR / "simclr.yaml").read_text() + ASHA_DESIGN)
-    out = sslsearch_run(["--space", str(space), "--num-samples", "6", "--epochs", "4", "--quiet",
+    out = sslsearch_run(["--space", str(space), "--experiment", "quick", "--num-samples", "6",
+                         "--epochs", "4", "--quiet",
                          "--no-confirm", "--grace-period", "1", "--max-concurrent", "2",
                          "--name", "asha", "--storage", "results"],
                         tmp_path)

@@ -138,8 +138,8 @@ def test_bad_input_exits_2_with_one_line(argv: list[str], needle: str,
 
 def test_cli_prints_one_line_per_epoch() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "sslsearch.train", "--method", "vicreg", "--epochs", "2",
-         "--set", "backbone_width=8", "--set", "probe_max_iter=10"],
+        [sys.executable, "-m", "sslsearch.train", "--experiment", "quick", "--method", "vicreg",
+         "--epochs", "2", "--set", "backbone_width=8", "--set", "probe_max_iter=10"],
         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()

@@ -1,4 +1,5 @@
-"""A non-editable install finds the search spaces and experiments: they ship inside the wheel."""
+"""A non-editable install finds the search spaces, the experiments and the embedded data: they
+ship inside the wheel."""
 
 from __future__ import annotations
 
@@ -29,12 +30,18 @@ def test_the_wheel_holds_every_module_space_and_experiment(tmp_path: Path) -> No
             assert f"sslsearch/{folder}/{path.name}" in names
     for path in (ROOT / "sslsearch").rglob("*.py"):
         assert path.relative_to(ROOT).as_posix() in names
+    # The default experiment's data (sslsearch.data.embedded): the idx files, licence, README.
+    embedded = [p for p in (ROOT / "sslsearch" / "data" / "fashion-mnist-small").iterdir()]
+    assert len(embedded) >= 6
+    for path in embedded:
+        assert path.relative_to(ROOT).as_posix() in names
 
 
 @pytest.mark.slow
 def test_a_non_editable_install_runs_a_sweep_from_anywhere(tmp_path: Path) -> None:
     """``pip install`` of the wheel (dependencies taken from this environment) and a one-trial
-    ``python -m sslsearch.run --space vicreg.yaml`` from a folder outside the checkout."""
+    ``python -m sslsearch.run --space vicreg.yaml`` from a folder outside the checkout: the
+    default experiment, on the Fashion-MNIST subset the wheel carries (sslsearch.data.embedded)."""
     wheel = _build_wheel(tmp_path)
     env_dir = tmp_path / "venv"
     venv.create(env_dir, system_site_packages=True, with_pip=True)

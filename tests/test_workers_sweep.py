@@ -59,7 +59,8 @@ def _results(folder: Path) -> dict[str, list[dict[str, Any]]]:
 def test_a_sweep_of_two_trials_on_two_workers_each(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     t0 = time.time()
-    proc = _run(["--space", "vicreg.yaml", "--workers-per-trial", "2", "--num-samples", "2",
+    proc = _run(["--space", "vicreg.yaml", "--experiment", "quick",
+                 "--workers-per-trial", "2", "--num-samples", "2",
                  "--epochs", "3", "--grace-period", "3", "--quiet", "--name", "w2",
                  "--storage", str(tmp_path / "results"), "--tracking-uri", uri], tmp_path)
     out = _finish(proc, timeout=900)
@@ -80,7 +81,8 @@ def test_a_sweep_of_two_trials_on_two_workers_each(tmp_path: Path) -> None:
 
 def test_a_request_for_more_workers_than_cpus_exits_2_before_any_trial(tmp_path: Path) -> None:
     cores = os.cpu_count() or 1
-    proc = _run(["--space", "vicreg.yaml", "--workers-per-trial", str(cores + 2),
+    proc = _run(["--space", "vicreg.yaml", "--experiment", "quick",
+                 "--workers-per-trial", str(cores + 2),
                  "--num-samples", "1", "--storage", str(tmp_path / "results"),
                  "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"], tmp_path)
     out = _finish(proc, timeout=300)
@@ -124,7 +126,8 @@ def test_a_trials_two_workers_on_two_nodes_of_a_cluster(tmp_path: Path,
                                                          two_node_cluster: Any) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     t0 = time.time()
-    proc = _run(["--space", "vicreg.yaml", "--workers-per-trial", "2", "--num-samples", "2",
+    proc = _run(["--space", "vicreg.yaml", "--experiment", "quick",
+                 "--workers-per-trial", "2", "--num-samples", "2",
                  "--epochs", "2", "--grace-period", "2", "--quiet", "--name", "nodes",
                  "--storage", str(tmp_path / "shared"), "--tracking-uri", uri,
                  "--address", "auto"], tmp_path)
@@ -144,7 +147,8 @@ def test_a_killed_driver_resumes_with_the_multi_worker_trial_at_its_last_epoch(
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     storage = tmp_path / "results"
     epochs = 4
-    proc = _run(["--space", "vicreg.yaml", "--workers-per-trial", "2", "--num-samples", "2",
+    proc = _run(["--space", "vicreg.yaml", "--experiment", "quick",
+                 "--workers-per-trial", "2", "--num-samples", "2",
                  "--epochs", str(epochs), "--grace-period", str(epochs), "--name", "killed",
                  "--storage", str(storage), "--tracking-uri", uri], tmp_path)
     lines = []
@@ -200,7 +204,8 @@ def test_diverging_and_collapsing_multi_worker_trials_end_with_their_reason(
     (tmp_path / "faults.yaml").write_text(FAULTS)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     t0 = time.time()
-    proc = _run(["--space", "faults.yaml", "--workers-per-trial", "2", "--num-samples", "2",
+    proc = _run(["--space", "faults.yaml", "--experiment", "quick",
+                 "--workers-per-trial", "2", "--num-samples", "2",
                  "--epochs", "4", "--grace-period", "4", "--quiet", "--name", "faults",
                  "--storage", str(tmp_path / "results"), "--tracking-uri", uri], tmp_path)
     out = _finish(proc, timeout=900)

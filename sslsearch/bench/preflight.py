@@ -9,8 +9,8 @@ warm after the first pass, as on a sweep's second start; state that when quoting
 * **survey**: the header and tail checks of every file (:func:`sslsearch.data.imagefiles.survey`);
 * **pre-flight**: :func:`sslsearch.search.preflight.check_sweep` of an experiment on the folder, as
   ``python -m sslsearch.run`` calls it (listing + survey + split and memory checks);
-* **quick**: the same call for the default experiment (``quick``, digits: nothing to read),
-  which every default sweep pays;
+* **quick**: the same call for the smoke experiment (``quick``, digits: nothing to read); the
+  default experiment (``fashion_small``) reads only its embedded files' headers and labels;
 * **decode**: a full decode (PIL, RGB) of ``--decode-sample`` files, scaled to the folder, for
   scale: what reading the images would cost.
 
@@ -87,7 +87,7 @@ def measure(root: Path, repeats: int, decode_sample: int) -> dict[str, list[floa
     from sslsearch.data.imagefiles import list_labeled, survey
     from sslsearch.search.preflight import check_sweep
 
-    exp = load_experiment()
+    exp = load_experiment("quick")
     on_folder = dataclasses.replace(exp, trial=trial_config(
         {"dataset": "imagefolder", "data_dir": str(root)}, base=exp.trial))
     files = [*list_labeled(root / "train").files, *list_labeled(root / "test").files]

@@ -33,6 +33,7 @@ from sslsearch.data.assemble import (
     split_off,
     tabular_bundle,
 )
+from sslsearch.data.embedded import read_fashion_mnist_small
 from sslsearch.data.files import DOWNLOAD_LOCK, download_lock, need_root
 from sslsearch.data.formats import (
     read_cifar10,
@@ -64,6 +65,7 @@ DATASETS: tuple[str, ...] = (
     "digits",
     "digits_tabular",
     "fashion_mnist",
+    "fashion_mnist_small",
     "cifar10",
     "cifar100",
     "stl10",
@@ -120,6 +122,8 @@ def load_dataset(
         return image_bundle(name, raw, opts)
     if name == "covtype":
         return tabular_bundle(name, read_covtype(root, download), opts)
+    if name == "fashion_mnist_small":  # shipped inside the package: data_dir is not read
+        return image_bundle(name, read_fashion_mnist_small(), opts)
     readers: dict[str, Callable[[Path, bool], Raw]] = {
         "fashion_mnist": read_fashion_mnist,
         "cifar10": read_cifar10,

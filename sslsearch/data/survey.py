@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sslsearch.data.assemble import split_sizes
+from sslsearch.data.embedded import EMBEDDED_DIR
 from sslsearch.data.files import missing
 from sslsearch.data.formats import fashion_mnist_shape
 from sslsearch.data.imagefiles import (
@@ -116,6 +117,8 @@ def dataset_shape(name: str, data_dir: str | None, download: bool) -> Shape | No
         if name != "digits" and data_dir is not None:
             check_dir(name, Path(data_dir), download)
         return Shape(name=name, where=data_dir or name, n_images=n, channels=channels, side=side)
+    if name == "fashion_mnist_small":  # shipped in the package: data_dir is not read
+        return _fashion_shape(name, EMBEDDED_DIR, False, where=name)
     if data_dir is None or name not in ("imagefolder", "fashion_mnist"):
         return None
     root = Path(data_dir)
@@ -123,11 +126,15 @@ def dataset_shape(name: str, data_dir: str | None, download: bool) -> Shape | No
         return None
     if name == "imagefolder":
         return imagefolder_shape(root)
+    return _fashion_shape(name, root, download, where=str(root))
+
+
+def _fashion_shape(name: str, root: Path, download: bool, *, where: str) -> Shape | None:
     found = fashion_mnist_shape(root, download)
     if found is None:
         return None
     counts, n_test, side = found
-    return Shape(name=name, where=str(root), n_images=sum(counts) + n_test, channels=1, side=side,
+    return Shape(name=name, where=where, n_images=sum(counts) + n_test, channels=1, side=side,
                  classes=tuple(map(str, range(10))), train_counts=tuple(counts))
 
 

@@ -69,12 +69,15 @@ def summarize(results: Any, metric: str, mode: str, confirmation: Any = None
             return ""
         return fmt_delta(delta_points(row[acc], row["baselines"].get(base)))
 
+    def cell(value: Any) -> str:  # no probe (stopped early, probe: false): empty, not "None"
+        return "" if value is None else fmt(value)
+
     def line(row: dict[str, Any]) -> str:
         params = ", ".join(f"{k}={fmt(v)}" for k, v in sorted(row["params"].items()))
         return (f"| {row['method']} | {row['trial_id']} | {row['epochs']} | {row['status']} | "
-                f"{fmt(row[metric])} | {vs(row, 'val_knn_acc', 'raw_knn_acc')} | "
-                f"{vs(row, 'val_knn_acc', INIT_KEY)} | {fmt(row['probe_val_acc'])} | "
-                f"{vs(row, 'probe_val_acc', 'raw_probe_acc')} | {fmt(row['probe_test_acc'])} | "
+                f"{cell(row[metric])} | {vs(row, 'val_knn_acc', 'raw_knn_acc')} | "
+                f"{vs(row, 'val_knn_acc', INIT_KEY)} | {cell(row['probe_val_acc'])} | "
+                f"{vs(row, 'probe_val_acc', 'raw_probe_acc')} | {cell(row['probe_test_acc'])} | "
                 f"{vs(row, 'probe_test_acc', 'raw_probe_test_acc')} | {params} |")
 
     labeled = any(r["val_knn_acc"] is not None for r in rows) or not rows

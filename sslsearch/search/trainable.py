@@ -19,7 +19,7 @@ from typing import Any
 import ray
 from ray import tune
 
-from sslsearch import train
+from sslsearch import console, train
 from sslsearch.errors import TrialFailure
 from sslsearch.search.space import trial_from_config
 from sslsearch.trial.checkpoint import CHECKPOINT, PREVIOUS
@@ -34,6 +34,7 @@ def trainable(config: dict[str, Any], metric: str = "val_knn_acc", mode: str = "
     # trial buries the progress output.
     for name in ("ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    console.quiet_worker_teardown()
     cfg = trial_from_config(config)
     node = {NODE_KEY: ray.get_runtime_context().get_node_id()}
     work = Path(tempfile.mkdtemp(prefix="sslsearch-ckpt-"))
