@@ -78,6 +78,10 @@ class TrialConfig:
     knn_t: float = 0.1
     probe: bool = True  # linear probe on frozen features after pretraining
     probe_max_iter: int = 500  # L-BFGS iterations of the probe at most, per weight decay tried
+    # The probe on few labels too, after the last epoch (sslsearch.trial.fewlabel: 1, 5, 10, 100
+    # labels a class and 1 % / 10 % of them, 5 seeded draws each, the same draws for every trial
+    # of a split): reported as few_label_<setting>_test_acc, never searched on.
+    few_label: bool = False
     # false: ignore the dataset's labels (an ImageFolder without class folders has none): no kNN,
     # no probe, no baselines; the search ranks trials by a label-free metric (search.metric).
     labels: bool = True

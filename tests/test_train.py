@@ -36,6 +36,7 @@ def test_reports_every_epoch_with_probe_at_the_end(tmp_path: Path) -> None:
                 "alignment", "uniformity", "images_per_second"):
         assert all(key in m for m in seen), key
     assert "probe_val_acc" not in seen[0] and "probe_test_acc" in seen[-1]
+    assert not any(k.startswith("few_label") for k in seen[-1])  # only with few_label: true
     assert final == seen[-1]
     assert 0.0 <= final["probe_test_acc"] <= 1.0
     assert (tmp_path / "checkpoint.pt").is_file()

@@ -32,6 +32,7 @@ from sslsearch.trial.evaluation import (
     knn_predict,
     linear_probe,
 )
+from sslsearch.trial.fewlabel import few_label_probes
 
 
 def select_device(name: str) -> torch.device:
@@ -271,9 +272,13 @@ def probe(trial: LiveTrial) -> dict[str, float]:
                               max_iter=trial.cfg.probe_max_iter)
         test_knn = knn_predict(train[0], train[1], test[0], trial.data.num_classes,
                                k=trial.cfg.knn_k, temperature=trial.cfg.knn_t)
+        few = few_label_probes(train, val, test, trial.data.num_classes,
+                               seed=trial.cfg.split_seed, max_iter=trial.cfg.probe_max_iter
+                               ) if trial.cfg.few_label else []
     return {"probe_val_acc": result.val_acc, "probe_test_acc": result.test_acc,
             "probe_weight_decay": result.weight_decay,
-            "test_knn_acc": float(accuracy(test_knn, test[1]))}
+            "test_knn_acc": float(accuracy(test_knn, test[1])),
+            **{k: v for r in few for k, v in r.metrics().items()}}
 
 
 def probe_on_labeled_folder(trial: LiveTrial, folder: str) -> dict[str, float]:
