@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sslsearch import _moved
+from sslsearch import moved
 
 if TYPE_CHECKING:
     from sslsearch.parts.networks import Backbone
@@ -13,8 +13,8 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 __all__ = ["__version__", "load_encoder"]
 
-# Sweeps saved before the modules moved into their floors pickled the old names (sslsearch._moved).
-_moved.install()
+# Sweeps saved before the modules moved into their floors pickled the old names (sslsearch.moved).
+moved.install()
 
 
 def load_encoder(path: str | Path, device: Any = "cpu") -> Backbone:

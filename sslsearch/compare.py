@@ -240,11 +240,12 @@ def _write_outputs(c: Comparison, outcome: Outcome, elapsed: float
                                          if t.stage == "search"])
     confirmed = "".join(f"\n# {method}\n\n{confirm_markdown(conf, exp.trial.seed)}"
                         for method, conf in outcome.confirmations.items() if conf is not None)
-    agreement = agreement_markdown(rows) if exp.trial.labels else ""
-    md = (comparison_markdown(info, rows) + (f"\n{agreement}" if agreement else "")
+    agreement = method_agreement(rows) if exp.trial.labels else []
+    agreement_md = agreement_markdown(agreement)
+    md = (comparison_markdown(info, rows) + (f"\n{agreement_md}" if agreement_md else "")
           + (f"\n{correlations}" if correlations else "") + confirmed)
     doc = {**info, "rows": rows, "trials": [t.to_json() for t in outcome.all_trials()],
-           "label_free_agreement": method_agreement(rows) if exp.trial.labels else []}
+           "label_free_agreement": agreement}
     (c.folder / "comparison.md").write_text(md)
     (c.folder / "comparison.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
     outbox.send("log_parent_file", str(c.folder / "comparison.md"))

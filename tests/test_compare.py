@@ -323,8 +323,8 @@ def test_a_labeled_comparison_says_how_a_label_free_metric_would_have_ranked_its
     assert found["rankme"]["rho"] == pytest.approx(1.0) and found["rankme"]["n"] == 5
     assert found["alpha_req_score"]["rho"] == pytest.approx(-1.0)
     assert found["rankme"]["order"] == names and found["lidar"]["n"] == 0
-    md = agreement_markdown(rows)
+    md = agreement_markdown(method_agreement(rows))
     assert "| rankme | +1.00 | 5 | simclr, byol, vicreg |" in md
     assert "| alpha_req_score | −1.00 |" in md or "| alpha_req_score | -1.00 |" in md
     assert "lidar" not in md
-    assert "too few methods" in agreement_markdown(rows[:3])
+    assert "too few methods" in agreement_markdown(method_agreement(rows[:3]))

@@ -94,7 +94,7 @@ def _graph() -> dict[str, set[str]]:
 FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # The ground floor: light, no torch. `methods` is the methods' registry (its __init__), which
     # imports this floor alone; it loads a method's module by name when asked (config reads it).
-    ("ground", ("", "_moved", "config", "schema", "paths", "results", "errors", "console",
+    ("ground", ("", "moved", "config", "schema", "paths", "results", "errors", "console",
                 "methods")),
     ("parts", ("parts", "parts.*")),
     ("methods and data", ("methods.*", "data", "data.*")),

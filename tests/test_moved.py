@@ -4,7 +4,7 @@
 its space and distributions, the stoppers, the callbacks, the trial folder namer; the searcher's
 state file: the space), written by ``fixtures/pre_floors.py`` with the flat modules of before
 issue 32. Each object must load and go on working as the resumed sweep uses it; the old names
-reach the moved modules through one table, ``sslsearch._moved.MOVED``, and nothing else uses them.
+reach the moved modules through one table, ``sslsearch.moved.MOVED``, and nothing else uses them.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from sslsearch._moved import MOVED, MovedFinder
+from sslsearch.moved import MOVED, MovedFinder
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).parent / "fixtures" / "pre_floors.pkl"

@@ -187,10 +187,10 @@ def method_agreement(rows: Sequence[dict[str, Any]], labeled: str = "val_knn_acc
     return out
 
 
-def agreement_markdown(rows: Sequence[dict[str, Any]]) -> str:
-    """The comparison's section on ranking methods without labels; "" when no run carries a
-    label-free metric."""
-    found = [a for a in method_agreement(rows) if a["n"]]
+def agreement_markdown(agreement: Sequence[dict[str, Any]]) -> str:
+    """The comparison's section on ranking methods without labels (``agreement``:
+    :func:`method_agreement`'s list); "" when no run carries a label-free metric."""
+    found = [a for a in agreement if a["n"]]
     if not found:
         return ""
     lines = ["## Ranking the methods without labels", "",

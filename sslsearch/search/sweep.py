@@ -33,7 +33,7 @@ from sslsearch.search.confirm import CANDIDATE_KEY, DEFAULTS
 from sslsearch.search.outbox import OUTBOX_FILE
 
 # Sweeps saved before searchers.py existed pickled these as sslsearch.sweep.* (an old name that
-# sslsearch._moved maps to this module): they resolve here.
+# sslsearch.moved maps to this module): they resolve here.
 from sslsearch.search.searchers import ConfigList, SSLOptunaSearch, n_startup_trials, optuna_sampler
 from sslsearch.search.space import SearchSpace
 from sslsearch.search.stopping import BudgetStopper, CollapseStopper
