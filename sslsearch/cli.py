@@ -12,22 +12,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 from sslsearch.config import DEFAULT_EXPERIMENT, Experiment, SearchConfig, check_objective
-from sslsearch.errors import ConfigError
+from sslsearch.errors import ConfigError, OneLineParser
 from sslsearch.schema import build_dataclass
 from sslsearch.search.sweepdir import is_remote
 
 DEFAULT_STORAGE = "sslsearch_results"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # one line, exit code 2, no usage dump
-        print(f"error: {self.prog}: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(2)
 
 
 def positive_int(text: str) -> int:
@@ -52,7 +45,7 @@ def _nonneg_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """The flags, each with its default said once, in words (no "(default: None)")."""
-    p = _Parser(
+    p = OneLineParser(
         prog="python -m sslsearch.run",
         description="Search SSL methods and their hyperparameters (Ray Tune + Optuna TPE + ASHA), "
                     "logging every trial to MLflow.")

@@ -6,12 +6,23 @@ so a typo in a YAML file or a flag never ends in a traceback (:func:`exit_code`)
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 
 class ConfigError(ValueError):
     """Bad user input: one line naming the file/field, the value and what is allowed."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Every command's argument parser: a bad flag is one line and exit code 2, the same as any
+    other bad input (:func:`exit_code`), not argparse's usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {self.prog}: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 class TrialFailure(RuntimeError):

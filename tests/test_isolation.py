@@ -18,7 +18,8 @@ def test_only_the_glue_modules_import_ray_optuna_mlflow() -> None:
     it), its searchers and stoppers (``search/searchers``, ``search/stopping``), the Tune and
     Train trainables (``search/trainable``, ``search/trainable_workers``), the space and its Optuna
     side (``search/space``, ``search/optuna_space``) and ``search/tracking``; MLflow in
-    ``search/tracking`` alone. Everything else, the trial floor first, runs with torch alone."""
+    ``search/tracking`` and, for ``python -m sslsearch.evaluate`` (one run, no Ray),
+    ``search/evaluation_runs``. Everything else, the trial floor first, runs with torch alone."""
     import ast
     from pathlib import Path
 
@@ -29,7 +30,7 @@ def test_only_the_glue_modules_import_ray_optuna_mlflow() -> None:
     allowed = {"ray": {f"search/{m}" for m in glue - {"optuna_space"}},
                "optuna": {f"search/{m}" for m in ("sweep", "searchers", "space", "optuna_space",
                                                   "tracking")},
-               "mlflow": {"search/tracking"}}
+               "mlflow": {"search/tracking", "search/evaluation_runs"}}
     seen: dict[str, set[str]] = {lib: set() for lib in allowed}
     root = Path(sslsearch.__file__).parent
     for path in root.rglob("*.py"):

@@ -8,7 +8,6 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 import torch
 
@@ -16,12 +15,7 @@ from sslsearch.bench.config import BenchConfig
 from sslsearch.bench.packing import TrialExited, run_child, run_packing
 from sslsearch.bench.report import format_report
 from sslsearch.bench.throughput import run_benchmark
-from sslsearch.errors import ConfigError, exit_code
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line and exit code 2, as every entry point
-        raise ConfigError(message)
+from sslsearch.errors import OneLineParser, exit_code
 
 
 def build_parser(d: BenchConfig) -> argparse.ArgumentParser:
@@ -29,7 +23,7 @@ def build_parser(d: BenchConfig) -> argparse.ArgumentParser:
     import sslsearch.bench
 
     doc = sslsearch.bench.__doc__
-    p = _Parser(prog="python -m sslsearch.bench", description=doc.split("\n\n")[0]
+    p = OneLineParser(prog="python -m sslsearch.bench", description=doc.split("\n\n")[0]
                 if doc else None)
     p.add_argument("--method", default=d.method, help="SSL method (default: %(default)s)")
     p.add_argument("--backbone", default=d.backbone,

@@ -29,16 +29,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sslsearch.errors import ConfigError, exit_code
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # one line and exit code 2, as every entry point
-        raise ConfigError(f"python -m sslsearch.bench preflight: {message}")
+from sslsearch.errors import ConfigError, OneLineParser, exit_code
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m sslsearch.bench preflight",
+    p = OneLineParser(prog="python -m sslsearch.bench preflight",
                 description="Time the sweep's pre-flight on a folder of small PNGs.")
     p.add_argument("--images", type=int, default=50_000, help="images in all (default: 50000)")
     p.add_argument("--classes", type=int, default=10, help="class folders (default: 10)")

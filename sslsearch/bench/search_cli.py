@@ -4,20 +4,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
 
 from sslsearch.bench.strategies import STRATEGIES
 from sslsearch.cli import positive_int
-from sslsearch.errors import ConfigError
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line and exit code 2 (main)
-        raise ConfigError(f"{self.prog}: {message}")
+from sslsearch.errors import OneLineParser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m sslsearch.bench search",
+    p = OneLineParser(prog="python -m sslsearch.bench search",
                 description="Equal trial-epoch budgets: the default config, random search and "
                             "TPE + ASHA, over several search seeds.")
     p.add_argument("--space", required=True,

@@ -29,10 +29,10 @@ import random
 import statistics
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 from sslsearch.cli import positive_int
-from sslsearch.errors import ConfigError, exit_code
+from sslsearch.errors import ConfigError, OneLineParser, exit_code
 from sslsearch.results import FINISHED, TrialRecord, select_best
 from sslsearch.search.confirm import Candidate, Confirmation, plan
 
@@ -112,11 +112,6 @@ def report(r: dict[str, Any]) -> str:
         f"configuration's confirmed mean): {r['search_optimism']:+.2f} points on average.\n")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError(f"{self.prog}: {message}")
-
-
 def _nonneg(text: str) -> float:
     try:
         value = float(text)
@@ -129,7 +124,7 @@ def _nonneg(text: str) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     d = Setting()
-    p = _Parser(prog="python -m sslsearch.bench selection",
+    p = OneLineParser(prog="python -m sslsearch.bench selection",
                 description="Simulate one-seed selection against confirmation on fresh seeds.")
     p.add_argument("--configs", type=positive_int, default=d.configs)
     p.add_argument("--spread", type=_nonneg, default=d.spread)
