@@ -102,3 +102,49 @@ def test_resnet_export_rebuilds_the_right_stem_from_weights_alone(tmp_path: Path
     x = torch.randn(2, 3, image_size, image_size)
     with torch.inference_mode():
         assert torch.equal(loaded(x), net(x))
+
+def _torchvision_resnet18(in_channels: int, image_size: int) -> torch.nn.Module:
+    """torchvision's resnet18 built as ``torchvision_state_dict``'s docstring (and the README)
+    says: the recipe under test, line for line."""
+    import torchvision
+    from torch import nn
+
+    net = torchvision.models.resnet18(weights=None)
+    net.fc = nn.Identity()
+    if image_size <= 32:
+        net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    elif in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+    return net
+
+
+@pytest.mark.parametrize(("in_channels", "image_size"), [(3, 32), (1, 32), (1, 40)])
+def test_a_resnet_export_loads_strictly_into_torchvision(tmp_path: Path, in_channels: int,
+                                                         image_size: int) -> None:
+    """The export travels: its weights, keyed by ``torchvision_state_dict``, load with
+    strict=True into torchvision's own resnet18 (CIFAR stem, 1-channel stems) and give the
+    features sslsearch's encoder gives."""
+    from sslsearch.parts.networks import build_backbone
+    from sslsearch.reporting.export import torchvision_state_dict
+
+    torch.manual_seed(0)
+    net = build_backbone("resnet18", in_channels=in_channels, image_size=image_size)
+    cfg = dataclasses.replace(load_experiment("quick").trial, backbone="resnet18")
+    out = export_encoder(net.state_dict(), cfg, tmp_path / "export")
+    theirs = _torchvision_resnet18(in_channels, image_size)
+    theirs.load_state_dict(torchvision_state_dict(out), strict=True)
+    x = torch.randn(2, in_channels, image_size, image_size)
+    with torch.inference_mode():
+        assert torch.allclose(theirs.eval()(x), net.eval()(x))
+
+
+def test_torchvision_state_dict_refuses_a_backbone_torchvision_lacks(tmp_path: Path) -> None:
+    from sslsearch.parts.networks import build_backbone
+    from sslsearch.reporting.export import torchvision_state_dict
+
+    net = build_backbone("small_cnn", in_channels=1, image_size=8)
+    out = export_encoder(net.state_dict(), load_experiment("quick").trial, tmp_path / "export")
+    with pytest.raises(ConfigError, match="not a torchvision model"):
+        torchvision_state_dict(out)
+

@@ -13,6 +13,9 @@ Load it with::
     encoder = sslsearch.load_encoder("sslsearch_results/<sweep>/best_encoder")  # nn.Module, eval
     features = encoder(normalised_images)   # (N, encoder.out_dim)
 
+or, for a ResNet, into torchvision's own model (:func:`torchvision_state_dict`: no sslsearch
+needed at the other end but this one function's few lines).
+
 Torch and safetensors only: no Ray, Optuna or MLflow (the export runs on a bare GPU machine too).
 """
 
@@ -179,6 +182,40 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Backbo
     encoder.to(device)
     encoder.eval()
     return encoder
+
+
+def torchvision_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """A ResNet export's weights keyed as torchvision's own ResNet names them (no ``net.``).
+
+    sslsearch's ResNet is torchvision's with ``fc = Identity`` (and, below 33 px or for other
+    than 3 channels, its stem swapped), so the weights load strictly into one built the same
+    way; the features are the same (eval mode)::
+
+        net = torchvision.models.resnet18(weights=None)
+        net.fc = nn.Identity()
+        if image_size <= 32:  # the CIFAR stem (config.json: backbone.image_size)
+            net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+            net.maxpool = nn.Identity()
+        elif in_channels != 3:  # e.g. greyscale: a 1-channel 7×7 stem
+            net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        net.load_state_dict(torchvision_state_dict(path), strict=True)
+
+    ``path``: an export folder or its ``encoder.safetensors``. Other backbones are not
+    torchvision models: refused.
+    """
+    from safetensors.torch import load_file
+
+    weights = _weights_path(Path(path))
+    name = read_config(weights).get("backbone", {}).get("name")
+    if name not in ("resnet18", "resnet34", "resnet50"):
+        raise ConfigError(f"{weights}: backbone {name!r} is not a torchvision model; "
+                          "load it with sslsearch.load_encoder")
+    try:
+        tensors = load_file(str(weights))
+    except Exception as exc:  # a header that lies about offsets, shapes or dtypes
+        raise ConfigError(f"{weights}: not a readable safetensors file ({_first_line(exc)})"
+                          ) from None
+    return {k.removeprefix("net."): v for k, v in tensors.items()}
 
 
 def _try_data(cfg: TrialConfig) -> Any | None:
