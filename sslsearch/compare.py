@@ -274,10 +274,9 @@ def _export_encoders(c: Comparison, choices: dict[str, Choice | None], outbox: A
     for method, choice in choices.items():
         if choice is None:
             continue
+        origin = provenance.encoder_provenance(choice, c.name, c.exp.search.metric)
         out = export_trial(choice.run.config, choice.run.checkpoint,
-                           c.folder / "encoders" / method,
-                           extra={"trial_id": choice.trial_id, "run_trial_id": choice.run.trial_id,
-                                  "selection": choice.how})
+                           c.folder / "encoders" / method, provenance=origin)
         if out is not None:
             exports[method] = out
             for path in sorted(out.iterdir()):
@@ -289,7 +288,8 @@ def _export_encoders(c: Comparison, choices: dict[str, Choice | None], outbox: A
     if not ranked:
         return None
     winner = ranked[0]
-    shutil.copytree(exports[winner], c.folder / "best_encoder", dirs_exist_ok=True)
-    for path in sorted((c.folder / "best_encoder").iterdir()):
+    best = c.folder / "best_encoder"
+    shutil.copytree(exports[winner], best, dirs_exist_ok=True)
+    for path in sorted(best.iterdir()):
         outbox.send("log_parent_file", str(path), "best_encoder")
     return winner

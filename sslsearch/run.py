@@ -238,7 +238,7 @@ def _report(plan: Plan, results: list[Any], confirmation: Any, confirm_results: 
         best_file = export_best(choice, folder / "best_experiment.yaml", exp)
         outbox.send("log_parent_file", str(best_file))
         (folder / "summary.md").write_text(header + summary)
-        _log_best_encoder(outbox, choice, folder)
+        _log_best_encoder(outbox, choice, folder, plan.name, metric)
     last_results = {str(r.metrics["trial_id"]): r.metrics for r in [*results, *confirm_results]
                     if r.metrics and "trial_id" in r.metrics}
     outbox.send("end_sweep", last_results, exp.trial.epochs, "FINISHED")
@@ -307,18 +307,16 @@ def _outbox(plan: Plan) -> Any:
                                  plan.mlflow_experiment, plan.name)
 
 
-def _log_best_encoder(outbox: Any, choice: Choice, folder: Path) -> None:
+def _log_best_encoder(outbox: Any, choice: Choice, folder: Path, sweep_id: str,
+                      metric: str) -> None:
     """Export the answer's encoder (safetensors weights + config, see
-    ``sslsearch.reporting.export``) to ``folder/best_encoder`` and log it to its run's and the
-    sweep's MLflow runs."""
+    ``sslsearch.reporting.export``) to ``folder/best_encoder`` with its provenance, log it to
+    its run's and the sweep's MLflow runs."""
     from sslsearch.reporting.export import export_trial
 
     run = choice.run
     out = export_trial(run.config, run.checkpoint, folder / "best_encoder",
-                       extra={"trial_id": choice.trial_id, "run_trial_id": run.trial_id,
-                              "selection": choice.how,
-                              "probe_val_acc": run.metrics.get("probe_val_acc"),
-                              "probe_test_acc": run.metrics.get("probe_test_acc")})
+                       provenance=provenance.encoder_provenance(choice, sweep_id, metric))
     if out is None:
         return
     for path in sorted(out.iterdir()):

@@ -6,7 +6,9 @@ An export is a folder holding
   no code; memory-mapped, so loading is zero-copy). Its header metadata carries the same config
   as ``config.json``, so the file alone is enough to rebuild the encoder;
 * ``config.json``: what built the encoder (backbone name, input channels, image size, width), how
-  to feed it (input kind, per-channel mean/std for normalisation) and the full ``TrialConfig``.
+  to feed it (input kind, per-channel mean/std for normalisation), the full ``TrialConfig``
+  (``trial``) and where it came from (``provenance``: method, data set name, digest and split
+  sizes, sweep and trial ids, the accuracy it was chosen on and its baselines, where known).
 
 Load it with::
 
@@ -31,6 +33,7 @@ import torch
 from torch import Tensor
 
 from sslsearch.config import TrialConfig
+from sslsearch.data.digest import dataset_record
 from sslsearch.errors import ConfigError
 from sslsearch.parts.networks import Backbone, build_backbone
 
@@ -78,12 +81,14 @@ def _plain(value: Any) -> Any:
 
 
 def export_encoder(state: Mapping[str, Tensor], cfg: TrialConfig, folder: str | Path, *,
-                   data: Any | None = None, extra: Mapping[str, Any] | None = None) -> Path:
+                   data: Any | None = None, provenance: Mapping[str, Any] | None = None) -> Path:
     """Write ``state`` (a backbone ``state_dict``, or a whole method's) and ``cfg`` to ``folder``.
 
     ``data`` (a :class:`~sslsearch.data.DataBundle`), when given, records the input kind, image
-    size and normalisation; ``extra`` is stored as is (e.g. the trial id and its accuracies).
-    Returns the folder.
+    size and normalisation. ``provenance`` (:func:`sslsearch.reporting.provenance.
+    encoder_provenance`: ids, accuracies, the data set the trial reported) is stored as
+    ``provenance``, with the method always and the data set's name, digest and split sizes
+    computed from ``data`` where the trial's result did not carry them. Returns the folder.
     """
     if any(k.startswith("backbone.") for k in state):
         state = backbone_state(state)
@@ -94,6 +99,9 @@ def export_encoder(state: Mapping[str, Tensor], cfg: TrialConfig, folder: str | 
         build["in_channels"] = int(data.in_channels)
         build["image_size"] = int(data.image_size)
     trial = _plain(dataclasses.asdict(cfg))
+    origin = {"method": cfg.method, **dict(provenance or {})}
+    if not origin.get("dataset") and data is not None:
+        origin["dataset"] = dataset_record(data)
     doc: dict[str, Any] = {
         "format": FORMAT, "version": VERSION,
         "backbone": {"name": cfg.backbone, **build},
@@ -103,7 +111,7 @@ def export_encoder(state: Mapping[str, Tensor], cfg: TrialConfig, folder: str | 
                            "tabular: the dataset's standardised rows"}
                   if data is not None else {"kind": "unknown", "dataset": cfg.dataset}),
         "trial": trial,
-        **({"extra": _plain(dict(extra))} if extra else {}),
+        "provenance": _plain(origin),
     }
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -230,9 +238,11 @@ def _try_data(cfg: TrialConfig) -> Any | None:
 
 
 def export_trial(config: Mapping[str, Any], checkpoint: Any, folder: str | Path, *,
-                 extra: Mapping[str, Any] | None = None, data: Any | None = None) -> Path | None:
+                 provenance: Mapping[str, Any] | None = None, data: Any | None = None
+                 ) -> Path | None:
     """Export the encoder of a finished trial: its suggested ``config`` (Ray's ``Result.config``)
-    and its last ``checkpoint`` (anything with ``as_directory()``, e.g. Ray's ``Checkpoint``).
+    and its last ``checkpoint`` (anything with ``as_directory()``, e.g. Ray's ``Checkpoint``);
+    ``provenance`` as :func:`export_encoder` takes it.
 
     Returns the export folder, or None when the trial left no readable checkpoint.
     """
@@ -247,4 +257,5 @@ def export_trial(config: Mapping[str, Any], checkpoint: Any, folder: str | Path,
         return None
     cfg = trial_from_config(config)
     return export_encoder(state["model"], cfg, folder,
-                          data=data if data is not None else _try_data(cfg), extra=extra)
+                          data=data if data is not None else _try_data(cfg),
+                          provenance=provenance)
