@@ -259,7 +259,7 @@ def _write_outputs(c: Comparison, outcome: Outcome, elapsed: float
         outbox.send("log_parent_file", str(path), "report")
     outbox.send("end_sweep", outcome.last_results, exp.trial.epochs, "FINISHED")
     outbox.close(str(c.folder))
-    return md, winner, tracking.outbox_link(outbox)
+    return md, winner, outbox.runs_link()
 
 
 def _export_encoders(c: Comparison, choices: dict[str, Choice | None], outbox: Any
@@ -268,7 +268,7 @@ def _export_encoders(c: Comparison, choices: dict[str, Choice | None], outbox: A
     method whose answer has the best confirmed mean as ``best_encoder``."""
     import shutil
 
-    from sslsearch.reporting.export import export_trial
+    from sslsearch.reporting.export import export_trial, read_config
 
     exports: dict[str, Path] = {}
     for method, choice in choices.items():
@@ -292,4 +292,5 @@ def _export_encoders(c: Comparison, choices: dict[str, Choice | None], outbox: A
     shutil.copytree(exports[winner], best, dirs_exist_ok=True)
     for path in sorted(best.iterdir()):
         outbox.send("log_parent_file", str(path), "best_encoder")
+    outbox.send("log_parent_model", str(best), "best_encoder", read_config(best)["provenance"])
     return winner
