@@ -259,7 +259,7 @@ def _write_outputs(c: Comparison, outcome: Outcome, elapsed: float
         outbox.send("log_parent_file", str(path), "report")
     outbox.send("end_sweep", outcome.last_results, exp.trial.epochs, "FINISHED")
     outbox.close(str(c.folder))
-    return md, winner, tracking.outbox_link(outbox)
+    return md, winner, outbox.runs_link()
 
 
 def _export_encoders(c: Comparison, choices: dict[str, Choice | None], outbox: Any
@@ -268,16 +268,15 @@ def _export_encoders(c: Comparison, choices: dict[str, Choice | None], outbox: A
     method whose answer has the best confirmed mean as ``best_encoder``."""
     import shutil
 
-    from sslsearch.reporting.export import export_trial
+    from sslsearch.reporting.export import export_trial, read_config
 
     exports: dict[str, Path] = {}
     for method, choice in choices.items():
         if choice is None:
             continue
+        origin = provenance.encoder_provenance(choice, c.name, c.exp.search.metric)
         out = export_trial(choice.run.config, choice.run.checkpoint,
-                           c.folder / "encoders" / method,
-                           extra={"trial_id": choice.trial_id, "run_trial_id": choice.run.trial_id,
-                                  "selection": choice.how})
+                           c.folder / "encoders" / method, provenance=origin)
         if out is not None:
             exports[method] = out
             for path in sorted(out.iterdir()):
@@ -289,7 +288,9 @@ def _export_encoders(c: Comparison, choices: dict[str, Choice | None], outbox: A
     if not ranked:
         return None
     winner = ranked[0]
-    shutil.copytree(exports[winner], c.folder / "best_encoder", dirs_exist_ok=True)
-    for path in sorted((c.folder / "best_encoder").iterdir()):
+    best = c.folder / "best_encoder"
+    shutil.copytree(exports[winner], best, dirs_exist_ok=True)
+    for path in sorted(best.iterdir()):
         outbox.send("log_parent_file", str(path), "best_encoder")
+    outbox.send("log_parent_model", str(best), "best_encoder", read_config(best)["provenance"])
     return winner

@@ -216,8 +216,6 @@ def _report(plan: Plan, results: list[Any], confirmation: Any, confirm_results: 
     """The summary (MLflow, summary.md, the terminal), the answer (:func:`sslsearch.search.confirm.
     choose`) exported as ``best_experiment.yaml`` and ``best_encoder/``, and recorded on the
     sweep's MLflow run."""
-    from sslsearch.search import tracking
-
     exp, folder = plan.exp, plan.folder
     metric = exp.search.metric
     summary, rows = summarize(results, metric, exp.search.mode, confirmation)
@@ -238,7 +236,7 @@ def _report(plan: Plan, results: list[Any], confirmation: Any, confirm_results: 
         best_file = export_best(choice, folder / "best_experiment.yaml", exp)
         outbox.send("log_parent_file", str(best_file))
         (folder / "summary.md").write_text(header + summary)
-        _log_best_encoder(outbox, choice, folder)
+        _log_best_encoder(outbox, choice, folder, plan.name, metric)
     last_results = {str(r.metrics["trial_id"]): r.metrics for r in [*results, *confirm_results]
                     if r.metrics and "trial_id" in r.metrics}
     outbox.send("end_sweep", last_results, exp.trial.epochs, "FINISHED")
@@ -247,7 +245,7 @@ def _report(plan: Plan, results: list[Any], confirmation: Any, confirm_results: 
     if choice is not None and folder is not None:
         print(f"best config: {folder / 'best_experiment.yaml'} ({choice.how})")
     print(f"MLflow runs: mlflow ui --backend-store-uri {plan.tracking_uri} --host 127.0.0.1 "
-          f"--port 5000, then open {tracking.outbox_link(outbox)}")
+          f"--port 5000, then open {outbox.runs_link()}")
     print(budget_line(budget(results)).strip().replace("**", ""))
     print(f"done in {elapsed:.0f} s")
     if results and not rows:  # every trial errored: a broken cluster or image is no success
@@ -307,23 +305,22 @@ def _outbox(plan: Plan) -> Any:
                                  plan.mlflow_experiment, plan.name)
 
 
-def _log_best_encoder(outbox: Any, choice: Choice, folder: Path) -> None:
+def _log_best_encoder(outbox: Any, choice: Choice, folder: Path, sweep_id: str,
+                      metric: str) -> None:
     """Export the answer's encoder (safetensors weights + config, see
-    ``sslsearch.reporting.export``) to ``folder/best_encoder`` and log it to its run's and the
-    sweep's MLflow runs."""
-    from sslsearch.reporting.export import export_trial
+    ``sslsearch.reporting.export``) to ``folder/best_encoder`` with its provenance, log it to
+    its run's and the sweep's MLflow runs, and make it the sweep's logged model."""
+    from sslsearch.reporting.export import export_trial, read_config
 
     run = choice.run
     out = export_trial(run.config, run.checkpoint, folder / "best_encoder",
-                       extra={"trial_id": choice.trial_id, "run_trial_id": run.trial_id,
-                              "selection": choice.how,
-                              "probe_val_acc": run.metrics.get("probe_val_acc"),
-                              "probe_test_acc": run.metrics.get("probe_test_acc")})
+                       provenance=provenance.encoder_provenance(choice, sweep_id, metric))
     if out is None:
         return
     for path in sorted(out.iterdir()):
         outbox.send("trial_file", run.trial_id, str(path), "encoder")
         outbox.send("log_parent_file", str(path), "best_encoder")
+    outbox.send("log_parent_model", str(out), "best_encoder", read_config(out)["provenance"])
     print(f"best encoder: {out} (load with sslsearch.load_encoder)", flush=True)
 
 

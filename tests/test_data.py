@@ -349,6 +349,30 @@ def test_imagefolder_resident_and_streaming_agree(tmp_path: Path) -> None:
     assert streaming.std == pytest.approx(bundle.std)
 
 
+def test_the_digest_names_exactly_the_rows_a_trial_sees(tmp_path: Path) -> None:
+    """Stable across loads (a fresh bundle, no cache), changed by the seed's hold-out and by the
+    training subset; a streamed ImageFolder is hashed by its listing, and a file added shows."""
+    from sslsearch.data.digest import dataset_digest, dataset_of, dataset_result, split_sizes
+
+    base = load_dataset("digits", seed=0)
+    digest = dataset_digest(base)
+    assert len(digest) == 16 and dataset_digest(load_dataset("digits", seed=0)) == digest
+    assert dataset_digest(load_dataset("digits", seed=1)) != digest
+    assert dataset_digest(load_dataset("digits", seed=0, max_train_samples=100)) != digest
+    assert dataset_of(dataset_result(base)) == {"name": "digits", "digest": digest,
+                                                "splits": split_sizes(base)}
+    assert dataset_of({"val_knn_acc": 0.5}) is None  # a result from before the digest
+    write_imagefolder(tmp_path, n_train=4, n_test=2)
+    streamed = load_dataset("imagefolder", data_dir=tmp_path, image_size=16, max_resident_bytes=0)
+    assert isinstance(streamed.train, StreamingSplit)
+    before = dataset_digest(streamed)
+    again = load_dataset("imagefolder", data_dir=tmp_path, image_size=16, max_resident_bytes=0)
+    assert dataset_digest(again) == before
+    Image.fromarray(np.zeros((16, 20, 3), np.uint8)).save(tmp_path / "test" / "dog" / "new.png")
+    grown = load_dataset("imagefolder", data_dir=tmp_path, image_size=16, max_resident_bytes=0)
+    assert dataset_digest(grown) != before
+
+
 def test_streaming_leaves_global_rng_alone(tmp_path: Path) -> None:
     write_imagefolder(tmp_path, n_train=2, n_test=1)
     bundle = load_dataset("imagefolder", data_dir=tmp_path, image_size=16, max_resident_bytes=0)

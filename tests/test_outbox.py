@@ -307,3 +307,52 @@ def test_every_op_a_record_may_name_is_a_tracker_method() -> None:
     """A record is replayed as ``getattr(tracker, op)(*args)``: an op the Tracker lacks would fail
     only at replay time, after the outage."""
     assert all(callable(getattr(Tracker, op, None)) for op in OPS)
+
+
+def test_dataset_inputs_and_the_logged_model_replay_once_and_their_absence_stops_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A replay (a fresh Tracker, the same calls) leaves one dataset input per run and one
+    logged model, linked once to the sweep's run; a server without these features (an older
+    MLflow) is said once and the sweep goes on, while an outage still reaches the outbox."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    export = tmp_path / "best_encoder"
+    export.mkdir()
+    (export / "encoder.safetensors").write_bytes(b"\0" * 8)  # the files, not their contents
+    (export / "config.json").write_text("{}")
+    data = {"name": "digits", "digest": "0123456789abcdef",
+            "splits": {"train": 10, "val": 2, "test": 3}}
+    for _ in range(2):
+        tracker = Tracker(uri, "sslsearch", "sw")
+        tracker.trial_result("t1", "simclr-t1", {}, {"val_knn_acc": 0.5}, 1, None, "", data)
+        tracker.log_parent_model(str(export), "best_encoder", {"dataset": data})
+    client = MlflowClient(tracking_uri=uri)
+    child = client.get_run(tracker.child("t1", "", {}))
+    assert [(d.dataset.name, d.dataset.digest, json.loads(d.dataset.profile))
+            for d in child.inputs.dataset_inputs] == [("digits", data["digest"], data["splits"])]
+    (model,) = client.search_logged_models([tracker.experiment_id])
+    assert model.params == {"dataset.name": "digits", "dataset.digest": data["digest"],
+                            "dataset.splits.train": "10", "dataset.splits.val": "2",
+                            "dataset.splits.test": "3"}
+    outputs = client.get_run(tracker.parent_id).outputs.model_outputs
+    assert [o.model_id for o in outputs] == [model.model_id]
+
+    class Old:  # MLflow 2: no logged models, no dataset inputs
+        def __getattr__(self, name: str) -> Any:
+            if name in ("search_logged_models", "log_inputs"):
+                raise MlflowException(f"API endpoint for {name} not found")
+            return getattr(client, name)
+
+    tracker.client, tracker._inputs = Old(), set()
+    for _ in range(2):
+        tracker.log_parent_model(str(export), "best_encoder", {})
+        tracker.trial_result("t1", "simclr-t1", {}, {"val_knn_acc": 0.6}, 2, None, "", data)
+    said = capsys.readouterr().out
+    assert said.count("logged models not logged") == 1 and said.count("inputs not logged") == 1
+
+    class Down:
+        def __getattr__(self, name: str) -> Any:
+            raise MlflowException(DOWN)
+
+    tracker.client = Down()
+    with pytest.raises(MlflowException):
+        tracker.log_parent_model(str(export), "best_encoder", {})

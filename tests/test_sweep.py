@@ -6,6 +6,7 @@ they start by its handle.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -78,6 +79,33 @@ def assert_parent_baselines(uri: str) -> None:
     done = [c for c in children if c.data.tags.get("trial_status") == "completed"]
     assert done and all(c.data.metrics["raw_knn_acc"] == metrics["raw_knn_acc"]
                         and "init_knn_acc" in c.data.metrics for c in done)
+
+
+def assert_data_and_model(uri: str, folder: Path) -> None:
+    """Every child run's dataset input is the quick experiment's digits split (name and digest:
+    the Dataset column); the sweep's run has the exported encoder as its logged model (the
+    Models column), safetensors and config.json, whose provenance names the same data."""
+    from sslsearch.config import load_experiment
+    from sslsearch.data.digest import dataset_digest
+    from sslsearch.trial.trial import load_data, select_device
+
+    digest = dataset_digest(load_data(load_experiment("quick").trial, select_device("cpu")))
+    client = MlflowClient(tracking_uri=uri)
+    parents, children = runs(uri)
+    for child in children:
+        inputs = [(d.dataset.name, d.dataset.digest) for d in child.inputs.dataset_inputs]
+        assert inputs == [("digits", digest)], inputs
+    parent = parents[0]
+    models = client.search_logged_models([parent.info.experiment_id])
+    assert [(m.name, m.source_run_id, str(m.status)) for m in models] == [
+        ("best_encoder", parent.info.run_id, "READY")]
+    assert [o.model_id for o in parent.outputs.model_outputs] == [models[0].model_id]
+    files = {f.path for f in client.list_logged_model_artifacts(models[0].model_id)}
+    assert files == {"encoder.safetensors", "config.json"}
+    assert models[0].params["dataset.digest"] == digest
+    origin = json.loads((folder / "best_encoder" / "config.json").read_text())["provenance"]
+    assert origin["dataset"]["digest"] == digest and origin["sweep_id"] == folder.name
+    assert origin["baselines"]["raw_knn_acc"] == parent.data.metrics["raw_knn_acc"]
 
 
 def start_mlflow_server(tmp_path: Path, port: int | None = None
@@ -193,6 +221,7 @@ def test_default_sqlite_sweep_asha_stops_some(tmp_path: Path) -> None:
     assert "Best trial per method" in out.stdout and "workflowType=machine_learning" in out.stdout
     assert "Budget: 6 trials: " in out.stdout and "trial-epochs trained of 24 " in out.stdout
     assert_parent_baselines(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert_data_and_model(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "results" / "asha")
     summary = (tmp_path / "results" / "asha" / "summary.md").read_text()
     assert "**Budget**: 6 trials: " in summary and "(6 trials × 4 epochs): ASHA saved " in summary
     assert "**Baselines on this split**: raw pixels (standardised) val kNN 0." in summary

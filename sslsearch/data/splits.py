@@ -101,6 +101,17 @@ class StreamingSplit:
     def __len__(self) -> int:
         return self._len
 
+    def listing(self) -> Iterator[tuple[str, int]]:
+        """``(file, label)`` of each row, in order: what identifies a split too large to read
+        whole (:func:`sslsearch.data.digest.dataset_digest`). The dataset must list its files
+        (``files`` and ``labels``, as an ImageFolder's does)."""
+        dataset = self._dataset.dataset
+        files, labels = getattr(dataset, "files", None), getattr(dataset, "labels", None)
+        if files is None or labels is None:
+            raise TypeError(f"{type(dataset).__name__} does not list its files")
+        for i in self._dataset.indices:
+            yield str(files[i]), int(labels[i])
+
     def iter_batches(self, batch_size: int, generator: torch.Generator | None, *, shuffle: bool,
                      drop_last: bool) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield ``(x, y)`` batches on ``device``; the order is seeded from ``generator``."""

@@ -6,12 +6,17 @@ An export is a folder holding
   no code; memory-mapped, so loading is zero-copy). Its header metadata carries the same config
   as ``config.json``, so the file alone is enough to rebuild the encoder;
 * ``config.json``: what built the encoder (backbone name, input channels, image size, width), how
-  to feed it (input kind, per-channel mean/std for normalisation) and the full ``TrialConfig``.
+  to feed it (input kind, per-channel mean/std for normalisation), the full ``TrialConfig``
+  (``trial``) and where it came from (``provenance``: method, data set name, digest and split
+  sizes, sweep and trial ids, the accuracy it was chosen on and its baselines, where known).
 
 Load it with::
 
     encoder = sslsearch.load_encoder("sslsearch_results/<sweep>/best_encoder")  # nn.Module, eval
     features = encoder(normalised_images)   # (N, encoder.out_dim)
+
+or, for a ResNet, into torchvision's own model (:func:`torchvision_state_dict`: no sslsearch
+needed at the other end but this one function's few lines).
 
 Torch and safetensors only: no Ray, Optuna or MLflow (the export runs on a bare GPU machine too).
 """
@@ -28,6 +33,7 @@ import torch
 from torch import Tensor
 
 from sslsearch.config import TrialConfig
+from sslsearch.data.digest import dataset_record
 from sslsearch.errors import ConfigError
 from sslsearch.parts.networks import Backbone, build_backbone
 
@@ -75,12 +81,14 @@ def _plain(value: Any) -> Any:
 
 
 def export_encoder(state: Mapping[str, Tensor], cfg: TrialConfig, folder: str | Path, *,
-                   data: Any | None = None, extra: Mapping[str, Any] | None = None) -> Path:
+                   data: Any | None = None, provenance: Mapping[str, Any] | None = None) -> Path:
     """Write ``state`` (a backbone ``state_dict``, or a whole method's) and ``cfg`` to ``folder``.
 
     ``data`` (a :class:`~sslsearch.data.DataBundle`), when given, records the input kind, image
-    size and normalisation; ``extra`` is stored as is (e.g. the trial id and its accuracies).
-    Returns the folder.
+    size and normalisation. ``provenance`` (:func:`sslsearch.reporting.provenance.
+    encoder_provenance`: ids, accuracies, the data set the trial reported) is stored as
+    ``provenance``, with the method always and the data set's name, digest and split sizes
+    computed from ``data`` where the trial's result did not carry them. Returns the folder.
     """
     if any(k.startswith("backbone.") for k in state):
         state = backbone_state(state)
@@ -91,6 +99,9 @@ def export_encoder(state: Mapping[str, Tensor], cfg: TrialConfig, folder: str | 
         build["in_channels"] = int(data.in_channels)
         build["image_size"] = int(data.image_size)
     trial = _plain(dataclasses.asdict(cfg))
+    origin = {"method": cfg.method, **dict(provenance or {})}
+    if not origin.get("dataset") and data is not None:
+        origin["dataset"] = dataset_record(data)
     doc: dict[str, Any] = {
         "format": FORMAT, "version": VERSION,
         "backbone": {"name": cfg.backbone, **build},
@@ -100,7 +111,7 @@ def export_encoder(state: Mapping[str, Tensor], cfg: TrialConfig, folder: str | 
                            "tabular: the dataset's standardised rows"}
                   if data is not None else {"kind": "unknown", "dataset": cfg.dataset}),
         "trial": trial,
-        **({"extra": _plain(dict(extra))} if extra else {}),
+        "provenance": _plain(origin),
     }
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -181,6 +192,40 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Backbo
     return encoder
 
 
+def torchvision_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """A ResNet export's weights keyed as torchvision's own ResNet names them (no ``net.``).
+
+    sslsearch's ResNet is torchvision's with ``fc = Identity`` (and, below 33 px or for other
+    than 3 channels, its stem swapped), so the weights load strictly into one built the same
+    way; the features are the same (eval mode)::
+
+        net = torchvision.models.resnet18(weights=None)
+        net.fc = nn.Identity()
+        if image_size <= 32:  # the CIFAR stem (config.json: backbone.image_size)
+            net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+            net.maxpool = nn.Identity()
+        elif in_channels != 3:  # e.g. greyscale: a 1-channel 7×7 stem
+            net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        net.load_state_dict(torchvision_state_dict(path), strict=True)
+
+    ``path``: an export folder or its ``encoder.safetensors``. Other backbones are not
+    torchvision models: refused.
+    """
+    from safetensors.torch import load_file
+
+    weights = _weights_path(Path(path))
+    name = read_config(weights).get("backbone", {}).get("name")
+    if name not in ("resnet18", "resnet34", "resnet50"):
+        raise ConfigError(f"{weights}: backbone {name!r} is not a torchvision model; "
+                          "load it with sslsearch.load_encoder")
+    try:
+        tensors = load_file(str(weights))
+    except Exception as exc:  # a header that lies about offsets, shapes or dtypes
+        raise ConfigError(f"{weights}: not a readable safetensors file ({_first_line(exc)})"
+                          ) from None
+    return {k.removeprefix("net."): v for k, v in tensors.items()}
+
+
 def _try_data(cfg: TrialConfig) -> Any | None:
     """The trial's dataset on the CPU (for its normalisation), or None where it cannot be read
     here (e.g. a cluster whose data lives only on the workers): shapes then come from weights."""
@@ -193,9 +238,11 @@ def _try_data(cfg: TrialConfig) -> Any | None:
 
 
 def export_trial(config: Mapping[str, Any], checkpoint: Any, folder: str | Path, *,
-                 extra: Mapping[str, Any] | None = None, data: Any | None = None) -> Path | None:
+                 provenance: Mapping[str, Any] | None = None, data: Any | None = None
+                 ) -> Path | None:
     """Export the encoder of a finished trial: its suggested ``config`` (Ray's ``Result.config``)
-    and its last ``checkpoint`` (anything with ``as_directory()``, e.g. Ray's ``Checkpoint``).
+    and its last ``checkpoint`` (anything with ``as_directory()``, e.g. Ray's ``Checkpoint``);
+    ``provenance`` as :func:`export_encoder` takes it.
 
     Returns the export folder, or None when the trial left no readable checkpoint.
     """
@@ -210,4 +257,5 @@ def export_trial(config: Mapping[str, Any], checkpoint: Any, folder: str | Path,
         return None
     cfg = trial_from_config(config)
     return export_encoder(state["model"], cfg, folder,
-                          data=data if data is not None else _try_data(cfg), extra=extra)
+                          data=data if data is not None else _try_data(cfg),
+                          provenance=provenance)

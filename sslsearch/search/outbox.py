@@ -35,9 +35,9 @@ from sslsearch.errors import ConfigError
 
 OUTBOX_FILE = "tracking_outbox.jsonl"
 # The Tracker methods a record may name: each takes JSON values and is idempotent.
-OPS = frozenset({"trial_started", "trial_result", "trial_ended", "trial_tag",
-                 "trial_file", "log_parent_text", "log_parent_file", "log_parent_baselines",
-                 "log_parent_selection", "end_sweep"})
+OPS = frozenset({"trial_started", "trial_result", "trial_ended", "trial_tag", "trial_file",
+                 "log_parent_text", "log_parent_file", "log_parent_baselines",
+                 "log_parent_selection", "log_parent_model", "end_sweep"})
 # Failures that mean "the server is not there (now)", not "the call is wrong": connection refused
 # or reset, DNS, timeouts, and HTTP 5xx after MLflow's own retries ("Max retries exceeded").
 _OUTAGE_TYPES = {"ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "MaxRetryError",
@@ -70,6 +70,22 @@ def is_outage(exc: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+def tolerate(feature: str, call: Callable[[], Any], lacking: set[str],
+             say: Callable[[str], None] = print) -> None:
+    """``call()`` for a feature an older tracking server may lack (dataset inputs, logged
+    models): an outage is raised (the outbox keeps the call), any other error is said once per
+    ``feature`` (remembered in ``lacking``) and dropped: a missing extra never stops a sweep."""
+    try:
+        call()
+    except Exception as exc:
+        if is_outage(exc):
+            raise
+        if feature not in lacking:
+            lacking.add(feature)
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            say(f"{feature} not logged: {reason}")
 
 
 class Outbox:
@@ -109,6 +125,17 @@ class Outbox:
         if self._tracker is None:
             self._tracker = self._connect()
         return self._tracker
+
+    def runs_link(self) -> str:
+        """The sweep's runs link, through the tracker; the experiments list while it is away."""
+        from sslsearch.search.tracking_uri import runs_link
+
+        try:
+            return str(self.tracker().runs_link())
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            return runs_link(self.target["uri"])
 
     def send(self, op: str, *args: Any) -> None:
         """Call ``tracker.op(*args)`` now, or keep it in the file (after anything already

@@ -151,6 +151,15 @@ def trial_from_config(config: Mapping[str, Any], *, source: str = "<trial>") -> 
     return trial_config({**base, **overrides}, source=source)
 
 
+def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The trial's parameters as logged: the suggested values plus the experiment's settings."""
+    cfg = trial_from_config(config)
+    flat = {k: v for k, v in vars(cfg).items() if k != "method_params"}
+    flat.update({f"method_params.{k}": v for k, v in cfg.method_params.items()})
+    flat["supervised"] = methods.uses_labels(config)
+    return flat
+
+
 # ------------------------------------------------------------------------------------------------
 # Parsing and validation
 

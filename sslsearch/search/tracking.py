@@ -3,11 +3,14 @@
 One parent run per sweep, one child run per trial. Child runs are keyed by a ``sslsearch.trial_id``
 tag and looked up before one is created, so a resumed sweep never duplicates a run (Ray's own
 ``MLflowLoggerCallback`` keeps that map in memory and does, after ``Tuner.restore``); runs left
-RUNNING by a killed driver are closed when the sweep ends.
+RUNNING by a killed driver are closed when the sweep ends. A child run's dataset input names its
+trial's data (name, digest, splits; never the data); the parent's logged model is the sweep's
+exported encoder (no pickle): the runs table's Dataset and Models columns.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -22,7 +25,7 @@ from ray.tune.experiment import Trial
 
 from sslsearch.results import RAW_KEYS, outcome
 from sslsearch.search.confirm import CANDIDATE_KEY, STAGE_KEY
-from sslsearch.search.outbox import Outbox, RetryingClient, is_outage, store_setup_lock
+from sslsearch.search.outbox import Outbox, RetryingClient, store_setup_lock, tolerate
 from sslsearch.search.tracking_uri import runs_link
 
 PARENT = "parent"
@@ -70,6 +73,8 @@ class Tracker:
         self._last_step: dict[str, int] = {}
         self._nodes: dict[str, list[str]] = {}
         self._parent_metrics: set[str] | None = None  # metric keys the parent run has
+        self._lacking: set[str] = set()  # features this server refused (said once)
+        self._inputs: set[str] = set()  # runs whose dataset input is logged
         self.parent_id = self._find_or_create_parent()
 
     def _search(self, filter_string: str) -> list[Any]:
@@ -132,6 +137,26 @@ class Tracker:
                               metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()
                                        if math.isfinite(float(v))],
                               tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_parent_model(self, folder: str, name: str, provenance: Mapping[str, Any]) -> None:
+        """The encoder export in ``folder`` (safetensors + config.json: loading runs no code) as
+        the parent run's logged model ``name``, ``provenance`` its params. Idempotent: this run's
+        model of that name is reused, its files uploaded again, linked to the run once."""
+        from mlflow.entities import LoggedModelOutput
+
+        def log() -> None:
+            run, c = self.parent_id, self.client
+            found = list(c.search_logged_models([self.experiment_id], filter_string=(
+                f"source_run_id = '{run}' AND name = '{name}'")))
+            model = found[0] if found else c.create_logged_model(
+                self.experiment_id, name=name, source_run_id=run, tags={TAG_SWEEP: self.sweep_id},
+                params={p.key: p.value for p in _params(provenance)}, model_type="sslsearch")
+            c.log_model_artifacts(model.model_id, folder)
+            c.finalize_logged_model(model.model_id, "READY")
+            linked = getattr(c.get_run(run).outputs, "model_outputs", None) or []
+            if model.model_id not in {o.model_id for o in linked}:  # a replay links it once
+                c.log_outputs(run, [LoggedModelOutput(model.model_id, 0)])
+        tolerate(f"MLflow {self.uri}: logged models", log, self._lacking)
 
     def end_sweep(self, last_results: Mapping[str, Mapping[str, Any]], max_epochs: int,
                   status: str = "FINISHED") -> None:
@@ -248,12 +273,22 @@ class Tracker:
 
     def trial_result(self, trial_id: str, name: str, params: Mapping[str, Any],
                      metrics: Mapping[str, Any], step: int, node_id: str | None = None,
-                     node_ip: str = "") -> None:
+                     node_ip: str = "", dataset: Mapping[str, Any] | None = None) -> None:
         run_id = self.child(trial_id, name, params)
         self.log_metrics(run_id, metrics, step)
         self.log_parent_baselines(metrics)  # the split's, once, on the sweep's run
         if node_id:
             self.record_node(run_id, node_id, node_ip)
+        if dataset and run_id not in self._inputs:  # once a run (MLflow keeps one input anyway)
+            from mlflow.entities import Dataset, DatasetInput, InputTag
+
+            self._inputs.add(run_id)
+            entity = DatasetInput(Dataset(str(dataset["name"]), str(dataset["digest"]),
+                                          "sslsearch", json.dumps(dict(dataset)),
+                                          profile=json.dumps(dataset.get("splits", {}))),
+                                  [InputTag("mlflow.data.context", "train")])
+            tolerate(f"MLflow {self.uri}: dataset inputs",
+                     lambda: self.client.log_inputs(run_id, [entity]), self._lacking)
 
     def trial_ended(self, trial_id: str, name: str, params: Mapping[str, Any], status: str,
                     tags: Mapping[str, str]) -> None:
@@ -274,29 +309,6 @@ def sweep_outbox(path: Path, uri: str, experiment: str, sweep_id: str) -> Outbox
     ``Tracker(uri, experiment, sweep_id)``."""
     return Outbox(path, {"uri": uri, "experiment": experiment, "sweep_id": sweep_id},
                   lambda: Tracker(uri, experiment, sweep_id))
-
-
-def outbox_link(outbox: Outbox) -> str:
-    """The runs link through the outbox's tracker, or the experiments list if it is away."""
-    try:
-        return str(outbox.tracker().runs_link())
-    except Exception as exc:
-        if not is_outage(exc):
-            raise
-        return runs_link(outbox.target["uri"])
-
-
-def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The trial's parameters as logged: the suggested values plus the experiment's settings."""
-    from sslsearch.search.space import trial_from_config
-
-    cfg = trial_from_config(config)
-    flat = {k: v for k, v in vars(cfg).items() if k != "method_params"}
-    flat.update({f"method_params.{k}": v for k, v in cfg.method_params.items()})
-    from sslsearch.methods import uses_labels
-
-    flat["supervised"] = uses_labels(config)
-    return flat
 
 
 class MLflowTrialCallback(Callback):
@@ -328,6 +340,8 @@ class MLflowTrialCallback(Callback):
     @staticmethod
     def _who(trial: Trial) -> tuple[str, str, dict[str, str]]:
         """The trial's id, run name and params (as strings: what MLflow stores, and JSON)."""
+        from sslsearch.search.space import trial_params
+
         params = {p.key: p.value for p in _params(trial_params(trial.config))}
         config, method = trial.config, trial.config.get("method")
         name = (f"{method}-{trial.trial_id}" if STAGE_KEY not in config else
@@ -358,9 +372,12 @@ class MLflowTrialCallback(Callback):
             k: v for k, v in result.items()
             if k == "failure_reason" or (k not in _SKIP and isinstance(v, int | float)
                                          and not isinstance(v, bool) and math.isfinite(v))}
+        from sslsearch.data.digest import dataset_of
+
         node = result.get("ray_node_id")  # set by sslsearch.search.trainable
         self.outbox.send("trial_result", *self._who(trial), metrics, step,
-                         node if isinstance(node, str) else None, str(result.get("node_ip", "")))
+                         node if isinstance(node, str) else None, str(result.get("node_ip", "")),
+                         dataset_of(result))  # the data it ran on: sslsearch.data.digest
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial,
                           **info: Any) -> None:

@@ -46,12 +46,14 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from sslsearch import train
 from sslsearch.config import SearchConfig
+from sslsearch.data.digest import dataset_result
 from sslsearch.errors import TrialFailure
 from sslsearch.parts.distributed import TorchProcessGroup
 from sslsearch.results import CHECKPOINT_PATH_KEY
 from sslsearch.search.space import trial_from_config
 from sslsearch.search.trainable import FAILURE_FILE, NODE_KEY
 from sslsearch.trial.checkpoint import CHECKPOINT, PREVIOUS, load_checkpoint
+from sslsearch.trial.trial import load_data, select_device
 
 DRIVER_CPU = 0.01  # the Tune trial's function: it waits in fit() while its workers compute
 TRAIN_RUNS = "train_runs"  # under the sweep's folder: one Ray Train run per trial, by trial id
@@ -105,6 +107,11 @@ def worker_loop(loop: dict[str, Any]) -> None:
     pg = ray.util.get_current_placement_group()
     where = {NODE_KEY: nodes[0], WORKER_NODES_KEY: ",".join(nodes),
              PLACEMENT_GROUP_KEY: pg.id.hex() if pg is not None else ""}
+    # Loaded here (what train.run would load: the per-process cache), to name it in the
+    # results: rank 0's are the trial's (sslsearch.data.digest).
+    data = load_data(cfg, select_device(cfg.device))
+    if group.is_main:
+        where.update(dataset_result(data))
     work = Path(tempfile.mkdtemp(prefix="sslsearch-ckpt-"))
     try:
         restored = ray.train.get_checkpoint()
@@ -120,7 +127,7 @@ def worker_loop(loop: dict[str, Any]) -> None:
             ray.train.report({**metrics, **where}, checkpoint=checkpoint)
 
         try:
-            train.run(cfg, report=report, checkpoint_dir=work, group=group)
+            train.run(cfg, report=report, checkpoint_dir=work, group=group, data=data)
         except TrialFailure as failure:  # raised on every worker together (train.run)
             if group.is_main and loop.get("trial_dir"):  # the trial's folder, as for one worker
                 record = {"reason": failure.reason, "message": str(failure)}
