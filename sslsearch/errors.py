@@ -6,12 +6,23 @@ so a typo in a YAML file or a flag never ends in a traceback (:func:`exit_code`)
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 
 class ConfigError(ValueError):
     """Bad user input: one line naming the file/field, the value and what is allowed."""
+
+
+class FlagParser(argparse.ArgumentParser):
+    """argparse with its errors (an unknown flag, a missing value) raised as :class:`ConfigError`:
+    parsed inside :func:`exit_code`, a bad flag then ends like any bad input, one line and exit 2,
+    instead of argparse's usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{self.prog}: {message} (see --help)")
 
 
 class TrialFailure(RuntimeError):
