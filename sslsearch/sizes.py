@@ -25,8 +25,8 @@ the ``n % batch`` images of a reshuffled epoch to others), changing the negative
 Label-free measures are off: they never change training and would cost small sets every epoch.
 
 ``sizes.json`` (rewritten after every run: a rerun skips what it holds), ``sizes.csv``,
-``sizes.md`` and ``sizes.png`` (:mod:`sslsearch.reporting.sizes_report`) go to ``--storage`` /
-``--out``.
+``sizes.md`` and ``sizes.png`` (``sizes-epochs.*`` for that budget;
+:mod:`sslsearch.reporting.sizes_report`) go to ``--storage`` / ``--out``.
 """
 
 from __future__ import annotations

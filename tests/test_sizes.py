@@ -144,8 +144,11 @@ def test_resume_skips_finished_runs(tiny: list[str], tmp_path: Path,
     assert sizes.main(argv) == 0 and len(calls) == 4  # nothing left to run
     assert sizes.main([*argv[:-1], "0,1"]) == 0 and len(calls) == 8  # a new seed: its 4 runs
     assert sizes.main([*argv, "--budget", "epochs"]) == 0 and len(calls) == 12  # keyed by budget
-    runs = json.loads((tmp_path / "results" / "s" / "sizes.json").read_text())["runs"]
-    assert len(runs) == 12
+    folder = tmp_path / "results" / "s"
+    assert len(json.loads((folder / "sizes.json").read_text())["runs"]) == 12
+    # Each budget's report reads its own runs and has its own files.
+    assert "(epochs budget)" in (folder / "sizes-epochs.md").read_text()
+    assert "(steps budget)" in (folder / "sizes.md").read_text()
 
 
 @pytest.mark.parametrize("flags,message", [

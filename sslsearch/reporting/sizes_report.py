@@ -2,7 +2,7 @@
 
 * ``sizes.json``: every run's record, rewritten after each run, so that an interrupted command
   continues where it stopped;
-* ``sizes.csv``: every run, one row each;
+* ``sizes.csv``: every run, one row each (``sizes-epochs.*`` for ``--budget epochs``);
 * ``sizes.md``: mean ± sd over the seeds per method and size, for the validation kNN and the
   test linear probe, with the raw-pixel and random-init rows of the same splits; the epochs and
   steps per size; and i-Mix's paired gain over N-pair at each size, in a sentence computed from
@@ -31,8 +31,7 @@ import matplotlib.pyplot as plt
 from sslsearch.errors import ConfigError
 from sslsearch.results import mean_std, number
 
-RESULTS_JSON, CSV_FILE, MARKDOWN_FILE, PLOT_FILE = ("sizes.json", "sizes.csv", "sizes.md",
-                                                    "sizes.png")
+RESULTS_JSON = "sizes.json"
 RAW, INIT = "raw pixels", "random init"
 # (metric, its name, its raw-pixel counterpart, its random-init counterpart), one per panel.
 PANELS = (("val_knn_acc", "validation kNN", "raw_knn_acc", "init_knn_acc"),
@@ -225,12 +224,20 @@ def plot(runs: Sequence[Mapping[str, Any]], path: Path, budget: str) -> Path:
     return path
 
 
+def report_stem(budget: str) -> str:
+    """``sizes`` for the default budget (equal steps), ``sizes-epochs`` for the other: both can
+    share one folder (and its ``sizes.json``) without one's report overwriting the other's."""
+    return "sizes" if budget == "steps" else f"sizes-{budget}"
+
+
 def write_report(folder: Path, runs: Sequence[Mapping[str, Any]], budget: str
                  ) -> tuple[Path, Path, Path]:
-    """``sizes.csv``, ``sizes.md`` and ``sizes.png`` of ``runs`` (one budget's) in ``folder``."""
-    with (folder / CSV_FILE).open("w", newline="") as fh:
+    """The CSV, Markdown and PNG of ``runs`` (one budget's) in ``folder``."""
+    csv_path, md_path, png_path = (folder / f"{report_stem(budget)}.{ext}"
+                                   for ext in ("csv", "md", "png"))
+    with csv_path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(sorted(runs, key=lambda r: (r["method"], r["size"], r["seed"])))
-    (folder / MARKDOWN_FILE).write_text(markdown(runs, budget))
-    return folder / CSV_FILE, folder / MARKDOWN_FILE, plot(runs, folder / PLOT_FILE, budget)
+    md_path.write_text(markdown(runs, budget))
+    return csv_path, md_path, plot(runs, png_path, budget)
