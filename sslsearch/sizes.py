@@ -292,16 +292,19 @@ def share_cores(workers: int) -> None:
 
 def records(todo: Sequence[RunSpec], workers: int) -> Iterator[dict[str, Any]]:
     """The runs' records as they finish: here in turn, or in a pool of ``workers`` processes
-    (spawned: torch's threads do not survive a fork)."""
+    (spawned: torch's threads do not survive a fork). On Ctrl+C or an error the pool's queued
+    runs are cancelled (a plain ``with`` would run them all before returning)."""
     if workers == 1:
         for spec in todo:
             yield run_one(spec)
         return
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=share_cores,
-                             initargs=(workers,)) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=share_cores, initargs=(workers,))
+    try:
         for future in as_completed([pool.submit(run_one, spec) for spec in todo]):
             yield future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_all(plan: Plan) -> list[dict[str, Any]]:
