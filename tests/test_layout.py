@@ -22,9 +22,9 @@ PACKAGE = "sslsearch"
 MAX_MODULE_LINES = 400
 MAX_DRIVER_FUNCTION_LINES = 60
 # The modules that users run (python -m ...) and the functions they call to parse and dispatch.
-DRIVERS = ("run", "compare", "cli", "train", "all_methods", "evaluate", "bench.__main__",
-           "bench.search", "bench.search_cli", "bench.selection", "bench.preflight",
-           "bench.workers",
+DRIVERS = ("run", "compare", "cli", "train", "all_methods", "evaluate", "sizes",
+           "bench.__main__", "bench.search", "bench.search_cli", "bench.selection",
+           "bench.preflight", "bench.workers",
            # the trial loop, which a reader follows step by step too
            "trial.trial", "trial.checkpoint", "trial.evaluation")
 
@@ -104,7 +104,8 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("trial", ("trial", "trial.*", "train")),
     ("search", ("search", "search.*")),
     ("reporting", ("reporting", "reporting.*")),
-    ("commands", ("run", "cli", "compare", "all_methods", "evaluate", "bench", "bench.*")),
+    ("commands", ("run", "cli", "compare", "all_methods", "evaluate", "sizes", "bench",
+                  "bench.*")),
 )
 
 
