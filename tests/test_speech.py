@@ -29,6 +29,7 @@ from sslsearch.data.audio import (
     mel_to_hz,
     read_wav,
 )
+from sslsearch.data.survey import dataset_shape
 from sslsearch.errors import ConfigError
 from tests.speech_fixture import RATE, WORDS, build, read_pcm16, speakers, write_pcm16
 from tests.speech_learning import measure
@@ -158,6 +159,8 @@ BAD: dict[str, tuple[Callable[[Path], object], str, str]] = {
                "has 2 channels; expected mono"),
     "8-bit": (lambda r: write_pcm16(r / CLIP, tone(500), width=1), CLIP,
               "has 8-bit samples; expected 16-bit PCM"),
+    "truncated": (lambda r: (r / CLIP).write_bytes((r / CLIP).read_bytes()[:-100]), CLIP,
+                  "holds 25500 bytes of samples but its header declares 25600; the file is"),
     "one word": (lambda r: shutil.rmtree(r / "low"), "", "has 1 word folder (high/)"),
 }
 
@@ -172,6 +175,16 @@ def test_a_malformed_folder_is_one_line_naming_the_file(case: str, tmp_path: Pat
     message = str(info.value)
     assert len(message.splitlines()) == 1, message
     assert says in message and str(root / names) in message, message
+
+
+def test_the_pre_flight_refuses_a_malformed_folder_before_any_trial(tmp_path: Path) -> None:
+    root = tone_folder(tmp_path / "sc")
+    assert dataset_shape("speech_commands", str(root), False) is None  # nothing more to survey
+    write_pcm16(root / "low" / "s5_nohash_0.wav", tone(500, 1, 8000), rate=8000)
+    with pytest.raises(ConfigError, match=r"low/s5_nohash_0\.wav is sampled at 8000 Hz"):
+        dataset_shape("speech_commands", str(root), False)
+    with pytest.raises(ConfigError, match="'speech_commands' cannot be downloaded"):
+        dataset_shape("speech_commands", str(root), True)
 
 
 def test_the_command_line_exits_2_with_one_line(tmp_path: Path) -> None:

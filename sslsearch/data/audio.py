@@ -38,32 +38,51 @@ N_FRAMES = 1 + CLIP_SAMPLES // HOP_LENGTH  # 101 frames of a 1 s clip (torch.stf
 _CHUNK = 512  # clips per STFT: bounds the complex spectrogram's memory on the full dataset
 
 
-def read_wav(path: Path) -> Tensor:
-    """The samples of a mono 16 kHz 16-bit PCM WAV file as float32 in [-1, 1); a ConfigError of
-    one line names the file and what is wrong with it."""
+def _checked(path: Path, w: wave.Wave_read) -> None:
+    """A ConfigError unless the open file ``w`` is mono 16 kHz 16-bit PCM."""
+    if w.getcomptype() != "NONE":  # wave reads PCM only today; this guards its future
+        raise ConfigError(f"{path} is compressed ({w.getcomptype()}); expected 16-bit PCM")
+    if w.getnchannels() != 1:
+        raise ConfigError(f"{path} has {w.getnchannels()} channels; expected mono (1)")
+    if w.getsampwidth() != 2:
+        raise ConfigError(f"{path} has {8 * w.getsampwidth()}-bit samples; expected 16-bit PCM")
+    if w.getframerate() != SAMPLE_RATE:
+        raise ConfigError(f"{path} is sampled at {w.getframerate()} Hz; expected {SAMPLE_RATE} Hz")
+
+
+def _read(path: Path, samples: bool) -> bytes:
+    """The checked file's sample bytes (``b""`` when ``samples`` is false: its header alone)."""
     try:
         with wave.open(str(path), "rb") as w:
-            channels, width, rate = w.getnchannels(), w.getsampwidth(), w.getframerate()
-            if w.getcomptype() != "NONE":  # wave reads PCM only; this guards its future
-                raise ConfigError(f"{path} is compressed ({w.getcomptype()}); expected 16-bit PCM")
-            frames = w.readframes(w.getnframes())
-    except ConfigError:
+            _checked(path, w)
+            if not samples:
+                return b""
+            declared = w.getnframes()
+            frames = w.readframes(declared)
+    except ConfigError:  # a ValueError too: not to be taken for an unreadable file below
         raise
     except (wave.Error, EOFError, OSError, ValueError) as err:
         # wave.Error covers a missing RIFF header and non-PCM formats (e.g. "unknown format: 3",
         # IEEE float); EOFError a file cut inside its header.
         raise ConfigError(f"{path} is not a readable PCM WAV file: {one_line(err)}") from err
-    if channels != 1:
-        raise ConfigError(f"{path} has {channels} channels; expected mono (1)")
-    if width != 2:
-        raise ConfigError(f"{path} has {8 * width}-bit samples; expected 16-bit PCM")
-    if rate != SAMPLE_RATE:
-        raise ConfigError(f"{path} is sampled at {rate} Hz; expected {SAMPLE_RATE} Hz")
-    if len(frames) % 2:
-        raise ConfigError(f"{path} ends inside a sample ({len(frames)} data bytes); the file is "
-                          "truncated")
-    raw = torch.frombuffer(bytearray(frames), dtype=torch.uint8) if frames else torch.empty(
-        0, dtype=torch.uint8)
+    if len(frames) != 2 * declared:
+        raise ConfigError(f"{path} holds {len(frames)} bytes of samples but its header declares "
+                          f"{2 * declared}; the file is truncated")
+    return frames
+
+
+def check_wav(path: Path) -> None:
+    """:func:`read_wav`'s checks of the header alone (the driver's pre-flight: no sample read)."""
+    _read(path, samples=False)
+
+
+def read_wav(path: Path) -> Tensor:
+    """The samples of a mono 16 kHz 16-bit PCM WAV file as float32 in [-1, 1); a ConfigError of
+    one line names the file and what is wrong with it."""
+    frames = _read(path, samples=True)
+    if not frames:
+        return torch.zeros(0)
+    raw = torch.frombuffer(bytearray(frames), dtype=torch.uint8)
     if sys.byteorder == "big":  # WAV is little-endian: swap each sample's two bytes
         raw = raw.view(-1, 2).flip(1).reshape(-1)
     return raw.view(torch.int16).to(torch.float32) / 32768.0

@@ -31,7 +31,15 @@ import torch
 from torch import Tensor
 
 from sslsearch.data.assemble import Raw
-from sslsearch.data.audio import CLIP_SAMPLES, N_FRAMES, N_MELS, fit_clip, log_mel, read_wav
+from sslsearch.data.audio import (
+    CLIP_SAMPLES,
+    N_FRAMES,
+    N_MELS,
+    check_wav,
+    fit_clip,
+    log_mel,
+    read_wav,
+)
 from sslsearch.data.files import missing, one_line, prepare_dir
 from sslsearch.errors import ConfigError
 
@@ -133,8 +141,9 @@ def labels(entries: Sequence[str], words: Sequence[str]) -> Tensor:
     return torch.tensor([index[e.split("/", 1)[0]] for e in entries], dtype=torch.int64)
 
 
-def read_speech_commands(root: Path, download: bool) -> Raw:
-    """The three splits of the Speech Commands folder ``root`` as log-mel feature tables."""
+def splits(root: Path, download: bool) -> tuple[list[str], list[str], list[str], list[str]]:
+    """The word folders and the training, validation and test clips of ``root``, the layout
+    checked (module docstring); no WAV is opened."""
     if download:
         raise ConfigError(f"dataset {NAME!r} cannot be downloaded here; set download: false and "
                           f"point data_dir at an unpacked copy: {LAYOUT}")
@@ -153,6 +162,20 @@ def read_speech_commands(root: Path, download: bool) -> Raw:
     if not train:
         raise ConfigError(f"data_dir '{root}' for {NAME} has no training clip: every WAV is in "
                           f"{VALIDATION_LIST} or {TESTING_LIST}")
+    return words, train, val, test
+
+
+def survey_speech_commands(root: Path, download: bool) -> None:
+    """Every check :func:`read_speech_commands` makes before it decodes a sample: the layout,
+    the lists and each WAV's header (the driver's pre-flight, before any trial starts)."""
+    _, train, val, test = splits(root, download)
+    for entry in (*train, *val, *test):
+        check_wav(root / entry)
+
+
+def read_speech_commands(root: Path, download: bool) -> Raw:
+    """The three splits of the Speech Commands folder ``root`` as log-mel feature tables."""
+    words, train, val, test = splits(root, download)
     return Raw(features(root, train), labels(train, words), features(root, test),
                labels(test, words), num_classes=len(words), val_x=features(root, val),
                val_y=labels(val, words))
