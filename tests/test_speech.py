@@ -133,6 +133,14 @@ def float_wav(path: Path) -> None:
                      + b"data" + struct.pack("<I", len(data)) + data)
 
 
+def link_out(path: Path) -> None:
+    """``path`` replaced by a link to a valid clip outside the data folder."""
+    outside = path.parents[2] / "elsewhere.wav"
+    write_pcm16(outside, tone(500))
+    path.unlink()
+    path.symlink_to(outside)
+
+
 CLIP = "high/s0_nohash_0.wav"
 BAD: dict[str, tuple[Callable[[Path], object], str, str]] = {
     # case: (how to break the folder, the file the message names, what it says)
@@ -161,6 +169,7 @@ BAD: dict[str, tuple[Callable[[Path], object], str, str]] = {
               "has 8-bit samples; expected 16-bit PCM"),
     "truncated": (lambda r: (r / CLIP).write_bytes((r / CLIP).read_bytes()[:-100]), CLIP,
                   "holds 25500 bytes of samples but its header declares 25600; the file is"),
+    "a clip links outside": (lambda r: link_out(r / CLIP), CLIP, "links outside data_dir"),
     "one word": (lambda r: shutil.rmtree(r / "low"), "", "has 1 word folder (high/)"),
 }
 

@@ -111,18 +111,18 @@ def training_clips(root: Path, words: Sequence[str], held: set[str]) -> list[str
     for word in words:
         folder = root / word
         try:
-            names = sorted(e.name for e in os.scandir(folder)
+            found = sorted((e.name, e.is_symlink()) for e in os.scandir(folder)
                            if e.name.lower().endswith(".wav") and e.is_file())
         except OSError as err:
             raise ConfigError(f"{folder} cannot be listed: {one_line(err)}") from err
-        for clip_name in names:
-            entry = f"{word}/{clip_name}"
-            if entry in held:
-                continue
-            if not _inside(root, folder / clip_name):
-                raise ConfigError(f"{folder / clip_name} links outside data_dir '{root}'; "
-                                  "expected the clip itself")
-            clips.append(entry)
+        # Resolving every path would cost a few system calls per clip (105,829 in v0.02): the
+        # folder once, then only the clips that are links.
+        for path, link in [(folder, folder.is_symlink()),
+                           *((folder / name, is_link) for name, is_link in found)]:
+            if link and not _inside(root, path):
+                raise ConfigError(f"{path} links outside data_dir '{root}'; expected the clips "
+                                  "themselves")
+        clips += [f"{word}/{name}" for name, _ in found if f"{word}/{name}" not in held]
     return clips
 
 
