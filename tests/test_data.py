@@ -452,7 +452,8 @@ def test_bad_val_fraction(fraction: float) -> None:
         load_dataset("digits", val_fraction=fraction)
 
 
-@pytest.mark.parametrize("name", ["cifar10", "cifar100", "stl10", "fashion_mnist", "imagefolder"])
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "stl10", "fashion_mnist", "imagefolder",
+                                  "speech_commands"])
 def test_missing_and_empty_data_dir(name: str, tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
     with pytest.raises(

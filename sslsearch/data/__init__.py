@@ -3,13 +3,15 @@
 Every loader returns a :class:`DataBundle` with three splits:
 
 * ``train``: the official training set minus ``val`` (optionally a stratified subset of it);
-* ``val``: a stratified, seeded hold-out of the training set, where hyperparameters are selected;
+* ``val``: a stratified, seeded hold-out of the training set, where hyperparameters are selected
+  (Speech Commands alone has an official validation split, kept as it is);
 * ``test``: the official test split, only ever reported. Datasets without one (digits, CovType)
   get a fixed stratified 20 % test split drawn with seed 0, so it is the same in every trial.
 
 Files are read in each dataset's own on-disk format (idx, CIFAR pickles, STL-10 binaries,
-ImageFolder) rather than through torchvision's dataset classes, which refuse files whose md5
-differs: that keeps tiny test fixtures working. torchvision is only used to download, and to list
+ImageFolder, Speech Commands' WAV folders, turned into log-mel tables) rather than through
+torchvision's dataset classes, which refuse files whose md5 differs: that keeps tiny test
+fixtures working. torchvision is only used to download, and to list
 and decode ImageFolders. numpy, scikit-learn and torchvision are imported lazily, so the training
 loop imports this module on a machine with nothing but torch installed.
 
@@ -44,6 +46,7 @@ from sslsearch.data.formats import (
     read_stl10,
 )
 from sslsearch.data.imagefolder import load_imagefolder
+from sslsearch.data.speech import read_speech_commands
 from sslsearch.data.splits import DataBundle, Kind, Split, StreamingSplit
 from sslsearch.errors import ConfigError
 
@@ -52,6 +55,7 @@ __all__ = [
     "DEFAULT_DATA_DIRS",
     "DOWNLOAD_LOCK",
     "MAX_RESIDENT_BYTES",
+    "TABULAR",
     "DataBundle",
     "Kind",
     "Split",
@@ -71,7 +75,10 @@ DATASETS: tuple[str, ...] = (
     "stl10",
     "imagefolder",
     "covtype",
+    "speech_commands",
 )
+# The datasets that load as feature tables (kind "tabular": the mlp backbone, no image_size).
+TABULAR: tuple[str, ...] = ("digits_tabular", "covtype", "speech_commands")
 
 # Used when data_dir is None. Debian's dataset-fashion-mnist installs the four idx .gz files here.
 DEFAULT_DATA_DIRS: dict[str, str] = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
@@ -95,10 +102,11 @@ def load_dataset(
     """Load dataset ``name`` (one of :data:`DATASETS`) onto ``device``.
 
     ``seed`` draws the validation split (``val_fraction`` of the training set, stratified) and the
-    ``max_train_samples`` subset; the test split never depends on it. ``image_size`` resizes
-    images (ImageFolder default 64). An ImageFolder larger than ``max_resident_bytes`` streams;
-    its files that fail the header checks (:mod:`sslsearch.data.imagefiles`) are refused, or left
-    out with ``skip_bad_images``.
+    ``max_train_samples`` subset; the test split never depends on it (nor, for speech_commands,
+    the validation split: its lists fix both, and ``val_fraction`` is unused). ``image_size``
+    resizes images (ImageFolder default 64). An ImageFolder larger than ``max_resident_bytes``
+    streams; its files that fail the header checks (:mod:`sslsearch.data.imagefiles`) are
+    refused, or left out with ``skip_bad_images``.
     """
     if name not in DATASETS:
         raise ConfigError(f"dataset {name!r} is unknown; choose one of: {', '.join(DATASETS)}")
@@ -122,6 +130,8 @@ def load_dataset(
         return image_bundle(name, raw, opts)
     if name == "covtype":
         return tabular_bundle(name, read_covtype(root, download), opts)
+    if name == "speech_commands":
+        return tabular_bundle(name, read_speech_commands(need_root(name, root), download), opts)
     if name == "fashion_mnist_small":  # shipped inside the package: data_dir is not read
         return image_bundle(name, read_fashion_mnist_small(), opts)
     readers: dict[str, Callable[[Path, bool], Raw]] = {
@@ -170,7 +180,7 @@ def _check_options(
             "integer or null (use the whole training split)"
         )
     if image_size is not None:
-        if name in ("digits_tabular", "covtype"):
+        if name in TABULAR:
             raise ConfigError(
                 f"image_size {image_size!r} does not apply to {name}: it is a tabular dataset; "
                 "leave image_size null"

@@ -28,13 +28,17 @@ class Options:
 
 @dataclass(frozen=True)
 class Raw:
-    """Official train / test tensors on the CPU, before the validation split."""
+    """Official train / test tensors on the CPU, before the validation split; ``val_x`` and
+    ``val_y`` only where the dataset defines its own validation split (Speech Commands'
+    validation_list.txt), which is then kept instead of a hold-out drawn from ``train``."""
 
     train_x: Tensor
     train_y: Tensor
     test_x: Tensor
     test_y: Tensor
     num_classes: int
+    val_x: Tensor | None = None
+    val_y: Tensor | None = None
 
 
 def allocate(counts: Sequence[int], n: int, caps: Sequence[int]) -> list[int]:
@@ -115,10 +119,26 @@ def train_val_indices(name: str, y: Tensor, opts: Options) -> tuple[Tensor, Tens
             f"dataset {name} has {y.numel()} training samples: too few to hold out "
             f"val_fraction={opts.val_fraction}"
         )
-    if opts.max_train_samples is not None and opts.max_train_samples < train.numel():
-        keep = stratified_pick(y[train], opts.max_train_samples, keep_one=False, rng=rng)
-        train = train[keep]
-    return train, val
+    return train_subset(y, train, opts.max_train_samples, rng), val
+
+
+def train_subset(y: Tensor, rows: Tensor, max_samples: int | None, rng: torch.Generator) -> Tensor:
+    """``rows`` of ``y``, or a stratified draw of ``max_samples`` of them when fewer are asked."""
+    if max_samples is not None and max_samples < rows.numel():
+        rows = rows[stratified_pick(y[rows], max_samples, keep_one=False, rng=rng)]
+    return rows
+
+
+def train_val_split(name: str, raw: Raw, opts: Options) -> tuple[Tensor, Tensor, Tensor]:
+    """The training rows of ``raw.train_x`` and the validation split ``(x, y)``: the dataset's
+    own (then only ``max_train_samples`` draws, seeded by ``opts.seed``, and ``val_fraction`` is
+    unused), or :func:`train_val_indices`' hold-out."""
+    if raw.val_x is not None and raw.val_y is not None:
+        rows = torch.arange(raw.train_y.numel())
+        rng = torch.Generator().manual_seed(opts.seed)
+        return train_subset(raw.train_y, rows, opts.max_train_samples, rng), raw.val_x, raw.val_y
+    train, val = train_val_indices(name, raw.train_y, opts)
+    return train, raw.train_x[val], raw.train_y[val]
 
 
 def split_sizes(counts: Sequence[int], val_fraction: float, max_train_samples: int | None
@@ -174,12 +194,12 @@ def resize(x: Tensor, size: int) -> Tensor:
 
 
 def image_bundle(name: str, raw: Raw, opts: Options) -> DataBundle:
-    train_idx, val_idx = train_val_indices(name, raw.train_y, opts)
-    xs = [raw.train_x[train_idx], raw.train_x[val_idx], raw.test_x]
+    train_idx, val_x, val_y = train_val_split(name, raw, opts)
+    xs = [raw.train_x[train_idx], val_x, raw.test_x]
     if opts.image_size is not None:
         xs = [resize(x, opts.image_size) for x in xs]
     mean, std = channel_stats(xs[0])
-    ys = [raw.train_y[train_idx], raw.train_y[val_idx], raw.test_y]
+    ys = [raw.train_y[train_idx], val_y, raw.test_y]
     train, val, test = (
         Split(x.to(opts.device), y.to(opts.device)) for x, y in zip(xs, ys, strict=True)
     )
@@ -189,7 +209,7 @@ def image_bundle(name: str, raw: Raw, opts: Options) -> DataBundle:
 
 
 def tabular_bundle(name: str, raw: Raw, opts: Options) -> DataBundle:
-    train_idx, val_idx = train_val_indices(name, raw.train_y, opts)
+    train_idx, val_x, val_y = train_val_split(name, raw, opts)
     train_x = raw.train_x[train_idx].to(torch.float64)
     mu = train_x.mean(dim=0)
     sigma = train_x.std(dim=0, unbiased=False)
@@ -200,8 +220,8 @@ def tabular_bundle(name: str, raw: Raw, opts: Options) -> DataBundle:
     def standardise(x: Tensor) -> Tensor:
         return ((x.to(torch.float64) - mu) / sigma).to(torch.float32).to(opts.device)
 
-    ys = [raw.train_y[train_idx], raw.train_y[val_idx], raw.test_y]
-    xs = [train_x, raw.train_x[val_idx], raw.test_x]
+    ys = [raw.train_y[train_idx], val_y, raw.test_y]
+    xs = [train_x, val_x, raw.test_x]
     train, val, test = (
         Split(standardise(x), y.to(opts.device)) for x, y in zip(xs, ys, strict=True)
     )

@@ -23,6 +23,7 @@ from sslsearch.data.imagefiles import (
     list_unlabeled,
     survey,
 )
+from sslsearch.data.speech import survey_speech_commands
 from sslsearch.errors import ConfigError
 
 # The built-in datasets the pre-flight does not open (their loaders check their own files):
@@ -111,7 +112,8 @@ def imagefolder_shape(root: Path) -> Shape:
 
 def dataset_shape(name: str, data_dir: str | None, download: bool) -> Shape | None:
     """The :class:`Shape` of dataset ``name`` in ``data_dir``; None when there is nothing to
-    survey before the trials run (a download to come, or a tabular dataset)."""
+    survey before the trials run (a download to come, or a tabular dataset; a Speech Commands
+    folder is checked, its WAV headers included)."""
     if name in _BUILT_IN:
         n, channels, side = _BUILT_IN[name]
         if name != "digits" and data_dir is not None:
@@ -119,6 +121,11 @@ def dataset_shape(name: str, data_dir: str | None, download: bool) -> Shape | No
         return Shape(name=name, where=data_dir or name, n_images=n, channels=channels, side=side)
     if name == "fashion_mnist_small":  # shipped in the package: data_dir is not read
         return _fashion_shape(name, EMBEDDED_DIR, False, where=name)
+    if name == "speech_commands" and data_dir is not None:
+        # Its splits are its lists and its rows are features, not images: nothing for the
+        # checks below, but a malformed folder is refused here, before Ray starts.
+        survey_speech_commands(Path(data_dir), download)
+        return None
     if data_dir is None or name not in ("imagefolder", "fashion_mnist"):
         return None
     root = Path(data_dir)
