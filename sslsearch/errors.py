@@ -17,12 +17,12 @@ class ConfigError(ValueError):
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """Every command's argument parser: a bad flag is one line and exit code 2, the same as any
-    other bad input (:func:`exit_code`), not argparse's usage dump."""
+    """Every command's argument parser: a bad flag (unknown, missing its value, of the wrong type)
+    is a :class:`ConfigError`, so, parsed inside :func:`exit_code`, it ends as any bad input does
+    (one line, exit 2) instead of argparse's usage dump."""
 
     def error(self, message: str) -> NoReturn:
-        print(f"error: {self.prog}: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(2)
+        raise ConfigError(f"{self.prog}: {message} (see --help)")
 
 
 class TrialFailure(RuntimeError):

@@ -208,8 +208,7 @@ def _dataset(data: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return exit_code(lambda: evaluate(args))
+    return exit_code(lambda: evaluate(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

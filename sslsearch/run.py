@@ -56,9 +56,9 @@ class Plan:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
     try:
-        return exit_code(lambda: _main(args, argv), interrupted="interrupted: resume with --resume")
+        return exit_code(lambda: _main(build_parser().parse_args(argv), argv),
+                         interrupted="interrupted: resume with --resume")
     finally:
         sweepdir.release_all()
 

@@ -28,7 +28,7 @@ from torch import Tensor
 from sslsearch import methods
 from sslsearch.config import DEFAULT_EXPERIMENT, TrialConfig, load_experiment, trial_config
 from sslsearch.data import DataBundle
-from sslsearch.errors import ConfigError, TrialFailure, exit_code
+from sslsearch.errors import ConfigError, OneLineParser, TrialFailure, exit_code
 from sslsearch.methods.base import Step
 from sslsearch.parts.distributed import ONE_PROCESS, ProcessGroup
 from sslsearch.parts.optim import lr_at, scaled_lr, set_lr
@@ -270,12 +270,11 @@ def _parse_value(text: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    return exit_code(lambda: _run_one(args), failures=(TrialFailure,))
+    return exit_code(lambda: _run_one(_parser().parse_args(argv)), failures=(TrialFailure,))
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m sslsearch.train",
         description="Run one pretrain-then-probe trial and print one line per epoch.")
     parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT,

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from sslsearch.config import load_experiment, trial_config
-from sslsearch.errors import exit_code
+from sslsearch.errors import OneLineParser, exit_code
 from sslsearch.methods.base import Step
 from sslsearch.parts.distributed import ProcessGroup, spawn
 from sslsearch.train import Schedule
@@ -58,8 +58,8 @@ def default_configs() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sslsearch.bench workers",
-                                description=(__doc__ or "").split("\n\n")[0])
+    p = OneLineParser(prog="python -m sslsearch.bench workers",
+                      description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--experiment", default="quick",
                    help="experiment YAML: the trial's data, model and batch (default: %(default)s)")
     p.add_argument("--method", default="simclr", help="SSL method (default: %(default)s)")
@@ -155,8 +155,7 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return exit_code(lambda: _main(args))
+    return exit_code(lambda: _main(build_parser().parse_args(argv)))
 
 
 def _main(args: argparse.Namespace) -> int:
