@@ -61,7 +61,7 @@ def test_a_sweep_of_two_trials_on_two_workers_each(tmp_path: Path) -> None:
     t0 = time.time()
     proc = _run(["--space", "vicreg.yaml", "--experiment", "quick",
                  "--workers-per-trial", "2", "--num-samples", "2",
-                 "--epochs", "3", "--grace-period", "3", "--quiet", "--name", "w2",
+                 "--epochs", "3", "--grace-period", "3", "--quiet", "--name", "w2", "--no-confirm",
                  "--storage", str(tmp_path / "results"), "--tracking-uri", uri], tmp_path)
     out = _finish(proc, timeout=900)
     assert proc.returncode == 0, out[-3000:]
@@ -129,6 +129,7 @@ def test_a_trials_two_workers_on_two_nodes_of_a_cluster(tmp_path: Path,
     proc = _run(["--space", "vicreg.yaml", "--experiment", "quick",
                  "--workers-per-trial", "2", "--num-samples", "2",
                  "--epochs", "2", "--grace-period", "2", "--quiet", "--name", "nodes",
+                 "--no-confirm",
                  "--storage", str(tmp_path / "shared"), "--tracking-uri", uri,
                  "--address", "auto"], tmp_path)
     out = _finish(proc, timeout=900)
