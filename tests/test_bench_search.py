@@ -474,3 +474,16 @@ def test_checkpoints_are_deleted_once_read_and_results_kept(tmp_path: Path) -> N
     assert rep.drop_checkpoints(tmp_path / "random-seed0") == 2000
     assert sorted(p.name for p in trial.iterdir()) == ["result.json"]
     assert rep.drop_checkpoints(tmp_path / "random-seed0") == 0
+
+
+def test_the_collapse_stopper_stops_a_shrinking_rank_not_a_growing_one() -> None:
+    """Low and shrinking for ``patience`` epochs: collapsed. Low but growing (MoCo v2 in its
+    first epochs on 2,000 images: rank/d 0.039 → 0.053 while val kNN rose): left to train."""
+    stopper = stopping.CollapseStopper(std_ratio=0.03, rank_ratio=0.06, patience=2)
+    shrinking = [{"embed_std_ratio": 0.6, "effective_rank_ratio": r} for r in (0.05, 0.02)]
+    growing = [{"embed_std_ratio": 0.6, "effective_rank_ratio": r} for r in (0.039, 0.053)]
+    assert [stopper("a", r) for r in shrinking] == [False, True]
+    assert shrinking[-1]["failure_reason"] == "collapsed"
+    assert [stopper("b", r) for r in growing] == [False, False]
+    flat = [{"embed_std_ratio": 0.01, "effective_rank_ratio": 0.5}] * 2  # std alone collapsed
+    assert [stopper("c", dict(r)) for r in flat] == [False, True]
