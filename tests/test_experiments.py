@@ -163,3 +163,15 @@ def test_a_bad_methods_block_exits_2_with_one_line_naming_file_and_field(
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0] and field in lines[0], out.stderr
+
+
+def test_the_label_free_fashion_mnist_is_fashion_mnist_with_the_labels_hidden() -> None:
+    """One owner for the settings: the label-free file differs from fashion_mnist.yaml only in
+    hiding the labels and ranking by RankMe."""
+    import dataclasses
+
+    plain, hidden = load_experiment("fashion_mnist"), load_experiment("fashion_mnist_label_free")
+    assert (hidden.trial.labels, hidden.search.metric) == (False, "rankme")
+    assert dataclasses.replace(hidden.trial, labels=True) == plain.trial
+    assert dataclasses.replace(hidden.search, metric=plain.search.metric) == plain.search
+    assert hidden.methods == plain.methods
