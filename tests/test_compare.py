@@ -279,9 +279,12 @@ def test_a_comparison_without_labels_ranks_by_a_label_free_metric_and_says_how_f
             "dataset": "imagefolder", "backbone": "small_cnn", "epochs": 2, "num_samples": 1,
             "search_seed": 0, "metric": "rankme", "confirm_top": 1, "seeds": [1, 2, 3],
             "n_seeds": 3, "labels": False, "wall_seconds": 1.0}
-    md = compare_table.comparison_markdown(info, rows)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delitem(compare_table.LABEL_FREE_AGREEMENT, "rankme")
+        md = compare_table.comparison_markdown(info, rows)
     assert "1. **simclr** 42.00 ± 1.00" in md and "vs vicreg: +12.00 [" in md  # not × 100
     assert "not measured against labels" in md and "| method |" not in md  # no accuracy table
+    assert "at Spearman ρ = +0.32" in compare_table.comparison_markdown(info, rows)  # measured
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(compare_table.LABEL_FREE_AGREEMENT, "rankme", (0.74, "Fashion-MNIST"))
         md = compare_table.comparison_markdown(info, rows)
