@@ -13,14 +13,16 @@ def _blocks(text: str) -> list[str]:
     return [b for b in re.split(r"\n(?=  -)", body) if b.strip()]
 
 
-@pytest.mark.parametrize("command", ["run", "bench search", "sizes"])
+@pytest.mark.parametrize("command", ["run", "bench search", "sizes", "evaluate"])
 def test_every_flag_states_its_default_once_and_never_none(
         command: str, capsys: pytest.CaptureFixture[str]) -> None:
     from sslsearch.bench.search_cli import build_parser as bench_parser
     from sslsearch.cli import build_parser
+    from sslsearch.evaluate import build_parser as evaluate_parser
     from sslsearch.sizes import build_parser as sizes_parser
 
-    parser = {"run": build_parser, "bench search": bench_parser, "sizes": sizes_parser}[command]()
+    parser = {"run": build_parser, "bench search": bench_parser, "sizes": sizes_parser,
+              "evaluate": evaluate_parser}[command]()
     text = parser.format_help()
     assert "None" not in text and "%(" not in text, text
     for block in _blocks(text):
