@@ -155,7 +155,8 @@ def _plan(args: argparse.Namespace, argv: list[str]) -> Comparison:
     folder = results_folder(name, storage)  # a user-given name stays in the results folder
     tracking_uri = normalize_uri(args.tracking_uri)
     check_reachable(tracking_uri)
-    preflight.check_sweep(exp, space, storage, name, tracking_uri, make_folder=True)
+    preflight.check_sweep(exp, space, storage, name, tracking_uri, make_folder=True,
+                          methods=methods)
     return Comparison(
         name=name, folder=folder, space_path=space_path, space=space, exp=exp, methods=methods,
         seeds=fresh_seeds({exp.trial.seed}, exp.search.confirm_seeds), tracking_uri=tracking_uri,

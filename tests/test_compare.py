@@ -306,6 +306,12 @@ def test_compare_accepts_an_unlabeled_experiment_with_a_label_free_metric(tmp_pa
     argv[argv.index("--experiment") + 1] = str(_experiment(tmp_path, "val_knn_acc"))
     with pytest.raises(ConfigError, match="needs labels"):
         _plan(build_parser().parse_args(argv), argv)
+    # SupCon trains on the labels the experiment hides: refused before anything runs (it trained
+    # on them before, and its "label-free" search finished).
+    argv[argv.index("--experiment") + 1] = str(_experiment(tmp_path, "rankme"))
+    argv[argv.index("--methods") + 1] = "supcon,simclr"
+    with pytest.raises(ConfigError, match="supcon trains on them"):
+        _plan(build_parser().parse_args(argv), argv)
 
 
 def test_a_labeled_comparison_says_how_a_label_free_metric_would_have_ranked_its_methods() -> None:

@@ -91,3 +91,4 @@ def test_a_trial_reports_its_few_label_probes_at_the_end(monkeypatch: pytest.Mon
     assert final["few_label_1_per_class_test_acc_sd"] == pytest.approx(0.0707, abs=1e-4)
     assert final["few_label_10pct_test_acc"] == pytest.approx(0.8)
     assert TrialConfig().few_label is False  # off unless asked
+

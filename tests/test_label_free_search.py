@@ -201,3 +201,20 @@ def test_a_probe_data_dir_without_class_folders_exits_2(
     assert main(["--space", "simclr", "--experiment", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "probe_data_dir" in err[0]
+
+
+def test_a_supervised_method_is_refused_where_the_labels_are_hidden() -> None:
+    """The trial's own guard (the pre-flight refuses it earlier for a sweep): SupCon with
+    ``labels: false`` would train on the labels the experiment hides."""
+    import dataclasses
+
+    from sslsearch.config import TrialConfig
+    from sslsearch.data import load_dataset
+    from sslsearch.errors import ConfigError
+    from sslsearch.trial.trial import build_method
+
+    data = load_dataset("digits", max_train_samples=50)
+    cfg = dataclasses.replace(TrialConfig(dataset="digits", method="supcon"), labels=False)
+    with pytest.raises(ConfigError, match="supcon trains on them"):
+        build_method(cfg, data)
+    build_method(dataclasses.replace(cfg, labels=True), data)  # with its labels it builds

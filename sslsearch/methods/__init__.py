@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import cache
 from types import ModuleType
 from typing import Any
@@ -52,6 +52,18 @@ def method_config(name: str, params: Mapping[str, Any] | None = None, *,
         except ValueError as exc:
             raise ConfigError(f"{source}: method_params[{name}]: {exc}") from None
     return cfg
+
+
+def check_labels_kept(names: Iterable[str], labels: bool, source: str) -> None:
+    """Refuse (ConfigError) a supervised method (SupCon) where the labels are hidden
+    (``labels: false``): it would train on the very labels the experiment says it has not. Called
+    before a sweep or comparison starts (the pre-flight) and by the trial itself."""
+    supervised = [n for n in names
+                  if n in available() and getattr(get(n).Method, "supervised", False)]
+    if supervised and not labels:
+        raise ConfigError(f"{source}: labels: false hides the class labels, and "
+                          f"{', '.join(supervised)} trains on them (supervised); leave it out "
+                          "(--methods for a comparison, the space's method choice for a sweep)")
 
 
 def uses_labels(config: Mapping[str, Any]) -> bool:

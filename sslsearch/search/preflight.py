@@ -29,10 +29,11 @@ import itertools
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sslsearch import methods as registry
 from sslsearch.config import Experiment, check_objective
 from sslsearch.data import MAX_RESIDENT_BYTES
 from sslsearch.data.imagefiles import BAD_IMAGES_FILE, bad_images_text, refuse_bad
@@ -80,12 +81,15 @@ class Checked:
 
 def check_sweep(exp: Experiment, space: SearchSpace | None, storage: str, name: str,
                 tracking_uri: str | None = None, say: Callable[[str], None] | None = None,
-                make_folder: bool = False, skip_hint: str = SKIP_FLAG) -> Checked:
+                make_folder: bool = False, skip_hint: str = SKIP_FLAG,
+                methods: Sequence[str] | None = None) -> Checked:
     """Check everything a sweep named ``name`` under ``storage`` will read and write; see the
     module docstring. ``say`` prints the warning lines (default: stderr); ``make_folder``: the
     sweep's folder is made once everything passed; ``skip_hint``: how the command skips bad
-    images, for the refusal's message."""
+    images, for the refusal's message; ``methods``: those it runs (default: the space's)."""
     t0 = time.perf_counter()
+    names = methods or (space.method_names if space is not None else [exp.trial.method])
+    registry.check_labels_kept(names, exp.trial.labels, exp.source)
     warn = say or (lambda line: print(line, file=sys.stderr, flush=True))
     check_storage(storage, name)
     if tracking_uri is not None:

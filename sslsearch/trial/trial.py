@@ -59,6 +59,7 @@ def build_method(cfg: TrialConfig, data: DataBundle) -> Method:
     if data.kind == "image" and cfg.backbone == "mlp":
         raise ConfigError(f"dataset {cfg.dataset!r} holds images: backbone must be one of "
                           "small_cnn, resnet18, resnet34, resnet50")
+    methods.check_labels_kept([cfg.method], cfg.labels and data.labeled, f"method {cfg.method}")
     backbone = build_backbone(cfg.backbone, in_channels=data.in_channels,
                               image_size=data.image_size, width=cfg.backbone_width)
     module = methods.get(cfg.method)
