@@ -33,7 +33,7 @@ def test_zero_workers_are_refused(tmp_path: Path) -> None:
     path.write_text("search:\n  workers_per_trial: 0\n")
     with pytest.raises(ConfigError, match="workers_per_trial = 0 is out of range"):
         load_experiment(str(path))
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match="--workers-per-trial"):  # one line, exit 2 (main)
         build_parser().parse_args(["--workers-per-trial", "0"])
 
 
