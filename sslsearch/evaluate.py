@@ -151,9 +151,8 @@ def feeding(loaded: Loaded, data: Any, args: argparse.Namespace) -> Adaptation:
         stats = loaded.stats
     else:
         stats = None
-    adapt = adaptation(data, channels=loaded.channels, size=args.image_size or loaded.size,
-                       stats=stats, normalisation=choice)
-    return adapt
+    return adaptation(data, channels=loaded.channels, size=args.image_size or loaded.size,
+                      stats=stats, normalisation=choice)
 
 
 def _tracking_uri(args: argparse.Namespace) -> str:

@@ -25,7 +25,7 @@ from sslsearch.evaluate import main
 from sslsearch.parts.networks import build_backbone
 from sslsearch.reporting.export import export_encoder
 from sslsearch.reporting.foreign import load_torchvision_resnet, resnet_spec, torchvision_keys
-from sslsearch.trial.transfer import LUMA, adaptation
+from sslsearch.trial.transfer import LUMA, Adaptation, adaptation
 
 FAST = ["--max-train-samples", "300", "--draws", "2", "--knn-k", "20"]
 
@@ -68,8 +68,7 @@ def test_channel_and_size_adaptation() -> None:
     assert torch.equal(out[:, 0], out[:, 2])  # one channel repeated
     assert "channels 1 → 3" in adapt.describe() and "resized 8 → 16" in adapt.describe()
     rgb = torch.tensor([[[[10]], [[200]], [[40]]]], dtype=torch.uint8)
-    gray = adaptation(data, channels=1, size=None, stats=None, normalisation="target")
-    gray = type(gray)(3, 1, 1, 1, (0.0,), (1.0,), "target")
+    gray = Adaptation(3, 1, 1, 1, (0.0,), (1.0,), "target")  # RGB → luma, no resize
     expected = sum(w * v for w, v in zip(LUMA, (10, 200, 40), strict=True)) / 255
     assert gray(rgb).item() == pytest.approx(round(expected * 255) / 255, abs=1e-6)
 
